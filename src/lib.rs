@@ -1,0 +1,10 @@
+//! skrr-onnx: Skip and Re-use (Skrr, ICML 2025) for ONNX text encoders.
+//!
+//! The modules follow the data flow of the compiler:
+//! read (`model_io`) → graph (`graph`) → blocks (`blocks`) → calibrate (`calibrate`) →
+//! search (`search`) → plan (`plan`) → rewrite (`rewrite`) → write (`model_io`) → report.
+
+pub mod blocks;
+pub mod error;
+pub mod onnx;
+pub mod plan;

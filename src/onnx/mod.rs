@@ -1,0 +1,35 @@
+//! The ONNX format: message definitions and the few helpers every phase needs.
+//! (prost derives `name()`, `op_type()`, ... accessors for the proto2 optionals.)
+
+pub mod proto;
+
+pub use proto::*;
+
+impl NodeProto {
+    /// The operator domain with the ONNX default domain's two spellings ("" and "ai.onnx")
+    /// normalised to "".
+    pub fn op_domain(&self) -> &str {
+        match self.domain() {
+            "ai.onnx" => "",
+            d => d,
+        }
+    }
+    pub fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.attribute.iter().find(|a| a.name() == name)
+    }
+}
+
+impl TensorProto {
+    pub fn is_external(&self) -> bool {
+        self.data_location == Some(tensor_proto::data_location::EXTERNAL)
+    }
+}
+
+impl StringStringEntryProto {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: Some(value.into()),
+        }
+    }
+}

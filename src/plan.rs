@@ -1,0 +1,259 @@
+//! The plan: which sub-blocks are kept, skipped or re-use a neighbour (method doc, "The plan
+//! file"). It is the unit that moves between `plan`, `score`, `apply` and the main command.
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::{Analysis, Kind};
+use crate::error::SkrrError;
+
+pub const FORMAT: &str = "skrr-plan/1";
+
+/// What happens at one sub-block position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Keep,
+    Skip,
+    /// Run the weights of kept sub-block `source` (same kind) at this position.
+    Reuse(usize),
+}
+
+/// One action per sub-block position, the in-memory form every phase works on.
+pub type Actions = Vec<Action>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structure: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Discrepancy {
+    pub skip: f64,
+    #[serde(rename = "final")]
+    pub final_: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubBlockEntry {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<u64>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<usize>,
+}
+
+/// The JSON plan file. Only `sub_blocks[].index/.action/.source` are required.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanFile {
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_sparsity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub achieved_sparsity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_removed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beam: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_order: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discrepancy: Option<Discrepancy>,
+    pub sub_blocks: Vec<SubBlockEntry>,
+}
+
+fn default_format() -> String {
+    FORMAT.to_string()
+}
+
+impl PlanFile {
+    pub fn read(path: &std::path::Path) -> Result<PlanFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read plan {}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            SkrrError::BadInput(format!("{}: not a valid plan file: {e}", path.display())).into()
+        })
+    }
+
+    /// Builds the file form of `actions` for `analysis`, with every informative field filled.
+    pub fn describe(analysis: &Analysis, actions: &[Action]) -> PlanFile {
+        let sub_blocks = analysis
+            .sub_blocks
+            .iter()
+            .zip(actions)
+            .map(|(sb, a)| SubBlockEntry {
+                index: sb.index,
+                layer: Some(sb.layer),
+                kind: Some(sb.kind),
+                params: Some(sb.params),
+                action: match a {
+                    Action::Keep => "keep",
+                    Action::Skip => "skip",
+                    Action::Reuse(_) => "reuse",
+                }
+                .to_string(),
+                source: match a {
+                    Action::Reuse(q) => Some(*q),
+                    _ => None,
+                },
+            })
+            .collect();
+        let removed = removed_params(analysis, actions);
+        PlanFile {
+            format: FORMAT.to_string(),
+            model: Some(ModelInfo {
+                sha256: None,
+                layers: Some(analysis.layers),
+                structure: Some(analysis.structure_signature.clone()),
+            }),
+            target_sparsity: None,
+            achieved_sparsity: Some(removed as f64 / analysis.total_params.max(1) as f64),
+            params_total: Some(analysis.total_params),
+            params_removed: Some(removed),
+            method: None,
+            beam: None,
+            skip_order: None,
+            discrepancy: None,
+            sub_blocks,
+        }
+    }
+
+    /// Validates the plan against `analysis` and returns one action per sub-block position.
+    /// Informative fields, when present, must agree with the model.
+    pub fn to_actions(&self, analysis: &Analysis) -> Result<Actions> {
+        let bad = |msg: String| -> anyhow::Error { SkrrError::BadInput(msg).into() };
+        if self.format != FORMAT {
+            return Err(bad(format!(
+                "plan format is {:?}, expected {FORMAT:?}",
+                self.format
+            )));
+        }
+        if let Some(info) = &self.model {
+            if let Some(layers) = info.layers {
+                if layers != analysis.layers {
+                    return Err(bad(format!(
+                        "plan is for a model with {layers} layers, this model has {}",
+                        analysis.layers
+                    )));
+                }
+            }
+            if let Some(s) = &info.structure {
+                if *s != analysis.structure_signature {
+                    return Err(bad(format!(
+                        "plan was made for a model with another block structure ({s}, this model: {})",
+                        analysis.structure_signature
+                    )));
+                }
+            }
+        }
+        let n = analysis.sub_blocks.len();
+        let mut actions = vec![None; n];
+        for e in &self.sub_blocks {
+            if e.index >= n {
+                return Err(bad(format!(
+                    "plan names sub-block {}, the model has {n}",
+                    e.index
+                )));
+            }
+            let sb = &analysis.sub_blocks[e.index];
+            if e.kind.is_some_and(|k| k != sb.kind) || e.layer.is_some_and(|l| l != sb.layer) {
+                return Err(bad(format!(
+                    "plan says sub-block {} is {:?} of layer {:?}; the model has {:?} of layer {}",
+                    e.index, e.kind, e.layer, sb.kind, sb.layer
+                )));
+            }
+            let action = match (e.action.as_str(), e.source) {
+                ("keep", None) => Action::Keep,
+                ("skip", None) => Action::Skip,
+                ("reuse", Some(q)) => Action::Reuse(q),
+                ("reuse", None) => {
+                    return Err(bad(format!("sub-block {}: reuse needs a source", e.index)))
+                }
+                (a, _) => {
+                    return Err(bad(format!(
+                        "sub-block {}: action {a:?} (with source {:?}) is not keep, skip or reuse+source",
+                        e.index, e.source
+                    )))
+                }
+            };
+            if actions[e.index].replace(action).is_some() {
+                return Err(bad(format!("plan lists sub-block {} twice", e.index)));
+            }
+        }
+        let actions: Actions = actions
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.ok_or_else(|| bad(format!("plan does not list sub-block {i}"))))
+            .collect::<Result<_>>()?;
+        validate(analysis, &actions).map_err(|e| bad(e.to_string()))?;
+        Ok(actions)
+    }
+}
+
+/// Checks that every re-use points at a kept sub-block of the same kind.
+pub fn validate(analysis: &Analysis, actions: &[Action]) -> Result<()> {
+    for (p, a) in actions.iter().enumerate() {
+        if let Action::Reuse(q) = *a {
+            let Some(src) = analysis.sub_blocks.get(q) else {
+                bail!("sub-block {p} re-uses {q}, which does not exist");
+            };
+            if src.kind != analysis.sub_blocks[p].kind {
+                bail!(
+                    "sub-block {p} ({:?}) cannot re-use {q} ({:?})",
+                    analysis.sub_blocks[p].kind,
+                    src.kind
+                );
+            }
+            if actions[q] != Action::Keep {
+                bail!("sub-block {p} re-uses {q}, which is not kept");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parameters no longer reachable under `actions` (method doc, "Sparsity"): elements of every
+/// initializer that no kept node reads any more. Exact also for initializers shared between
+/// sub-blocks (exporters merge identical all-ones norms), which a per-block sum would miss.
+pub fn removed_params(analysis: &Analysis, actions: &[Action]) -> u64 {
+    let g = &analysis.graph;
+    let mut live: HashSet<&str> = HashSet::new();
+    let mut mark = |nodes: &[usize]| {
+        for &n in nodes {
+            live.extend(g.node[n].input.iter().map(String::as_str));
+        }
+    };
+    mark(&analysis.prologue);
+    mark(&analysis.epilogue);
+    for (p, a) in actions.iter().enumerate() {
+        match a {
+            Action::Keep => mark(&analysis.sub_blocks[p].nodes),
+            Action::Reuse(q) => mark(&analysis.sub_blocks[*q].nodes),
+            Action::Skip => {}
+        }
+    }
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    g.initializer
+        .iter()
+        .filter(|t| !live.contains(t.name()) && !outputs.contains(t.name()))
+        .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+        .sum()
+}
