@@ -5,6 +5,9 @@
 //! search (`search`) → plan (`plan`) → rewrite (`rewrite`) → write (`model_io`) → report.
 
 pub mod blocks;
+pub mod cli;
+pub mod commands;
 pub mod error;
 pub mod onnx;
 pub mod plan;
+pub mod runtime;

@@ -1,3 +1,22 @@
+//! The `skrr-onnx` binary: parse the command line, run the library, turn errors into one line on
+//! stderr and a documented exit code (src/error.rs).
+
+use clap::Parser;
+use skrr_onnx::cli::Cli;
+
 fn main() {
-    println!("skrr-onnx");
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .filter_level(cli.global.log_level())
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    let ctx = cli.global.context();
+    if let Err(err) = skrr_onnx::commands::dispatch(&cli.command, &ctx) {
+        // One line: the context chain joined with ": " (embedded newlines from ONNX Runtime
+        // messages folded), so logs and scripts can grep it.
+        let msg = format!("{err:#}").replace(['\n', '\r'], " ");
+        eprintln!("error: {msg}");
+        std::process::exit(skrr_onnx::error::exit_code_of(&err));
+    }
 }

@@ -1,0 +1,76 @@
+//! The command line: global flags and the list of subcommands.
+//!
+//! Adding a subcommand `foo`: write `src/commands/foo.rs` with `pub struct FooArgs` (clap
+//! `Args`) and `pub fn run(args: &FooArgs, ctx: &Context) -> anyhow::Result<()>`, then add one
+//! variant to [`Command`] below and one line to `commands::dispatch`.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+use crate::runtime::{Provider, RuntimeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skrr-onnx",
+    version,
+    about = "Skip and Re-use (Skrr) compiler for ONNX text encoders"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand accepts (before or after the subcommand name).
+#[derive(Clone, Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// ONNX Runtime execution provider; an unavailable one is an error, never a CPU fallback.
+    #[arg(long, value_enum, default_value_t = Provider::Cpu, global = true)]
+    pub provider: Provider,
+    /// ONNX Runtime intra-op threads (default: one per core).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show where ONNX Runtime was found, its version and execution providers.
+    Doctor(commands::doctor::DoctorArgs),
+}
+
+/// What a subcommand gets besides its own arguments.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub json: bool,
+    pub runtime: RuntimeConfig,
+}
+
+impl GlobalArgs {
+    pub fn context(&self) -> Context {
+        Context {
+            json: self.json,
+            runtime: RuntimeConfig {
+                provider: self.provider,
+                threads: self.threads.map(usize::from),
+                ..RuntimeConfig::default()
+            },
+        }
+    }
+
+    /// The log filter for `-v` counts (warnings only by default).
+    pub fn log_level(&self) -> log::LevelFilter {
+        match self.verbose {
+            0 => log::LevelFilter::Warn,
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! One file per subcommand; `dispatch` maps a parsed [`Command`] to its `run`.
+
+use anyhow::Result;
+
+use crate::cli::{Command, Context};
+
+pub mod doctor;
+
+pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
+    match command {
+        Command::Doctor(args) => doctor::run(args, ctx),
+    }
+}

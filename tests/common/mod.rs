@@ -1,0 +1,184 @@
+//! Helpers shared by the integration tests. Use with `mod common;` at the top of a file in tests/.
+//!
+//! Tests run the real binary and the real ONNX Runtime; Python (`SKRR_PYTHON`, else `python3`)
+//! serves only as an oracle (onnx.checker, onnxruntime reference runs). `scripts/test.sh` sets
+//! everything up.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// The `skrr-onnx` binary cargo built for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skrr-onnx"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("fixtures")
+}
+
+/// The Python interpreter for oracles: `SKRR_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("SKRR_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// A `Command` for the binary with `args`, logging quiet (RUST_LOG removed) so stderr holds only
+/// what the tool itself reports.
+pub fn skrr_cmd<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs the binary with `args` and returns its output, whatever the exit status.
+pub fn skrr<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    skrr_cmd(args)
+        .output()
+        .expect("cannot start the skrr-onnx binary")
+}
+
+/// Runs the binary, asserts success and returns stdout.
+pub fn skrr_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = skrr(args);
+    assert!(
+        out.status.success(),
+        "skrr-onnx failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("stdout is not UTF-8")
+}
+
+/// Runs a Python snippet (`code` on stdin, `args` as `sys.argv[1:]`) and returns its stdout;
+/// panics with Python's stderr when it fails.
+pub fn run_python(code: &str, args: &[&str]) -> String {
+    let mut child = Command::new(python())
+        .arg("-")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (set SKRR_PYTHON or run scripts/setup.sh): {e}",
+                python()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(code.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python snippet failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("python stdout is not UTF-8")
+}
+
+/// Like [`run_python`], for a snippet that prints one JSON document.
+pub fn run_python_json(code: &str, args: &[&str]) -> serde_json::Value {
+    let out = run_python(code, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("python printed no JSON ({e}):\n{out}"))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn dir_entries(dir: &Path) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs the binary with `args` and checks the error contract (docs/reliability.md):
+/// - exit code `code`;
+/// - the last stderr line is `error: ...` containing `needle`, and no other line starts with
+///   `error` (one message, not a backtrace or a panic);
+/// - `output` (if given) does not exist afterwards and its folder has no new entries (no
+///   leftover temporary file);
+/// - every file in `inputs` has the same sha256 before and after.
+///
+/// Returns the error line for further checks.
+pub fn assert_error_contract<S: AsRef<OsStr>>(
+    args: &[S],
+    code: i32,
+    needle: &str,
+    output: Option<&Path>,
+    inputs: &[&Path],
+) -> String {
+    let before: Vec<String> = inputs.iter().map(|p| sha256_file(p)).collect();
+    let out_dir = output.and_then(Path::parent).map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    });
+    let entries_before = out_dir.map(dir_entries);
+    let out = skrr(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status {}, stderr:\n{stderr}",
+        out.status
+    );
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains(needle),
+        "expected `error: ...{needle}...`, got:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "several errors:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    if let Some(o) = output {
+        assert!(!o.exists(), "{} was left behind", o.display());
+    }
+    if let (Some(d), Some(b)) = (out_dir, entries_before) {
+        let new: Vec<_> = dir_entries(d).difference(&b).cloned().collect();
+        assert!(
+            new.is_empty(),
+            "files left behind in {}: {new:?}",
+            d.display()
+        );
+    }
+    for (p, h) in inputs.iter().zip(before) {
+        assert_eq!(sha256_file(p), h, "{} was modified", p.display());
+    }
+    last.to_string()
+}
