@@ -96,10 +96,13 @@ fn ort_dylib_path_must_point_at_a_loadable_library() {
 }
 
 /// With no Python, no venv near the binary or the working directory and no ORT_DYLIB_PATH, the
-/// error says what to install and where it looked. (Assumes no system-wide libonnxruntime.)
+/// error says what to install and where it looked. The binary is linked into a temporary folder
+/// outside the repository so that no `.venv` lies above it. (Assumes no system-wide
+/// libonnxruntime.)
 #[test]
 fn missing_onnx_runtime_says_what_to_install() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!dir.path().starts_with(repo_root()));
     let exe = dir.path().join("skrr-onnx");
     std::fs::hard_link(bin(), &exe)
         .or_else(|_| std::fs::copy(bin(), &exe).map(drop))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on a committed fixture, on a fresh machine: sets up ONNX Runtime (scripts/setup.sh),
+# builds the release binary and runs it. Output goes to demo-out/ (ignored by git).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+eval "$(bash scripts/setup.sh)"
+export SKRR_PYTHON ORT_DYLIB_PATH
+cargo build --release --locked --quiet
+skrr="$root/target/release/skrr-onnx"
+mkdir -p demo-out
+
+set -x
+"$skrr" doctor
