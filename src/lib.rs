@@ -11,3 +11,4 @@ pub mod error;
 pub mod onnx;
 pub mod plan;
 pub mod runtime;
+pub mod search;
