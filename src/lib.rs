@@ -10,5 +10,6 @@ pub mod commands;
 pub mod error;
 pub mod onnx;
 pub mod plan;
+pub mod rewrite;
 pub mod runtime;
 pub mod search;

@@ -1,0 +1,452 @@
+//! Graph edits: the data a plan becomes, and the one function that applies them.
+//!
+//! In the spirit of tract's `ModelPatch`: deciding *what* to change (`plan_edits`) is separate
+//! from changing it (`apply_edits`), so the edits can be logged, tested and audited on their own,
+//! and every rewrite goes through the same code path whatever the plan.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use crate::blocks::Analysis;
+use crate::onnx::{GraphProto, NodeProto, TensorProto};
+use crate::plan::Action;
+
+use super::ReuseWeights;
+
+/// One change to the graph. Indices refer to the nodes of the graph the edits were planned on
+/// (`Analysis::graph`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Edit {
+    /// Drop the nodes of sub-block `at` (skipped, or replaced by a re-use).
+    Remove { at: usize, nodes: Vec<usize> },
+    /// Every reader of value `from` (nodes and graph outputs) reads `to` instead: a skipped
+    /// sub-block's output becomes its input, a replaced one's becomes the clone's output.
+    Bypass { from: String, to: String },
+    /// A second call of sub-block `source` at position `at`: copies of its `nodes` with every
+    /// value renamed through `values` (names not listed, the initializers in share mode, stay)
+    /// and node names through `node_names` (parallel to `nodes`).
+    Clone {
+        source: usize,
+        at: usize,
+        nodes: Vec<usize>,
+        values: BTreeMap<String, String>,
+        node_names: Vec<Option<String>>,
+    },
+    /// A copy of initializer `from` named `to` (`--reuse-weights copy`, for engines that cannot
+    /// share a weight between two layers).
+    CopyInitializer { from: String, to: String },
+}
+
+/// Turns a validated plan into edits on `analysis.graph`.
+///
+/// Skip at `p`: remove `p`, bypass its output to its input. Re-use of `q` at `p`: remove `p`,
+/// clone `q` reading `p`'s stream input and `p`'s side inputs (bound position by position, the
+/// order `Analysis` guarantees), bypass `p`'s output to the clone's output. Chains of skips
+/// resolve transitively when the edits are applied.
+pub fn plan_edits(
+    analysis: &Analysis,
+    actions: &[Action],
+    reuse: ReuseWeights,
+) -> Result<Vec<Edit>> {
+    ensure!(
+        actions.len() == analysis.sub_blocks.len(),
+        "plan has {} actions, the model has {} sub-blocks",
+        actions.len(),
+        analysis.sub_blocks.len()
+    );
+    crate::plan::validate(analysis, actions)?;
+    let graph = &analysis.graph;
+    let mut names = Names::of(graph);
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    let mut edits = Vec::new();
+    for (p, action) in actions.iter().enumerate() {
+        let sb = &analysis.sub_blocks[p];
+        match *action {
+            Action::Keep => {}
+            Action::Skip => {
+                edits.push(Edit::Remove {
+                    at: p,
+                    nodes: sb.nodes.clone(),
+                });
+                edits.push(Edit::Bypass {
+                    from: sb.output.clone(),
+                    to: sb.input.clone(),
+                });
+            }
+            Action::Reuse(q) => {
+                let src = &analysis.sub_blocks[q];
+                ensure!(
+                    src.side_inputs.len() == sb.side_inputs.len(),
+                    "sub-block {p} has {} side inputs but its re-use source {q} has {}; \
+                     the block analysis did not align them",
+                    sb.side_inputs.len(),
+                    src.side_inputs.len()
+                );
+                let tag = format!("skrr{p}");
+                let mut values = BTreeMap::new();
+                let mut node_names = Vec::with_capacity(src.nodes.len());
+                for &i in &src.nodes {
+                    let node = graph.node.get(i).ok_or_else(|| {
+                        anyhow!("sub-block {q} names node {i}, which does not exist")
+                    })?;
+                    if has_subgraph(node) {
+                        bail!(
+                            "sub-block {q} contains node {:?} ({}) with a subgraph; re-using it is not supported",
+                            node.name(),
+                            node.op_type()
+                        );
+                    }
+                    for o in node.output.iter().filter(|o| !o.is_empty()) {
+                        let fresh = names.fresh_value(o, &tag);
+                        values.insert(o.clone(), fresh);
+                    }
+                    node_names.push(node.name.as_ref().map(|n| names.fresh_node(n, &tag)));
+                }
+                for &i in &src.nodes {
+                    for input in graph.node[i].input.iter().filter(|s| !s.is_empty()) {
+                        if values.contains_key(input) {
+                            continue;
+                        }
+                        let bound = if *input == src.input {
+                            Some(sb.input.clone())
+                        } else if let Some(k) = src.side_inputs.iter().position(|s| s == input) {
+                            Some(sb.side_inputs[k].clone())
+                        } else if reuse == ReuseWeights::Copy
+                            && initializers.contains(input.as_str())
+                        {
+                            let to = names.fresh_value(input, &tag);
+                            edits.push(Edit::CopyInitializer {
+                                from: input.clone(),
+                                to: to.clone(),
+                            });
+                            Some(to)
+                        } else {
+                            // Initializers (shared) and stream-independent values such as the
+                            // redirected shape source stay as they are.
+                            None
+                        };
+                        if let Some(b) = bound {
+                            values.insert(input.clone(), b);
+                        }
+                    }
+                }
+                let out = values.get(&src.output).cloned().ok_or_else(|| {
+                    anyhow!(
+                        "sub-block {q}'s nodes do not produce its output {:?}",
+                        src.output
+                    )
+                })?;
+                edits.push(Edit::Remove {
+                    at: p,
+                    nodes: sb.nodes.clone(),
+                });
+                edits.push(Edit::Clone {
+                    source: q,
+                    at: p,
+                    nodes: src.nodes.clone(),
+                    values,
+                    node_names,
+                });
+                edits.push(Edit::Bypass {
+                    from: sb.output.clone(),
+                    to: out,
+                });
+            }
+        }
+    }
+    Ok(edits)
+}
+
+/// Applies `edits` to `graph` and returns the edited graph, topologically sorted, with graph
+/// outputs that a bypass took away re-created by an `Identity` (output names are the model's
+/// interface). Dead code is not removed here (see `dce`).
+pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
+    let n = graph.node.len();
+    let mut removed = vec![false; n];
+    let mut bypass: HashMap<&str, &str> = HashMap::new();
+    // Clones go where the sub-block they replace started; the final sort fixes any other order.
+    let mut inserted: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
+    let mut copies: Vec<TensorProto> = Vec::new();
+    let mut cloned_info = Vec::new();
+    let mut anchors: HashMap<usize, usize> = HashMap::new();
+    for e in edits {
+        if let Edit::Remove { at, nodes } = e {
+            anchors.insert(*at, nodes.iter().copied().min().unwrap_or(n));
+        }
+    }
+    for e in edits {
+        match e {
+            Edit::Remove { at, nodes } => {
+                for &i in nodes {
+                    ensure!(
+                        i < n,
+                        "edit removes node {i} of sub-block {at}; the graph has {n}"
+                    );
+                    ensure!(!removed[i], "node {i} is removed twice (sub-block {at})");
+                    removed[i] = true;
+                }
+            }
+            Edit::Bypass { from, to } => {
+                ensure!(from != to, "bypass of {from:?} onto itself");
+                if bypass.insert(from.as_str(), to.as_str()).is_some() {
+                    bail!("value {from:?} is bypassed twice");
+                }
+            }
+            Edit::Clone {
+                source,
+                at,
+                nodes,
+                values,
+                node_names,
+            } => {
+                ensure!(
+                    nodes.len() == node_names.len(),
+                    "clone of {source} at {at}: node names do not match nodes"
+                );
+                let anchor = *anchors.get(at).unwrap_or(&n);
+                let slot = inserted.entry(anchor).or_default();
+                for (&i, name) in nodes.iter().zip(node_names) {
+                    let orig = graph.node.get(i).ok_or_else(|| {
+                        anyhow!("clone of {source} names node {i}, which does not exist")
+                    })?;
+                    let mut node = orig.clone();
+                    node.name = name.clone();
+                    for v in node.input.iter_mut().chain(node.output.iter_mut()) {
+                        if let Some(new) = values.get(v.as_str()) {
+                            *v = new.clone();
+                        }
+                    }
+                    slot.push(node);
+                }
+                for vi in &graph.value_info {
+                    if let Some(new) = values.get(vi.name()) {
+                        if nodes
+                            .iter()
+                            .any(|&i| graph.node[i].output.iter().any(|o| o == vi.name()))
+                        {
+                            let mut vi = vi.clone();
+                            vi.name = Some(new.clone());
+                            cloned_info.push(vi);
+                        }
+                    }
+                }
+            }
+            Edit::CopyInitializer { from, to } => {
+                let t = graph
+                    .initializer
+                    .iter()
+                    .find(|t| t.name() == from)
+                    .ok_or_else(|| {
+                        anyhow!("edit copies initializer {from:?}, which does not exist")
+                    })?;
+                let mut t = t.clone();
+                t.name = Some(to.clone());
+                copies.push(t);
+            }
+        }
+    }
+    let resolve = |name: &str| -> Result<String> {
+        let mut cur = name;
+        for _ in 0..=bypass.len() {
+            match bypass.get(cur) {
+                Some(next) => cur = next,
+                None => return Ok(cur.to_string()),
+            }
+        }
+        bail!("bypasses of {name:?} form a cycle")
+    };
+
+    let mut out = GraphProto {
+        node: Vec::with_capacity(n),
+        ..graph.clone()
+    };
+    out.node.clear();
+    for (i, node) in graph.node.iter().enumerate() {
+        if let Some(clones) = inserted.remove(&i) {
+            out.node.extend(clones);
+        }
+        if !removed[i] {
+            out.node.push(node.clone());
+        }
+    }
+    for clones in inserted.into_values() {
+        out.node.extend(clones);
+    }
+    for node in &mut out.node {
+        rename_inputs(node, &resolve)?;
+    }
+    let mut names = Names::of(&out);
+    for o in &graph.output {
+        if bypass.contains_key(o.name()) {
+            let src = resolve(o.name())?;
+            let name = names.fresh_node(o.name(), "skrr_output");
+            out.node.push(NodeProto {
+                input: vec![src],
+                output: vec![o.name().to_string()],
+                name: Some(name),
+                op_type: Some("Identity".into()),
+                ..Default::default()
+            });
+        }
+    }
+    out.initializer.extend(copies);
+    out.value_info.extend(cloned_info);
+    out.node = toposort(out.node)?;
+    Ok(out)
+}
+
+/// Redirects a node's inputs (and the outer-scope reads of its subgraphs) through `resolve`.
+fn rename_inputs(node: &mut NodeProto, resolve: &dyn Fn(&str) -> Result<String>) -> Result<()> {
+    for v in node.input.iter_mut().filter(|v| !v.is_empty()) {
+        *v = resolve(v)?;
+    }
+    for a in &mut node.attribute {
+        for g in a.g.iter_mut().map(|g| &mut **g).chain(a.graphs.iter_mut()) {
+            for sub in &mut g.node {
+                rename_inputs(sub, resolve)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn has_subgraph(node: &NodeProto) -> bool {
+    node.attribute
+        .iter()
+        .any(|a| a.g.is_some() || !a.graphs.is_empty())
+}
+
+/// Values a node reads, including outer-scope values its subgraphs read (conservatively: every
+/// input named inside them).
+pub(crate) fn reads(node: &NodeProto) -> Vec<&str> {
+    let mut out: Vec<&str> = node
+        .input
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for a in &node.attribute {
+        for g in a.g.iter().map(|g| &**g).chain(a.graphs.iter()) {
+            for sub in &g.node {
+                out.extend(reads(sub));
+            }
+        }
+    }
+    out
+}
+
+/// Stable topological sort (Kahn, earliest original position first), so that an edited graph
+/// stays in the order the ONNX format requires. A cycle is an error.
+fn toposort(nodes: Vec<NodeProto>) -> Result<Vec<NodeProto>> {
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            if let Some(prev) = producer.insert(o.as_str(), i) {
+                bail!(
+                    "value {o:?} is produced twice (nodes {:?} and {:?})",
+                    nodes[prev].name(),
+                    node.name()
+                );
+            }
+        }
+    }
+    let mut indegree = vec![0usize; nodes.len()];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        let deps: HashSet<usize> = reads(node)
+            .into_iter()
+            .filter_map(|v| producer.get(v).copied())
+            .collect();
+        indegree[i] = deps.len();
+        for d in deps {
+            users[d].push(i);
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..nodes.len())
+        .filter(|&i| indegree[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &u in &users[i] {
+            indegree[u] -= 1;
+            if indegree[u] == 0 {
+                ready.push(std::cmp::Reverse(u));
+            }
+        }
+    }
+    if order.len() != nodes.len() {
+        let stuck = (0..nodes.len())
+            .find(|&i| indegree[i] > 0)
+            .map(|i| nodes[i].name().to_string());
+        bail!(
+            "the edited graph has a cycle (through node {:?})",
+            stuck.unwrap_or_default()
+        );
+    }
+    let mut slots: Vec<Option<NodeProto>> = nodes.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .map(|i| slots[i].take().context("node placed twice"))
+        .collect()
+}
+
+/// Every value and node name in use, so that new names never collide with any of them
+/// (including names inside subgraphs, which share the value namespace).
+struct Names {
+    values: HashSet<String>,
+    nodes: HashSet<String>,
+}
+
+impl Names {
+    fn of(graph: &GraphProto) -> Names {
+        let mut names = Names {
+            values: HashSet::new(),
+            nodes: HashSet::new(),
+        };
+        names.add_graph(graph);
+        names
+    }
+
+    fn add_graph(&mut self, g: &GraphProto) {
+        let vi = g.input.iter().chain(&g.output).chain(&g.value_info);
+        self.values.extend(vi.map(|v| v.name().to_string()));
+        self.values
+            .extend(g.initializer.iter().map(|t| t.name().to_string()));
+        for node in &g.node {
+            self.values
+                .extend(node.input.iter().chain(&node.output).cloned());
+            if let Some(n) = &node.name {
+                self.nodes.insert(n.clone());
+            }
+            for a in &node.attribute {
+                for sub in a.g.iter().map(|g| &**g).chain(a.graphs.iter()) {
+                    self.add_graph(sub);
+                }
+            }
+        }
+    }
+
+    fn fresh_value(&mut self, base: &str, tag: &str) -> String {
+        fresh(&mut self.values, base, tag)
+    }
+
+    fn fresh_node(&mut self, base: &str, tag: &str) -> String {
+        fresh(&mut self.nodes, base, tag)
+    }
+}
+
+/// `base` tagged with why it was made (e.g. `skrr5` for the re-use at position 5, readable in
+/// Netron), de-duplicated against every name in use.
+fn fresh(taken: &mut HashSet<String>, base: &str, tag: &str) -> String {
+    let mut candidate = format!("{base}/{tag}");
+    let mut k = 1;
+    while taken.contains(&candidate) {
+        candidate = format!("{base}/{tag}_{k}");
+        k += 1;
+    }
+    taken.insert(candidate.clone());
+    candidate
+}
