@@ -258,7 +258,7 @@ pub(crate) mod testutil {
     //! A synthetic model and a synthetic D for the search logic's unit tests.
 
     use crate::blocks::{Analysis, Kind, SubBlock};
-    use crate::onnx::{GraphProto, NodeProto, TensorProto};
+    use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
     use crate::plan::Action;
 
     /// `params[p]` parameters in sub-block `p` (alternating attention / ffn) plus `embed` in the
@@ -269,21 +269,29 @@ pub(crate) mod testutil {
             dims: vec![n as i64],
             ..Default::default()
         };
-        let node = |w: &str| NodeProto {
-            input: vec!["h".into(), w.into()],
-            output: vec![format!("{w}_out")],
+        // A connected chain (ids → s0 → ... → sN = graph output): parameter counts come from
+        // liveness, so the stream must really flow from the prologue to the output.
+        let node = |i: &str, w: &str, o: &str| NodeProto {
+            input: vec![i.into(), w.into()],
+            output: vec![o.into()],
             op_type: Some("MatMul".into()),
             ..Default::default()
         };
         let mut graph = GraphProto {
-            node: vec![node("emb")],
+            node: vec![node("ids", "emb", "s0")],
             initializer: vec![init("emb", embed)],
+            output: vec![ValueInfoProto {
+                name: Some(format!("s{}", params.len())),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let mut sub_blocks = Vec::new();
         for (p, &n) in params.iter().enumerate() {
             let w = format!("w{p}");
-            graph.node.push(node(&w));
+            graph
+                .node
+                .push(node(&format!("s{p}"), &w, &format!("s{}", p + 1)));
             graph.initializer.push(init(&w, n));
             sub_blocks.push(SubBlock {
                 index: p,
