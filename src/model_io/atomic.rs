@@ -1,0 +1,132 @@
+//! Whole-or-nothing output: files are written as temporaries beside their destination, synced,
+//! and renamed into place, so a reader (or a crash) never sees a partial model.
+
+use std::fs::{File, Permissions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tempfile::NamedTempFile;
+
+/// A file being written, not yet visible under its destination name. Dropping it (on any
+/// error path) deletes the temporary.
+pub(crate) struct Staged {
+    tmp: NamedTempFile,
+    dest: PathBuf,
+}
+
+impl Staged {
+    /// Starts a temporary file in `dest`'s folder (same filesystem, so the rename is atomic).
+    pub fn new(dest: &Path) -> Result<Self> {
+        let dir = dest.parent().context("output path has no folder")?;
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        Ok(Staged {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    pub fn file(&self) -> &File {
+        self.tmp.as_file()
+    }
+
+    /// Syncs the data and gives the file the destination's permissions (or the usual 0644;
+    /// temporaries are created 0600).
+    fn finish(&self) -> Result<()> {
+        let mode = std::fs::metadata(&self.dest)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        self.file().set_permissions(Permissions::from_mode(mode))?;
+        self.file()
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", self.tmp.path().display()))
+    }
+}
+
+/// Renames the data file (if any) and then the model into place: a model never points at data
+/// that is not there yet. If the model cannot be placed, the data file placed a moment before is
+/// removed again.
+pub(crate) fn commit(data: Option<Staged>, model: Staged) -> Result<()> {
+    if let Some(d) = &data {
+        d.finish()?;
+    }
+    model.finish()?;
+    let placed = match data {
+        Some(d) => {
+            let dest = d.dest.clone();
+            d.tmp
+                .persist(&dest)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot rename the data file into {}", dest.display()))?;
+            Some(dest)
+        }
+        None => None,
+    };
+    let dest = model.dest.clone();
+    if let Err(e) = model.tmp.persist(&dest) {
+        if let Some(p) = &placed {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e.error)
+            .with_context(|| format!("cannot rename the model into {}", dest.display()));
+    }
+    // Make the renames themselves durable.
+    if let Some(dir) = dest.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).ok();
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (same device and inode, so hard links and symlinks
+/// count). A path that does not exist is the same as nothing.
+pub(crate) fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
+    let (ma, mb) = match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(ma), Ok(mb)) => (ma, mb),
+        (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn dropped_stage_leaves_nothing_and_commit_places_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        let data = dir.path().join("m.onnx.data");
+        {
+            let s = Staged::new(&model).unwrap();
+            s.file().write_all(b"partial").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let m = Staged::new(&model).unwrap();
+        let d = Staged::new(&data).unwrap();
+        m.file().write_all(b"model").unwrap();
+        d.file().write_all(b"data").unwrap();
+        commit(Some(d), m).unwrap();
+        assert_eq!(std::fs::read(&model).unwrap(), b"model");
+        assert_eq!(std::fs::read(&data).unwrap(), b"data");
+        assert_eq!(
+            std::fs::metadata(&model).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        let link = dir.path().join("hard");
+        std::fs::hard_link(&model, &link).unwrap();
+        assert!(same_file(&model, &link).unwrap());
+        assert!(!same_file(&model, &data).unwrap());
+        assert!(!same_file(&model, &dir.path().join("nothing")).unwrap());
+    }
+}
