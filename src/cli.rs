@@ -41,6 +41,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Re-save a model: move weights into external data (--external-data) or inline (--inline).
+    Convert(commands::convert::ConvertArgs),
     /// Show where ONNX Runtime was found, its version and execution providers.
     Doctor(commands::doctor::DoctorArgs),
 }

@@ -4,10 +4,12 @@ use anyhow::Result;
 
 use crate::cli::{Command, Context};
 
+pub mod convert;
 pub mod doctor;
 
 pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
     match command {
+        Command::Convert(args) => convert::run(args, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
     }
 }

@@ -26,7 +26,7 @@ use crate::onnx::{ModelProto, TensorProto};
 
 pub use external::ExternalFile;
 pub use read::read_model;
-pub use tensor::{element_count, element_size, stored_len, TensorView, TypedData};
+pub use tensor::{element_count, element_size, stored_len, type_name, TensorView, TypedData};
 pub use write::{write_model, ExternalData, WriteOptions, WriteReport};
 
 /// A model read from disk: the decoded protobuf, where it came from, and access to its weights.

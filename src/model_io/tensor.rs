@@ -49,6 +49,40 @@ pub fn element_size(data_type: i32) -> Option<u64> {
     })
 }
 
+/// The data type's name in the ONNX specification, for messages.
+pub fn type_name(data_type: i32) -> String {
+    let name = match data_type {
+        dt::FLOAT => "FLOAT",
+        dt::UINT8 => "UINT8",
+        dt::INT8 => "INT8",
+        dt::UINT16 => "UINT16",
+        dt::INT16 => "INT16",
+        dt::INT32 => "INT32",
+        dt::INT64 => "INT64",
+        dt::STRING => "STRING",
+        dt::BOOL => "BOOL",
+        dt::FLOAT16 => "FLOAT16",
+        dt::DOUBLE => "DOUBLE",
+        dt::UINT32 => "UINT32",
+        dt::UINT64 => "UINT64",
+        dt::COMPLEX64 => "COMPLEX64",
+        dt::COMPLEX128 => "COMPLEX128",
+        dt::BFLOAT16 => "BFLOAT16",
+        17 => "FLOAT8E4M3FN",
+        18 => "FLOAT8E4M3FNUZ",
+        19 => "FLOAT8E5M2",
+        20 => "FLOAT8E5M2FNUZ",
+        21 => "UINT4",
+        22 => "INT4",
+        23 => "FLOAT4E2M1",
+        24 => "FLOAT8E8M0",
+        25 => "UINT2",
+        26 => "INT2",
+        other => return format!("data_type {other}"),
+    };
+    name.to_string()
+}
+
 /// Elements packed per byte for sub-byte types (UINT4, INT4, FLOAT4E2M1: 2; UINT2, INT2: 4).
 fn packed_per_byte(data_type: i32) -> Option<u64> {
     match data_type {
@@ -80,7 +114,7 @@ pub fn stored_len(t: &TensorProto) -> Result<u64> {
             t.name()
         );
     }
-    bail!("tensor '{}': unsupported data_type {ty}", t.name())
+    bail!("tensor '{}': unsupported {}", t.name(), type_name(ty))
 }
 
 /// Checks that `actual` stored bytes match the declared dims × element size.
@@ -88,10 +122,10 @@ pub(crate) fn check_len(t: &TensorProto, actual: u64) -> Result<()> {
     let expected = stored_len(t)?;
     if expected != actual {
         bail!(
-            "tensor '{}': dims {:?} of data_type {} need {expected} bytes but {actual} are stored",
+            "tensor '{}': dims {:?} of {} need {expected} bytes but {actual} are stored",
             t.name(),
             t.dims,
-            t.data_type()
+            type_name(t.data_type())
         );
     }
     Ok(())
@@ -139,7 +173,10 @@ pub(crate) fn inline_bytes(t: &TensorProto) -> Result<Cow<'_, [u8]>> {
         }
         dt::UINT32 => {
             check(t.uint64_data.len(), "uint64_data")?;
-            t.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect()
+            t.uint64_data
+                .iter()
+                .flat_map(|&v| (v as u32).to_le_bytes())
+                .collect()
         }
         dt::INT32 => {
             check(t.int32_data.len(), "int32_data")?;
@@ -148,16 +185,23 @@ pub(crate) fn inline_bytes(t: &TensorProto) -> Result<Cow<'_, [u8]>> {
         // 16-bit types (fp16/bf16 as their bit patterns) live in the low half of int32_data.
         dt::INT16 | dt::UINT16 | dt::FLOAT16 | dt::BFLOAT16 => {
             check(t.int32_data.len(), "int32_data")?;
-            t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect()
+            t.int32_data
+                .iter()
+                .flat_map(|&v| (v as u16).to_le_bytes())
+                .collect()
         }
         dt::INT8 | dt::UINT8 | dt::BOOL | 17..=20 | 24 => {
             check(t.int32_data.len(), "int32_data")?;
             t.int32_data.iter().map(|&v| v as u8).collect()
         }
-        dt::STRING => bail!("tensor '{}': string tensors have no byte representation", t.name()),
-        _ => bail!(
-            "tensor '{}': data_type {ty} stored in typed fields is not supported (only as raw_data)",
+        dt::STRING => bail!(
+            "tensor '{}': string tensors have no byte representation",
             t.name()
+        ),
+        _ => bail!(
+            "tensor '{}': {} stored in typed fields is not supported (only as raw_data)",
+            t.name(),
+            type_name(ty)
         ),
     };
     Ok(Cow::Owned(bytes))
@@ -222,7 +266,7 @@ impl<'a> TensorView<'a> {
             dt::INT64 => TypedData::I64(cast(bytes)),
             dt::UINT64 => TypedData::U64(cast(bytes)),
             dt::BOOL => TypedData::Bool(bytes.iter().map(|&b| b != 0).collect()),
-            ty => bail!("tensor '{}': no typed view for data_type {ty}", t.name()),
+            ty => bail!("tensor '{}': no typed view for {}", t.name(), type_name(ty)),
         };
         Ok(TensorView {
             name: t.name(),
