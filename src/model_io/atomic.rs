@@ -83,6 +83,22 @@ pub(crate) fn commit(data: Option<Staged>, model: Staged) -> Result<()> {
     Ok(())
 }
 
+/// Writes a small file (a plan, a report) whole or not at all, with the same staging as models.
+pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    // A bare file name has an empty parent, which is no folder to stage in.
+    let dest = match dest.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new(".").join(dest),
+        _ => dest.to_path_buf(),
+    };
+    let staged = Staged::new(&dest)?;
+    staged
+        .file()
+        .write_all(bytes)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    commit(None, staged)
+}
+
 /// Whether two paths name the same file (same device and inode, so hard links and symlinks
 /// count). A path that does not exist is the same as nothing.
 pub(crate) fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
@@ -98,6 +114,17 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn write_file_replaces_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("plan.json");
+        write_file(&p, b"first version, longer").unwrap();
+        write_file(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(write_file(&dir.path().join("missing/plan.json"), b"x").is_err());
+    }
 
     #[test]
     fn dropped_stage_leaves_nothing_and_commit_places_both() {

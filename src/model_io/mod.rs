@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::onnx::{ModelProto, TensorProto};
 
+pub use atomic::write_file;
 pub use external::ExternalFile;
 pub use read::read_model;
 pub use tensor::{element_count, element_size, stored_len, type_name, TensorView, TypedData};

@@ -243,6 +243,9 @@ pub fn search(
         if cfg.reuse {
             let (actions, r) = reuse_pass(analysis, scorer, &level.skip_order, level.d_skip)?;
             level.d_final = r.d_after;
+            // Re-use reads only weights that stay anyway; recounting keeps the file exact.
+            level.params_removed = removed_params(analysis, &actions);
+            level.sparsity = sparsity(analysis, &actions);
             level.actions = actions;
             report.candidates_scored += r.tried - r.abandoned;
             report.candidates_abandoned += r.abandoned;

@@ -51,11 +51,25 @@ fn font_available() -> bool {
     })
 }
 
-/// Writes a PNG of D (skip phase and final) against achieved sparsity, one point per level.
+/// Writes a PNG of D (skip phase and final) against achieved sparsity, one point per level;
+/// drawn beside `path` under a temporary name and renamed into place, so it appears whole.
 pub fn write_png(levels: &[Level], method: &str, path: &Path) -> Result<()> {
-    draw(levels, method, path, font_available())
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".skrr-plot.")
+        .suffix(".png")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    draw(levels, method, tmp.path(), font_available())
         .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("cannot draw the sweep plot {}", path.display()))
+        .with_context(|| format!("cannot draw the sweep plot {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn draw(
@@ -157,6 +171,11 @@ mod tests {
         for labels in [false, font_available()] {
             let p = dir.path().join(format!("sweep-{labels}.png"));
             draw(&levels, "skrr", &p, labels).unwrap();
+            if labels {
+                let q = dir.path().join("via-write.png");
+                write_png(&levels, "skrr", &q).unwrap();
+                assert_eq!(std::fs::read(&q).unwrap(), std::fs::read(&p).unwrap());
+            }
             let bytes = std::fs::read(&p).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
             // IHDR: width and height, big-endian, at bytes 16..24
