@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""Generates the hostile-input corpus of tests/hostile.rs into a folder.
+
+    python tests/corpus/generate.py OUT_DIR [--fixtures fixtures]
+
+Nothing binary is committed: `tests/hostile.rs` runs this script into a temporary folder at
+test time (Python with `onnx` and `numpy` only; the well-formed parts are the committed
+fixtures). `OUT_DIR/manifest.json` lists every case:
+
+    {"name", "what", "args": [...], "exit": code, "needles": [...],
+     "env": {VAR: value or null to unset}, "isolate": bool, "inputs": [...]}
+
+`args` is the command line after the binary. Placeholders, filled in by the test:
+`{case}` the case's own folder (every file in it must be byte-identical afterwards),
+`{root}` the corpus folder, `{out}` a fresh empty folder that must still be empty afterwards
+(no output, no temporary file). `needles` are substrings of the one-line error (with the same
+placeholders), at least one naming the file or tensor at fault. `inputs` lists more files,
+outside the case folder, that must not change. `isolate` runs a copy of the binary from a
+folder with nothing around it, with only the variables in `env` set.
+
+Each case exercises one subcommand; a case is listed only once that subcommand exists.
+"""
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Exit codes (src/error.rs; documented in docs/reliability.md).
+USAGE, BAD_MODEL, BAD_INPUT, RUNTIME, OUTPUT = 2, 3, 4, 5, 6
+
+CASES = []
+ROOT = ""
+
+
+def case(name, what, args, exit, needles, env=None, isolate=False, inputs=()):
+    CASES.append(
+        {
+            "name": name,
+            "what": what,
+            "args": args,
+            "exit": exit,
+            "needles": needles,
+            "env": env or {},
+            "isolate": isolate,
+            "inputs": list(inputs),
+        }
+    )
+
+
+def case_dir(name):
+    d = os.path.join(ROOT, name)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def save(model, path):
+    write(path, model.SerializeToString())
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def field(number, wire, payload):
+    """One protobuf field: key, then the payload (already encoded for its wire type)."""
+    return varint(number << 3 | wire) + payload
+
+
+def init_named(model, name):
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def tiny_model(initializers=(), nodes=None, opset=17):
+    """y = x + w for each initializer w (a minimal valid graph around hostile tensors)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    outs, ns = [], nodes or []
+    for i, t in enumerate(initializers):
+        y = f"y{i}"
+        ns.append(helper.make_node("Add", ["x", t.name], [y], name=f"add{i}"))
+        outs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, None))
+    g = helper.make_graph(ns, "tiny", [x], outs, list(initializers))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def external(name, location, offset, length, dims, dtype=TensorProto.FLOAT):
+    t = TensorProto()
+    t.name = name
+    t.data_type = dtype
+    t.dims.extend(dims)
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return t
+
+
+def model_cases(t5_path):
+    """Broken model files: the reader must refuse them (exit 3), naming the file or tensor."""
+    t5 = open(t5_path, "rb").read()
+    rng = np.random.default_rng(7)
+
+    def convert(name, what, data, needles):
+        d = case_dir(name)
+        write(os.path.join(d, "model.onnx"), data)
+        case(name, what, ["convert", "{case}/model.onnx", "{out}/out.onnx"], BAD_MODEL, needles)
+
+    convert(
+        "truncated_protobuf",
+        "the t5 fixture cut in the middle of a weight",
+        t5[: len(t5) // 2],
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    convert(
+        "truncated_header",
+        "the first 3 bytes of the t5 fixture",
+        t5[:3],
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    convert(
+        "empty_file",
+        "a zero-byte .onnx file",
+        b"",
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    convert(
+        "random_bytes",
+        "64 KiB of random bytes",
+        rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes(),
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    # ModelProto.ir_version (field 1) is a varint; here it arrives length-delimited.
+    convert(
+        "wrong_wire_type",
+        "ir_version encoded as a length-delimited field",
+        field(1, 2, varint(3) + b"abc") + t5,
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    # ModelProto.graph (field 7) is a message; here it arrives as a varint.
+    convert(
+        "message_as_varint",
+        "the graph field encoded as a varint",
+        t5 + field(7, 0, varint(1)),
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    # A string field (ModelProto.producer_name, field 2) holding invalid UTF-8.
+    convert(
+        "invalid_utf8",
+        "producer_name that is not UTF-8",
+        field(2, 2, varint(2) + b"\xff\xfe") + t5,
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+    # A length prefix far beyond the end of the file (a 'decompression bomb' in 9 bytes).
+    convert(
+        "huge_length_prefix",
+        "a graph field declaring 2^40 bytes in a 9-byte file",
+        field(7, 2, varint(1 << 40)) + b"\x00\x00",
+        ["{case}/model.onnx", "not a valid ONNX model"],
+    )
+
+    m = onnx.load_from_string(t5)
+    w = init_named(m, "model.encoder.block.0.layer.0.layer_norm.weight")
+    w.raw_data = w.raw_data[:-4]
+    convert(
+        "initializer_short",
+        "a [64] float initializer holding 252 bytes",
+        m.SerializeToString(),
+        ["model.encoder.block.0.layer.0.layer_norm.weight", "{case}/model.onnx"],
+    )
+    m = onnx.load_from_string(t5)
+    w = init_named(m, "model.encoder.block.1.layer.1.layer_norm.weight")
+    w.raw_data = w.raw_data + b"\x00" * 8
+    convert(
+        "initializer_long",
+        "a [64] float initializer holding 264 bytes",
+        m.SerializeToString(),
+        ["model.encoder.block.1.layer.1.layer_norm.weight"],
+    )
+    m = onnx.load_from_string(t5)
+    w = init_named(m, "model.encoder.block.2.layer.0.layer_norm.weight")
+    w.ClearField("raw_data")
+    w.float_data.extend([1.0] * 63)
+    convert(
+        "typed_field_short",
+        "a [64] float initializer with 63 float_data values",
+        m.SerializeToString(),
+        ["model.encoder.block.2.layer.0.layer_norm.weight"],
+    )
+    m = onnx.load_from_string(t5)
+    w = init_named(m, "model.encoder.block.3.layer.0.layer_norm.weight")
+    del w.dims[:]
+    w.dims.extend([-1, -64])
+    convert(
+        "negative_dims",
+        "an initializer with dims [-1, -64] (product 64, as many bytes as stored)",
+        m.SerializeToString(),
+        ["model.encoder.block.3.layer.0.layer_norm.weight"],
+    )
+    m = onnx.load_from_string(t5)
+    w = init_named(m, "model.encoder.block.3.layer.1.layer_norm.weight")
+    del w.dims[:]
+    # (2^62 + 1) * 64 = 2^68 + 64: a wrapping product gives exactly the 64 elements stored.
+    w.dims.extend([(1 << 62) + 1, 64])
+    convert(
+        "overflowing_dims",
+        "dims whose product wraps around 2^64 to exactly the stored element count",
+        m.SerializeToString(),
+        ["model.encoder.block.3.layer.1.layer_norm.weight"],
+    )
+    m = onnx.load_from_string(t5)
+    w = init_named(m, "model.encoder.block.0.layer.1.layer_norm.weight")
+    del w.dims[:]
+    # 2^62 + 64 elements fit an i64, but times 4 bytes wraps to the 256 bytes stored.
+    w.dims.extend([(1 << 62) + 64])
+    convert(
+        "overflowing_bytes",
+        "an element count whose size in bytes wraps around 2^64 to the stored size",
+        m.SerializeToString(),
+        ["model.encoder.block.0.layer.1.layer_norm.weight"],
+    )
+    huge = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[1 << 40])
+    huge.raw_data = b"\x00" * 4
+    convert(
+        "huge_declared_raw",
+        "4 bytes declaring a [2^40] float tensor",
+        tiny_model([huge]).SerializeToString(),
+        ["'huge'"],
+    )
+    huge = TensorProto(name="huge_typed", data_type=TensorProto.FLOAT, dims=[1 << 40])
+    huge.float_data.append(0.0)
+    convert(
+        "huge_declared_typed",
+        "one float_data value declaring a [2^40] float tensor",
+        tiny_model([huge]).SerializeToString(),
+        ["'huge_typed'"],
+    )
+    bad = TensorProto(name="no_dtype", dims=[4], raw_data=b"\x00" * 16)
+    convert(
+        "undefined_dtype",
+        "an initializer with data_type UNDEFINED",
+        tiny_model([bad]).SerializeToString(),
+        ["'no_dtype'"],
+    )
+
+
+def external_cases():
+    """External data that is missing, short, or points outside the model's folder."""
+    w = np.arange(256, dtype=np.float32)
+    write(os.path.join(ROOT, "outside.bin"), w.tobytes())
+    outside = os.path.join(ROOT, "outside.bin")
+
+    def ext(name, what, location, needles, length=1024, offset=0, setup=None, inputs=()):
+        d = case_dir(name)
+        if setup:
+            setup(d)
+        t = external("w_ext", location, offset, length, [length // 4])
+        save(tiny_model([t]), os.path.join(d, "model.onnx"))
+        case(
+            name,
+            what,
+            ["convert", "{case}/model.onnx", "{out}/out.onnx"],
+            BAD_MODEL,
+            needles,
+            inputs=inputs,
+        )
+
+    ext(
+        "external_missing",
+        "external data file that does not exist",
+        "weights.bin",
+        ["weights.bin", "'w_ext'"],
+    )
+    ext(
+        "external_short",
+        "external data file shorter than offset + length",
+        "weights.bin",
+        ["weights.bin", "'w_ext'"],
+        offset=512,
+        setup=lambda d: write(os.path.join(d, "weights.bin"), w.tobytes()),
+    )
+    ext(
+        "external_offset_overflow",
+        "offset + length past 2^64",
+        "weights.bin",
+        ["'w_ext'"],
+        offset=(1 << 64) - 8,
+        setup=lambda d: write(os.path.join(d, "weights.bin"), w.tobytes()),
+    )
+    ext(
+        "external_absolute",
+        "external data at an absolute path (an existing file)",
+        outside,
+        [outside, "absolute"],
+        inputs=["{root}/outside.bin"],
+    )
+    ext(
+        "external_dotdot",
+        "external data at ../outside.bin (an existing file)",
+        "../outside.bin",
+        ["../outside.bin", ".."],
+        inputs=["{root}/outside.bin"],
+    )
+    ext(
+        "external_dotdot_inner",
+        "external data at sub/../../outside.bin",
+        "sub/../../outside.bin",
+        ["sub/../../outside.bin"],
+        setup=lambda d: os.makedirs(os.path.join(d, "sub"), exist_ok=True),
+        inputs=["{root}/outside.bin"],
+    )
+    ext(
+        "external_symlink_escape",
+        "external data through a symlink in the folder that points outside it",
+        "link.bin",
+        ["link.bin"],
+        setup=lambda d: os.symlink("../outside.bin", os.path.join(d, "link.bin")),
+        inputs=["{root}/outside.bin"],
+    )
+    ext(
+        "external_dir_symlink_escape",
+        "external data inside a symlinked folder that points outside",
+        "linkdir/outside.bin",
+        ["linkdir/outside.bin"],
+        setup=lambda d: os.symlink("..", os.path.join(d, "linkdir")),
+        inputs=["{root}/outside.bin"],
+    )
+    ext(
+        "external_is_folder",
+        "external data location naming a folder",
+        "sub",
+        ["sub"],
+        setup=lambda d: os.makedirs(os.path.join(d, "sub"), exist_ok=True),
+    )
+
+
+def output_cases(t5_path):
+    """Outputs the writer must refuse, leaving the input alone (exit 6)."""
+    d = case_dir("output_is_input")
+    shutil.copy(t5_path, os.path.join(d, "model.onnx"))
+    case(
+        "output_is_input",
+        "convert a model onto itself",
+        ["convert", "{case}/model.onnx", "{case}/model.onnx"],
+        OUTPUT,
+        ["{case}/model.onnx", "input"],
+    )
+    d = case_dir("output_is_input_hardlink")
+    shutil.copy(t5_path, os.path.join(d, "model.onnx"))
+    os.link(os.path.join(d, "model.onnx"), os.path.join(d, "alias.onnx"))
+    case(
+        "output_is_input_hardlink",
+        "convert a model onto a hard link of itself",
+        ["convert", "{case}/model.onnx", "{case}/alias.onnx"],
+        OUTPUT,
+        ["{case}/alias.onnx", "input"],
+    )
+    d = case_dir("output_is_input_data")
+    t5 = onnx.load(t5_path)
+    onnx.save_model(
+        t5,
+        os.path.join(d, "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
+    case(
+        "output_is_input_data",
+        "convert with the output's data file named as the input's data file",
+        ["convert", "{case}/model.onnx", "{case}/new.onnx", "--external-data=model.onnx.data"],
+        OUTPUT,
+        ["{case}/model.onnx.data", "input"],
+    )
+    case(
+        "output_folder_missing",
+        "output inside a folder that does not exist",
+        ["convert", "{root}/valid/t5.onnx", "{out}/missing/out.onnx"],
+        OUTPUT,
+        ["{out}/missing", "does not exist"],
+        inputs=["{root}/valid/t5.onnx"],
+    )
+    case(
+        "output_is_folder",
+        "output path naming an existing folder",
+        ["convert", "{root}/valid/t5.onnx", "{out}"],
+        OUTPUT,
+        ["{out}", "folder"],
+        inputs=["{root}/valid/t5.onnx"],
+    )
+
+
+def runtime_cases():
+    """ONNX Runtime missing (exit 5): a broken ORT_DYLIB_PATH, and no Python at all."""
+    d = case_dir("ort_dylib_missing")
+    case(
+        "ort_dylib_missing",
+        "ORT_DYLIB_PATH names a file that does not exist",
+        ["doctor"],
+        RUNTIME,
+        ["{case}/libonnxruntime.so.1.32.0", "pip install onnxruntime"],
+        env={"ORT_DYLIB_PATH": "{case}/libonnxruntime.so.1.32.0"},
+    )
+    d = case_dir("ort_dylib_garbage")
+    write(os.path.join(d, "libonnxruntime.so"), b"\x7fELF but not really a shared library")
+    case(
+        "ort_dylib_garbage",
+        "ORT_DYLIB_PATH names a file that is not a shared library",
+        ["doctor"],
+        RUNTIME,
+        ["{case}/libonnxruntime.so"],
+        env={"ORT_DYLIB_PATH": "{case}/libonnxruntime.so"},
+    )
+    case_dir("ort_no_python")
+    case(
+        "ort_no_python",
+        "no ORT_DYLIB_PATH, no python on PATH, no .venv near the binary",
+        ["doctor"],
+        RUNTIME,
+        ["libonnxruntime.so", "pip install onnxruntime"],
+        env={"PATH": "{case}"},
+        isolate=True,
+    )
+
+
+def main():
+    global ROOT
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", help="folder to write the corpus into (created; must be empty)")
+    ap.add_argument(
+        "--fixtures",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures"),
+    )
+    args = ap.parse_args()
+    ROOT = os.path.abspath(args.out)
+    os.makedirs(ROOT, exist_ok=True)
+    if os.listdir(ROOT):
+        sys.exit(f"{ROOT} is not empty")
+    t5_path = os.path.join(args.fixtures, "t5_gated", "model.onnx")
+
+    valid = case_dir("valid")
+    shutil.copy(t5_path, os.path.join(valid, "t5.onnx"))
+
+    model_cases(t5_path)
+    external_cases()
+    output_cases(t5_path)
+    runtime_cases()
+
+    names = [c["name"] for c in CASES]
+    assert len(names) == len(set(names)), "duplicate case names"
+    with open(os.path.join(ROOT, "manifest.json"), "w") as f:
+        json.dump({"format": "skrr-hostile/1", "cases": CASES}, f, indent=1)
+    print(f"{len(CASES)} cases in {ROOT}")
+
+
+if __name__ == "__main__":
+    main()
