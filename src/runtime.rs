@@ -141,6 +141,7 @@ fn load() -> Result<Runtime> {
         .build()
         .map_err(|e| SkrrError::Runtime(format!("cannot create the ONNX Runtime environment: {e}")))
         .map(|env| {
+            env.set_log_level(ort_level_for(log::max_level()));
             let version = library_version(&library.path).unwrap_or_else(|| "unknown".into());
             log::info!(
                 "ONNX Runtime {version} from {} ({})",
@@ -155,6 +156,18 @@ fn load() -> Result<Runtime> {
             }
         })
         .map_err(Into::into)
+}
+
+/// The ONNX Runtime level whose messages `forward_ort_log` would show at our `max` level: ONNX
+/// Runtime formats every message at or above its level, which at Verbose slows session creation.
+fn ort_level_for(max: log::LevelFilter) -> ort::logging::LogLevel {
+    use ort::logging::LogLevel as L;
+    match max {
+        log::LevelFilter::Trace => L::Verbose,
+        log::LevelFilter::Debug => L::Info,
+        log::LevelFilter::Info => L::Warning,
+        _ => L::Error,
+    }
 }
 
 /// ONNX Runtime's log lines go through our logger, so `-v` shows them and default runs stay quiet.

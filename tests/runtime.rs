@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use half::f16;
-use ndarray::{Array2, ArrayD, IxDyn};
+use ndarray::Array2;
 use skrr_onnx::runtime::{self, Input};
 
 /// Token ids and mask for 2 prompts of 7 tokens (the second padded after 4).
@@ -18,44 +18,6 @@ fn inputs() -> (Array2<i64>, Array2<i64>) {
     .unwrap();
     let mask = ids.mapv(|t| i64::from(t != 0));
     (ids, mask)
-}
-
-/// ONNX Runtime from Python on the same inputs: the reference.
-fn python_reference(model: &std::path::Path, ids: &Array2<i64>, mask: &Array2<i64>) -> ArrayD<f32> {
-    let code = r#"
-import json, sys, numpy as np, onnxruntime as ort
-model, ids, mask = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-(out,) = s.run(["last_hidden_state"], {"input_ids": np.array(ids, dtype=np.int64),
-                                       "attention_mask": np.array(mask, dtype=np.int64)})
-print(json.dumps({"shape": list(out.shape), "data": out.astype(np.float64).ravel().tolist()}))
-"#;
-    let to_json = |a: &Array2<i64>| {
-        serde_json::to_string(&a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>()).unwrap()
-    };
-    let v = run_python_json(
-        code,
-        &[model.to_str().unwrap(), &to_json(ids), &to_json(mask)],
-    );
-    let shape: Vec<usize> = v["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    let data: Vec<f32> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap()
-}
-
-fn max_rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
@@ -79,8 +41,14 @@ fn session_from_file_and_from_memory_match_python_onnxruntime() {
         hidden, &out_mem["last_hidden_state"],
         "file and memory sessions differ"
     );
-    let reference = python_reference(&model, &ids, &mask);
-    let err = max_rel_err(hidden, &reference);
+    let reference = ort_reference(
+        &model,
+        &[
+            ("input_ids", ids.into_dyn()),
+            ("attention_mask", mask.into_dyn()),
+        ],
+    );
+    let err = max_rel_err(hidden, &reference["last_hidden_state"]);
     assert!(
         err <= 1e-6,
         "max relative error vs Python onnxruntime: {err}"

@@ -5,12 +5,13 @@
 //! everything up.
 #![allow(dead_code)] // each test crate uses a different subset
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use ndarray::{ArrayD, IxDyn};
 use sha2::{Digest, Sha256};
 
 /// The `skrr-onnx` binary cargo built for this test run.
@@ -108,6 +109,65 @@ pub fn run_python(code: &str, args: &[&str]) -> String {
 pub fn run_python_json(code: &str, args: &[&str]) -> serde_json::Value {
     let out = run_python(code, args);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("python printed no JSON ({e}):\n{out}"))
+}
+
+/// The reference: Python onnxruntime (CPU) runs `model` on int64 `inputs` (e.g. `input_ids`,
+/// `attention_mask`) and returns every output as f32 (fp16 widened), by name.
+pub fn ort_reference(
+    model: &Path,
+    inputs: &[(&str, ArrayD<i64>)],
+) -> BTreeMap<String, ArrayD<f32>> {
+    let code = r#"
+import json, sys, numpy as np, onnxruntime as ort
+feeds = {k: np.array(v["data"], dtype=np.int64).reshape(v["shape"]) for k, v in json.loads(sys.argv[2]).items()}
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+outs = s.run(None, feeds)
+print(json.dumps({o.name: {"shape": list(v.shape), "data": v.astype(np.float64).ravel().tolist()}
+                  for o, v in zip(s.get_outputs(), outs)}))
+"#;
+    let feeds: serde_json::Map<String, serde_json::Value> = inputs
+        .iter()
+        .map(|(k, a)| {
+            (
+                (*k).to_string(),
+                serde_json::json!({"shape": a.shape(), "data": a.iter().collect::<Vec<_>>()}),
+            )
+        })
+        .collect();
+    let feeds = serde_json::Value::Object(feeds).to_string();
+    let v = run_python_json(
+        code,
+        &[model.to_str().expect("model path is not UTF-8"), &feeds],
+    );
+    let outputs = v.as_object().expect("reference outputs");
+    outputs
+        .iter()
+        .map(|(name, o)| {
+            let shape: Vec<usize> = o["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let data: Vec<f32> = o["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            (
+                name.clone(),
+                ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// max |a − b| / max(1, max |b|): the relative error measure of the issues' tolerances.
+pub fn max_rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 pub fn sha256_file(path: &Path) -> String {
