@@ -8,7 +8,8 @@ eval "$(bash scripts/setup.sh)"
 export SKRR_PYTHON ORT_DYLIB_PATH
 cargo build --release --locked --quiet
 skrr="$root/target/release/skrr-onnx"
-mkdir -p demo-out
+rm -rf demo-out && mkdir demo-out
 
 set -x
 "$skrr" doctor
+"$skrr" convert fixtures/t5_gated/model.onnx demo-out/t5_gated.onnx --external-data
