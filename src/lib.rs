@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod graph;
 pub mod model_io;
 pub mod onnx;
 pub mod plan;

@@ -4,9 +4,22 @@
 //! This file holds the contract every later phase consumes (`Analysis`); the detection itself
 //! lives in the submodules.
 
+mod hoist;
+mod partition;
+mod shapes;
+mod signature;
+mod stream;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::onnx::GraphProto;
+use crate::error::SkrrError;
+use crate::graph::{self, describe, Graph};
+use crate::onnx::{GraphProto, ModelProto};
+use partition::Region;
 
 /// The two kinds of sub-block of a transformer layer (method doc, "Units").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -57,7 +70,8 @@ pub struct Analysis {
     pub epilogue: Vec<usize>,
     pub prologue_params: u64,
     pub epilogue_params: u64,
-    /// Parameters used by more than one region (e.g. tied embeddings); counted once, here.
+    /// Parameters used by more than one region (e.g. tied embeddings, or all-ones norms an
+    /// exporter merged across layers), or by no node at all; counted once, here.
     pub shared_params: u64,
     /// All initializer elements of the model.
     pub total_params: u64,
@@ -66,4 +80,199 @@ pub struct Analysis {
     pub family: Option<String>,
     /// Hash of the ordered sub-block signatures: plans are refused on a model where it differs.
     pub structure_signature: String,
+}
+
+/// Block detection on a model; errors name the model as "model" (see `analyze_at`).
+pub fn analyze(model: &ModelProto) -> Result<Analysis> {
+    analyze_at(model, Path::new("model"))
+}
+
+/// Block detection; `path` names the model in errors (`SkrrError::BadModel`).
+pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
+    let bad = |msg: String| -> anyhow::Error {
+        SkrrError::BadModel {
+            path: path.to_path_buf(),
+            msg,
+        }
+        .into()
+    };
+    let input = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| bad("the model has no graph".into()))?;
+    let fused: BTreeSet<&str> = input
+        .node
+        .iter()
+        .filter(|n| n.op_domain() == "com.microsoft")
+        .map(|n| n.op_type())
+        .collect();
+    if !fused.is_empty() {
+        return Err(bad(format!(
+            "this graph was optimized by ONNX Runtime's transformer optimizer (fused \
+             com.microsoft ops: {}); export the unoptimized model",
+            fused.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let sorted = graph::sorted(input).map_err(|e| bad(format!("invalid graph: {e:#}")))?;
+    let found = {
+        let g = Graph::new(&sorted)?;
+        stream::find(&g).map_err(|stream::NotFound(m)| bad(m))?
+    };
+    let graph = hoist::hoist_shapes(&sorted, &found.values[0])?;
+    let g = Graph::new(&graph)?;
+    let part = partition::partition(&g, &found.values).map_err(bad)?;
+
+    let k = part.sub_nodes.len();
+    let kinds: Vec<Kind> = part
+        .sub_nodes
+        .iter()
+        .map(|n| signature::kind(&g, n))
+        .collect();
+    let pattern: String = kinds
+        .iter()
+        .map(|k| match k {
+            Kind::Attention => 'A',
+            Kind::Ffn => 'F',
+        })
+        .collect();
+    if k % 2 != 0
+        || kinds
+            .iter()
+            .enumerate()
+            .any(|(i, kd)| (*kd == Kind::Attention) != (i % 2 == 0))
+    {
+        return Err(bad(format!(
+            "found {} stream values and {k} residual branches, but not the repeating \
+             (attention, feed-forward) pattern of a transformer encoder: {pattern} \
+             (A = attention, F = feed-forward)",
+            found.values.len()
+        )));
+    }
+    for (i, nodes) in part.sub_nodes.iter().enumerate() {
+        if let Some(&n) = nodes.iter().find(|&&n| graph::has_subgraph(g.node(n))) {
+            return Err(bad(format!(
+                "sub-block {i} contains node {} with a nested subgraph (If/Loop/Scan); \
+                 control flow inside a transformer layer is not supported",
+                describe(g.node(n), n)
+            )));
+        }
+    }
+    let signatures: Vec<String> = (0..k)
+        .map(|i| {
+            signature::signature(
+                &g,
+                &part.sub_nodes[i],
+                &found.values[i],
+                &part.side_inputs[i],
+            )
+        })
+        .collect();
+    for i in 2..k {
+        if signatures[i] != signatures[i % 2]
+            || part.side_inputs[i].len() != part.side_inputs[i % 2].len()
+        {
+            return Err(bad(format!(
+                "sub-block {i} ({:?}, layer {}) differs in structure from sub-block {} \
+                 ({} nodes vs {}); layers of different structure are not supported",
+                kinds[i],
+                i / 2,
+                i % 2,
+                part.sub_nodes[i].len(),
+                part.sub_nodes[i % 2].len()
+            )));
+        }
+    }
+
+    // Parameter accounting: an initializer belongs to the one region reading it, else shared.
+    let mut users: HashMap<&str, BTreeSet<Region>> = HashMap::new();
+    for (n, r) in part.region.iter().enumerate() {
+        for &v in g.reads(n) {
+            if g.initializer(v).is_some() {
+                users.entry(v).or_default().insert(*r);
+            }
+        }
+    }
+    let numel =
+        |t: &crate::onnx::TensorProto| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
+    let (mut sub_params, mut prologue_params, mut epilogue_params, mut shared_params, mut total) =
+        (vec![0u64; k], 0u64, 0u64, 0u64, 0u64);
+    for t in &graph.initializer {
+        let n = numel(t);
+        total += n;
+        match users
+            .get(t.name())
+            .map(|u| u.iter().copied().collect::<Vec<_>>())
+            .as_deref()
+        {
+            Some([Region::Sub(i)]) => sub_params[*i] += n,
+            Some([Region::Prologue]) => prologue_params += n,
+            Some([Region::Epilogue]) => epilogue_params += n,
+            _ => shared_params += n,
+        }
+    }
+
+    let ops = |nodes: &[usize]| -> Vec<String> {
+        let set: BTreeSet<&str> = nodes.iter().map(|&n| g.node(n).op_type()).collect();
+        set.into_iter().map(str::to_string).collect()
+    };
+    let post_norm = found.trailing[0] > 0
+        && g.producer(&found.values[1]).is_some_and(|p| {
+            let node = g.node(p);
+            node.op_type().contains("LayerNormalization")
+                || node.input.iter().any(|v| g.initializer(v).is_some())
+        });
+    let traits = signature::Traits {
+        prologue_ops: ops(&part.prologue),
+        attention_ops: ops(&part.sub_nodes[0]),
+        ffn_ops: ops(&part.sub_nodes[1]),
+        post_norm,
+        embedding_lookups: part
+            .prologue
+            .iter()
+            .filter(|&&n| {
+                let node = g.node(n);
+                node.op_type() == "Gather"
+                    && node
+                        .input
+                        .first()
+                        .and_then(|v| g.initializer(v))
+                        .is_some_and(|t| t.dims.len() == 2)
+            })
+            .count(),
+    };
+    let family = signature::family(&traits).map(str::to_string);
+    let blocks: Vec<(Kind, &[String])> = (0..k)
+        .map(|i| (kinds[i], part.initializers[i].as_slice()))
+        .collect();
+    let structure_signature = signature::structure(&g, &blocks);
+
+    let sub_blocks = (0..k)
+        .map(|i| SubBlock {
+            index: i,
+            layer: i / 2,
+            kind: kinds[i],
+            nodes: part.sub_nodes[i].clone(),
+            input: found.values[i].clone(),
+            output: found.values[i + 1].clone(),
+            side_inputs: part.side_inputs[i].clone(),
+            initializers: part.initializers[i].clone(),
+            params: sub_params[i],
+            signature: signatures[i].clone(),
+        })
+        .collect();
+    let (prologue, epilogue) = (part.prologue, part.epilogue);
+    drop(g);
+    Ok(Analysis {
+        graph,
+        sub_blocks,
+        prologue,
+        epilogue,
+        prologue_params,
+        epilogue_params,
+        shared_params,
+        total_params: total,
+        layers: k / 2,
+        family,
+        structure_signature,
+    })
 }

@@ -1,0 +1,251 @@
+//! Rewriting shape reads of stream-derived values into reads of the first stream value's shape,
+//! so that shape-derived work (reshape targets, T5's position bias) no longer depends on any
+//! sub-block and can run in the prologue whatever is skipped.
+
+use std::collections::{HashSet, VecDeque};
+
+use anyhow::Result;
+
+use super::shapes::Shapes;
+use super::stream::is_shape_read;
+use crate::graph::{self, Graph};
+use crate::onnx::{tensor_proto::data_type, AttributeProto, GraphProto, NodeProto, TensorProto};
+
+/// Returns the graph with every provable `Shape(v)` of a value computed from `h0` replaced:
+/// by `Shape(h0)` when `v` has `h0`'s shape, else by a selection from `Shape(h0)` and constants.
+/// Shape reads that cannot be proven stay as they are (their work then stays in its sub-block).
+pub fn hoist_shapes(proto: &GraphProto, h0: &str) -> Result<GraphProto> {
+    let g = Graph::new(proto)?;
+    let order: Vec<usize> = (0..g.len()).collect();
+    let shapes = Shapes::infer(&g, &order);
+    let Some(root) = g.producer(h0) else {
+        return Ok(proto.clone());
+    };
+    let tainted = downstream(&g, root, |c| !is_shape_read(g.node(c).op_type()));
+    let h0_shape = shapes.known_shape(h0);
+    let mut names = Names::new(&g);
+    let mut out = proto.clone();
+    let mut stream_shape: Option<String> = None;
+    // New nodes go right before the node they feed, so that the file order stays topological
+    // and sorting keeps every layer's nodes in the same relative order.
+    let mut added: Vec<Vec<NodeProto>> = vec![Vec::new(); proto.node.len()];
+    for (n, node) in proto.node.iter().enumerate() {
+        let added = &mut added[n];
+        if node.op_type() != "Shape" || node.op_domain() != "" {
+            continue;
+        }
+        let Some(v) = node.input.first() else {
+            continue;
+        };
+        if v == h0 || !g.producer(v).is_some_and(|p| tainted[p] || p == root) {
+            continue;
+        }
+        let (Some(vs), Some(hs)) = (shapes.known_shape(v), h0_shape.as_ref()) else {
+            continue;
+        };
+        if vs == *hs {
+            out.node[n].input[0] = h0.to_string();
+            continue;
+        }
+        let r = vs.len() as i64;
+        let clamp = |x: i64| (if x < 0 { x + r } else { x }).clamp(0, r) as usize;
+        let start = clamp(node.attr("start").and_then(|a| a.i).unwrap_or(0));
+        let end = clamp(node.attr("end").and_then(|a| a.i).unwrap_or(r)).max(start);
+        // Each dimension read: an axis of h0's shape, or a constant.
+        let mut consts: Vec<i64> = Vec::new();
+        let mut picks: Vec<Pick> = Vec::new();
+        let mut ok = true;
+        for d in &vs[start..end] {
+            if let Some(c) = d.as_const() {
+                picks.push(Pick::Const(consts.len()));
+                consts.push(c);
+            } else if let Some(j) = hs.iter().position(|x| x == d) {
+                picks.push(Pick::Axis(j));
+            } else {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let out_name = node.output[0].clone();
+        if picks.iter().all(|p| matches!(p, Pick::Const(_))) {
+            out.node[n] = NodeProto {
+                name: node.name.clone(),
+                op_type: Some("Constant".into()),
+                output: vec![out_name],
+                attribute: vec![tensor_attr("value", int64_tensor(&consts))],
+                ..Default::default()
+            };
+            continue;
+        }
+        let src_shape = stream_shape
+            .get_or_insert_with(|| {
+                let name = names.fresh("skrr/stream_shape");
+                added.push(NodeProto {
+                    name: Some(name.clone()),
+                    op_type: Some("Shape".into()),
+                    input: vec![h0.to_string()],
+                    output: vec![name.clone()],
+                    ..Default::default()
+                });
+                name
+            })
+            .clone();
+        let rank = hs.len();
+        let source = if consts.is_empty() {
+            src_shape
+        } else {
+            let c = names.fresh(&format!("{out_name}/skrr_consts"));
+            added.push(constant(&c, &consts));
+            let cat = names.fresh(&format!("{out_name}/skrr_dims"));
+            added.push(NodeProto {
+                name: Some(cat.clone()),
+                op_type: Some("Concat".into()),
+                input: vec![src_shape, c],
+                output: vec![cat.clone()],
+                attribute: vec![int_attr("axis", 0)],
+                ..Default::default()
+            });
+            cat
+        };
+        let idx: Vec<i64> = picks
+            .iter()
+            .map(|p| match *p {
+                Pick::Axis(j) => j as i64,
+                Pick::Const(k) => (rank + k) as i64,
+            })
+            .collect();
+        let idx_name = names.fresh(&format!("{out_name}/skrr_pick"));
+        added.push(constant(&idx_name, &idx));
+        out.node[n] = NodeProto {
+            name: node.name.clone(),
+            op_type: Some("Gather".into()),
+            input: vec![source, idx_name],
+            output: vec![out_name],
+            attribute: vec![int_attr("axis", 0)],
+            ..Default::default()
+        };
+    }
+    let nodes = std::mem::take(&mut out.node);
+    for (node, before) in nodes.into_iter().zip(added) {
+        out.node.extend(before);
+        out.node.push(node);
+    }
+    graph::sorted(&prune_dead(out))
+}
+
+/// Drops nodes whose outputs nobody reads (after the rewrite, e.g. a transpose that only fed a
+/// shape read). Semantically neutral, and keeps layer 0 structurally equal to the others.
+fn prune_dead(mut proto: GraphProto) -> GraphProto {
+    loop {
+        let mut read: HashSet<&str> = proto.output.iter().map(|o| o.name()).collect();
+        for node in &proto.node {
+            read.extend(node.input.iter().map(String::as_str));
+            for sub in graph::implicit_inputs(node) {
+                read.insert(sub);
+            }
+        }
+        let live: Vec<bool> = proto
+            .node
+            .iter()
+            .map(|n| n.output.iter().any(|o| read.contains(o.as_str())))
+            .collect();
+        if live.iter().all(|&l| l) {
+            return proto;
+        }
+        let mut keep = live.into_iter();
+        proto.node.retain(|_| keep.next().unwrap_or(true));
+    }
+}
+
+enum Pick {
+    Axis(usize),
+    Const(usize),
+}
+
+/// Nodes strictly downstream of `root` along edges into nodes accepted by `follow`.
+pub fn downstream(g: &Graph, root: usize, follow: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut seen = vec![false; g.len()];
+    let mut queue = VecDeque::from([root]);
+    while let Some(i) = queue.pop_front() {
+        for s in g.successors(i) {
+            if !seen[s] && follow(s) {
+                seen[s] = true;
+                queue.push_back(s);
+            }
+        }
+    }
+    seen
+}
+
+/// Fresh value/node names that collide with nothing in the graph.
+struct Names {
+    taken: HashSet<String>,
+}
+
+impl Names {
+    fn new(g: &Graph) -> Names {
+        let mut taken: HashSet<String> = HashSet::new();
+        for node in &g.proto.node {
+            taken.extend(node.output.iter().cloned());
+            taken.insert(node.name().to_string());
+        }
+        taken.extend(g.proto.input.iter().map(|i| i.name().to_string()));
+        taken.extend(g.proto.initializer.iter().map(|t| t.name().to_string()));
+        Names { taken }
+    }
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while self.taken.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.taken.insert(name.clone());
+        name
+    }
+}
+
+fn int64_tensor(v: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: vec![v.len() as i64],
+        data_type: Some(data_type::INT64),
+        raw_data: Some(
+            v.iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(crate::onnx::attribute_type::TENSOR),
+        t: Some(t),
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(crate::onnx::attribute_type::INT),
+        i: Some(i),
+        ..Default::default()
+    }
+}
+
+fn constant(name: &str, v: &[i64]) -> NodeProto {
+    NodeProto {
+        name: Some(name.to_string()),
+        op_type: Some("Constant".into()),
+        output: vec![name.to_string()],
+        attribute: vec![tensor_attr("value", int64_tensor(v))],
+        ..Default::default()
+    }
+}

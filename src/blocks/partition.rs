@@ -1,0 +1,188 @@
+//! Assigning every node to the prologue, one sub-block, or the epilogue, and proving that the
+//! assignment is a valid partition: a sub-block reads only its input stream value, initializers,
+//! and prologue values or graph inputs (its side inputs). Calibration runs sub-blocks as separate
+//! units and re-use binds side inputs by position, so this must hold exactly.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::hoist::downstream;
+use super::stream::is_shape_read;
+use crate::graph::{describe, Graph, Source};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Region {
+    Prologue,
+    Sub(usize),
+    Epilogue,
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Region::Prologue => write!(f, "the prologue"),
+            Region::Sub(i) => write!(f, "sub-block {i}"),
+            Region::Epilogue => write!(f, "the epilogue"),
+        }
+    }
+}
+
+pub struct Partition {
+    pub region: Vec<Region>,
+    pub prologue: Vec<usize>,
+    pub epilogue: Vec<usize>,
+    pub sub_nodes: Vec<Vec<usize>>,
+    pub side_inputs: Vec<Vec<String>>,
+    pub initializers: Vec<Vec<String>>,
+}
+
+/// `stream` holds `h_0 .. h_K`; `g` must be topologically sorted.
+pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
+    let k = stream.len() - 1;
+    let h0 = stream[0].as_str();
+    // Reading h0's shape does not depend on any sub-block: h0 is computed in the prologue.
+    let follow = |c: usize| {
+        let node = g.node(c);
+        !(is_shape_read(node.op_type()) && node.input.first().is_some_and(|i| i == h0))
+    };
+    let mut tainted = vec![false; g.len()];
+    let roots: Vec<usize> = match g.producer(h0) {
+        Some(p) => vec![p],
+        None => g
+            .consumers(h0)
+            .iter()
+            .copied()
+            .filter(|&c| follow(c))
+            .collect(),
+    };
+    for &r in &roots {
+        for (i, t) in downstream(g, r, follow).into_iter().enumerate() {
+            tainted[i] |= t;
+        }
+        if g.producer(h0).is_none() {
+            tainted[r] = true;
+        }
+    }
+    let mut boundary: HashMap<usize, usize> = HashMap::new();
+    for (i, v) in stream.iter().enumerate() {
+        if let Some(p) = g.producer(v) {
+            boundary.insert(p, i);
+        }
+    }
+    let mut anc: Vec<Option<usize>> = vec![None; g.len()];
+    let mut region = vec![Region::Prologue; g.len()];
+    for n in 0..g.len() {
+        if !tainted[n] {
+            continue;
+        }
+        let mut a = if g.reads(n).contains(&h0) {
+            Some(0)
+        } else {
+            None
+        };
+        for p in g.predecessors(n) {
+            if tainted[p] || boundary.contains_key(&p) {
+                a = a.max(anc[p]).max(boundary.get(&p).copied());
+            }
+        }
+        anc[n] = a;
+        region[n] = match a {
+            Some(a) if a < k => Region::Sub(a),
+            _ => Region::Epilogue,
+        };
+    }
+    // Constants go where their only readers are, so that a sub-block is self-contained.
+    for n in 0..g.len() {
+        if tainted[n] || !g.reads(n).is_empty() {
+            continue;
+        }
+        let readers: BTreeSet<Region> = g.successors(n).map(|s| region[s]).collect();
+        if readers.len() == 1 {
+            region[n] = *readers.iter().next().unwrap_or(&Region::Prologue);
+        }
+    }
+
+    let mut part = Partition {
+        prologue: Vec::new(),
+        epilogue: Vec::new(),
+        sub_nodes: vec![Vec::new(); k],
+        side_inputs: vec![Vec::new(); k],
+        initializers: vec![Vec::new(); k],
+        region: region.clone(),
+    };
+    for (n, r) in region.iter().enumerate() {
+        match r {
+            Region::Prologue => part.prologue.push(n),
+            Region::Epilogue => part.epilogue.push(n),
+            Region::Sub(i) => part.sub_nodes[*i].push(n),
+        }
+    }
+    for (i, nodes) in part.sub_nodes.iter().enumerate() {
+        let me = Region::Sub(i);
+        match g.producer(&stream[i + 1]) {
+            Some(p) if region[p] == me => {}
+            _ => {
+                return Err(format!(
+                    "sub-block {i} does not compute its output stream value {:?}",
+                    stream[i + 1]
+                ))
+            }
+        }
+        let mut side: Vec<String> = Vec::new();
+        let mut inits: BTreeSet<String> = BTreeSet::new();
+        for &n in nodes {
+            for &v in g.reads(n) {
+                let from = match g.source(v) {
+                    Some(Source::Initializer) => {
+                        inits.insert(v.to_string());
+                        continue;
+                    }
+                    Some(Source::Input) => Region::Prologue,
+                    Some(Source::Node { node, .. }) => region[node],
+                    None => return Err(format!("value {v:?} is not defined")),
+                };
+                if from == me || v == stream[i] {
+                    continue;
+                }
+                if from != Region::Prologue {
+                    return Err(format!(
+                        "node {} of sub-block {i} reads {v:?}, computed in {from}: the \
+                         branches are not separable",
+                        describe(g.node(n), n)
+                    ));
+                }
+                if !side.iter().any(|s| s == v) {
+                    side.push(v.to_string());
+                }
+            }
+        }
+        part.side_inputs[i] = side;
+        part.initializers[i] = inits.into_iter().collect();
+    }
+    for &n in &part.prologue {
+        for &v in g.reads(n) {
+            if let Some(p) = g.producer(v) {
+                if region[p] != Region::Prologue {
+                    return Err(format!(
+                        "prologue node {} reads {v:?}, computed in {}",
+                        describe(g.node(n), n),
+                        region[p]
+                    ));
+                }
+            }
+        }
+    }
+    for &n in &part.epilogue {
+        for &v in g.reads(n) {
+            if let Some(p) = g.producer(v) {
+                if matches!(region[p], Region::Sub(_)) && !stream.iter().any(|s| s == v) {
+                    return Err(format!(
+                        "epilogue node {} reads {v:?}, an inner value of {}",
+                        describe(g.node(n), n),
+                        region[p]
+                    ));
+                }
+            }
+        }
+    }
+    Ok(part)
+}

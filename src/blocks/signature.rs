@@ -1,0 +1,171 @@
+//! What a sub-block is, from its structure alone: its kind, its structural signature (for
+//! repetition and re-use compatibility), and the architecture family of the whole encoder.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use sha2::{Digest, Sha256};
+
+use super::Kind;
+use crate::graph::{Graph, Source};
+use crate::onnx::{tensor_proto::data_type, AttributeProto, TensorProto};
+
+fn hash(text: &str) -> String {
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
+fn tensor_shape(t: &TensorProto) -> String {
+    format!("{}{:?}", t.data_type(), t.dims)
+}
+
+fn attr_text(a: &AttributeProto) -> String {
+    let mut s = format!("{}=", a.name());
+    if let Some(i) = a.i {
+        let _ = write!(s, "i{i}");
+    }
+    if let Some(f) = a.f {
+        let _ = write!(s, "f{:08x}", f.to_bits());
+    }
+    if let Some(b) = &a.s {
+        let _ = write!(s, "s{}", String::from_utf8_lossy(b));
+    }
+    if let Some(t) = &a.t {
+        // Shape and type of an embedded tensor, not its values.
+        let _ = write!(s, "t{}", tensor_shape(t));
+    }
+    if !a.ints.is_empty() {
+        let _ = write!(s, "I{:?}", a.ints);
+    }
+    if !a.floats.is_empty() {
+        let bits: Vec<u32> = a.floats.iter().map(|f| f.to_bits()).collect();
+        let _ = write!(s, "F{bits:x?}");
+    }
+    if !a.strings.is_empty() {
+        let _ = write!(s, "S{:?}", a.strings);
+    }
+    s
+}
+
+/// Op types, attributes, wiring and weight shapes of the nodes, in order; no names, no values.
+pub fn signature(g: &Graph, nodes: &[usize], input: &str, side: &[String]) -> String {
+    let local: HashMap<usize, usize> = nodes.iter().enumerate().map(|(j, &n)| (n, j)).collect();
+    let mut text = String::new();
+    for &n in nodes {
+        let node = g.node(n);
+        let _ = write!(text, "{}::{}(", node.op_domain(), node.op_type());
+        for v in &node.input {
+            if v.is_empty() {
+                text.push_str("-,");
+            } else if v == input {
+                text.push_str("s,");
+            } else if let Some(k) = side.iter().position(|s| s == v) {
+                let _ = write!(text, "x{k},");
+            } else {
+                match g.source(v) {
+                    Some(Source::Node { node: p, slot }) if local.contains_key(&p) => {
+                        let _ = write!(text, "n{}.{slot},", local[&p]);
+                    }
+                    Some(Source::Initializer) => {
+                        let t = g.initializer(v).map(tensor_shape).unwrap_or_default();
+                        let _ = write!(text, "w{t},");
+                    }
+                    _ => text.push_str("?,"),
+                }
+            }
+        }
+        let mut attrs: Vec<String> = node.attribute.iter().map(attr_text).collect();
+        attrs.sort();
+        let _ = writeln!(text, ")[{}]{}", attrs.join(";"), node.output.len());
+    }
+    hash(&text)
+}
+
+/// Attention mixes positions: a softmax, or a product of two stream-derived values (scores).
+pub fn kind(g: &Graph, nodes: &[usize]) -> Kind {
+    let inside: std::collections::HashSet<usize> = nodes.iter().copied().collect();
+    let attention = nodes.iter().any(|&n| {
+        let node = g.node(n);
+        node.op_type() == "Softmax"
+            || (matches!(node.op_type(), "MatMul" | "Einsum")
+                && node
+                    .input
+                    .iter()
+                    .filter(|v| g.producer(v).is_some_and(|p| inside.contains(&p)))
+                    .count()
+                    >= 2)
+    });
+    if attention {
+        Kind::Attention
+    } else {
+        Kind::Ffn
+    }
+}
+
+/// Architecture-level identity of the block structure: kinds and the shapes of the float
+/// weights each sub-block reads. Equal for fp32/fp16 and legacy/dynamo exports of one model,
+/// so that a plan made on one applies to the other.
+pub fn structure(g: &Graph, blocks: &[(Kind, &[String])]) -> String {
+    let mut text = String::new();
+    for (kind, inits) in blocks {
+        let mut shapes: Vec<Vec<i64>> = inits
+            .iter()
+            .filter_map(|name| g.initializer(name))
+            .filter(|t| {
+                matches!(
+                    t.data_type(),
+                    data_type::FLOAT | data_type::FLOAT16 | data_type::BFLOAT16 | data_type::DOUBLE
+                ) && t.dims.iter().product::<i64>() >= 2
+            })
+            .map(|t| {
+                let mut d = t.dims.clone();
+                d.sort_unstable();
+                d
+            })
+            .collect();
+        shapes.sort();
+        let _ = writeln!(text, "{kind:?}{shapes:?}");
+    }
+    hash(&text)
+}
+
+/// Facts the family rules look at.
+pub struct Traits {
+    pub prologue_ops: Vec<String>,
+    pub attention_ops: Vec<String>,
+    pub ffn_ops: Vec<String>,
+    pub post_norm: bool,
+    /// Embedding tables looked up in the prologue (Gather from a rank-2 initializer).
+    pub embedding_lookups: usize,
+}
+
+impl Traits {
+    fn has(ops: &[String], op: &str) -> bool {
+        ops.iter().any(|o| o == op)
+    }
+    /// LayerNorm subtracts the mean (explicitly or as the ONNX op); RMSNorm does not.
+    fn mean_centred(&self) -> bool {
+        let all = || self.attention_ops.iter().chain(&self.ffn_ops);
+        all().any(|o| o == "LayerNormalization")
+            || (all().any(|o| o == "ReduceMean") && all().any(|o| o == "Sub"))
+            || (self.post_norm && Self::has(&self.prologue_ops, "LayerNormalization"))
+    }
+}
+
+pub fn family(t: &Traits) -> Option<&'static str> {
+    let rotary = Traits::has(&t.prologue_ops, "Cos") && Traits::has(&t.prologue_ops, "Sin");
+    if rotary && !t.mean_centred() {
+        return Some("llama");
+    }
+    // Relative position buckets are logarithmic.
+    if Traits::has(&t.prologue_ops, "Log") && !t.mean_centred() && !t.post_norm {
+        return Some("t5");
+    }
+    if t.post_norm && t.embedding_lookups >= 2 {
+        return Some("bert");
+    }
+    // quick_gelu: x * sigmoid(1.702 x), with LayerNorm and learned absolute positions.
+    if !t.post_norm && t.mean_centred() && Traits::has(&t.ffn_ops, "Sigmoid") {
+        return Some("clip");
+    }
+    None
+}

@@ -1,0 +1,185 @@
+//! Finding the residual stream: the chain of values every path from the embedding to the output
+//! passes through, and the residual branches between them.
+//!
+//! Shape reads are cut first (every stream value has the same shape, so reading it carries no
+//! data); otherwise T5's position bias, computed from shapes inside layer 0 and read by every
+//! layer, would be a path around every stream value. On the remaining dataflow DAG the stream is
+//! a chain of post-dominators; we take the chain of the deepest node in the post-dominator tree,
+//! which starts in the embedding (mask and rotary paths join the chain only late).
+
+use anyhow::Result;
+use petgraph::algo::dominators::simple_fast;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::Reversed;
+
+use crate::graph::Graph;
+
+/// What pass 1 finds: the sub-block boundaries on the stream.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// `h_0 .. h_K`: sub-block `i` maps `values[i]` to `values[i + 1]`.
+    pub values: Vec<String>,
+    /// How many weight-free-of-matmul segments (post-norm LayerNorm, fp16 clamps, casts) were
+    /// merged after each residual branch.
+    pub trailing: Vec<usize>,
+}
+
+/// Ops whose read of a tensor is a read of its shape only.
+pub fn is_shape_read(op: &str) -> bool {
+    matches!(op, "Shape" | "Size")
+}
+
+fn is_matmul(op: &str) -> bool {
+    matches!(op, "MatMul" | "Gemm" | "Einsum" | "Conv" | "MatMulInteger")
+}
+
+/// Explanation of a failure, for `SkrrError::BadModel`.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+pub fn find(g: &Graph) -> Result<Stream, NotFound> {
+    let n = g.len();
+    let sink = n;
+    let mut dag: DiGraph<(), ()> = DiGraph::with_capacity(n + 1, g.dag.edge_count() + 4);
+    for _ in 0..=n {
+        dag.add_node(());
+    }
+    let data_edge = |c: usize| !is_shape_read(g.node(c).op_type());
+    for e in g.dag.raw_edges() {
+        let (p, c) = (e.source().index(), e.target().index());
+        if data_edge(c) {
+            dag.add_edge(NodeIndex::new(p), NodeIndex::new(c), ());
+        }
+    }
+    for o in &g.proto.output {
+        if let Some(p) = g.producer(o.name()) {
+            dag.add_edge(NodeIndex::new(p), NodeIndex::new(sink), ());
+        }
+    }
+    let order = g.topo_order().map_err(|e| NotFound(e.to_string()))?;
+    let pdom = simple_fast(Reversed(&dag), NodeIndex::new(sink));
+    let ipdom = |i: usize| {
+        pdom.immediate_dominator(NodeIndex::new(i))
+            .map(|x| x.index())
+    };
+
+    // Depth in the post-dominator tree; the nodes come in reverse topological order so a node's
+    // immediate post-dominator (always later) is done first.
+    let mut depth: Vec<Option<usize>> = vec![None; n + 1];
+    depth[sink] = Some(0);
+    for &i in order.iter().rev() {
+        depth[i] = ipdom(i).and_then(|p| depth[p]).map(|d| d + 1);
+    }
+    // The stream starts where the model's data enters: a node reading a graph input (not just
+    // its shape). Among those, the embedding lookup has the longest post-dominator chain; the
+    // attention mask's joins the stream only in the last layer.
+    let reads_input = |i: usize| {
+        data_edge(i)
+            && g.reads(i)
+                .iter()
+                .any(|v| g.source(v) == Some(crate::graph::Source::Input))
+    };
+    let deepest_of = |pick: &dyn Fn(usize) -> bool| {
+        order
+            .iter()
+            .copied()
+            .filter(|&i| depth[i].is_some() && pick(i))
+            .max_by_key(|&i| (depth[i], std::cmp::Reverse(i)))
+    };
+    let Some(deepest) = deepest_of(&reads_input).or_else(|| deepest_of(&|_| true)) else {
+        return Err(NotFound("no node reaches the graph outputs".into()));
+    };
+    let mut chain = vec![deepest];
+    while let Some(p) = ipdom(*chain.last().unwrap_or(&sink)) {
+        if p == sink {
+            break;
+        }
+        chain.push(p);
+    }
+    let mut pos = vec![None; n];
+    for (k, &c) in chain.iter().enumerate() {
+        pos[c] = Some(k);
+    }
+
+    // The latest chain node each node is (strictly) downstream of: its segment.
+    let mut anc: Vec<Option<usize>> = vec![None; n];
+    for &i in &order {
+        if !data_edge(i) {
+            continue;
+        }
+        anc[i] = g.predecessors(i).filter_map(|p| anc[p].max(pos[p])).max();
+    }
+    let segments = chain.len().saturating_sub(1);
+    let mut seg_nodes: Vec<Vec<usize>> = vec![Vec::new(); segments];
+    for &i in &order {
+        if let Some(k) = anc[i] {
+            if k < segments {
+                seg_nodes[k].push(i);
+            }
+        }
+    }
+    let value_of = |k: usize| -> Option<&str> {
+        let c = g.node(chain[k]);
+        let readers: &[usize] = seg_nodes.get(k).map_or(&[], |s| s.as_slice());
+        c.output
+            .iter()
+            .find(|o| !o.is_empty() && g.consumers(o).iter().any(|r| readers.contains(r)))
+            .map(String::as_str)
+    };
+    // A residual branch: it does matrix products and its end adds the segment's input back.
+    let heavy: Vec<usize> = (0..segments)
+        .filter(|&k| {
+            let Some(start) = value_of(k) else {
+                return false;
+            };
+            let nodes = &seg_nodes[k];
+            nodes.iter().any(|&i| is_matmul(g.node(i).op_type()))
+                && nodes.iter().any(|&i| {
+                    let node = g.node(i);
+                    node.op_type() == "Add" && node.input.iter().any(|x| x == start)
+                })
+        })
+        .collect();
+    log::debug!(
+        "stream: chain of {} values, residual branches at segments {heavy:?}",
+        chain.len()
+    );
+    if heavy.len() < 2 {
+        return Err(NotFound(format!(
+            "found {} stream values but {} residual branch{} (a transformer encoder has an \
+             attention and a feed-forward branch per layer)",
+            chain.len(),
+            heavy.len(),
+            if heavy.len() == 1 { "" } else { "es" }
+        )));
+    }
+    let mut trailing: Vec<usize> = heavy.windows(2).map(|w| w[1] - w[0] - 1).collect();
+    let last = *heavy.last().unwrap_or(&0);
+    let after_last = segments - last - 1;
+    let same_kind_before = if heavy.len() >= 3 {
+        trailing[heavy.len() - 3]
+    } else {
+        trailing[heavy.len() - 2]
+    };
+    trailing.push(same_kind_before.min(after_last));
+    let mut values = Vec::with_capacity(heavy.len() + 1);
+    for (i, &k) in heavy.iter().enumerate() {
+        values.push(value_of(k));
+        if i + 1 == heavy.len() {
+            let end = k + 1 + trailing[i];
+            values.push(if end < chain.len() {
+                g.node(chain[end])
+                    .output
+                    .iter()
+                    .find(|o| !o.is_empty())
+                    .map(String::as_str)
+            } else {
+                None
+            });
+        }
+    }
+    let values: Option<Vec<String>> = values.into_iter().map(|v| v.map(str::to_string)).collect();
+    let values =
+        values.ok_or_else(|| NotFound("a stream node has no output read downstream".into()))?;
+    Ok(Stream { values, trailing })
+}

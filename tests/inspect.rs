@@ -1,0 +1,362 @@
+//! Block detection on the real fixtures (fixtures/manifest.json) and on graphs that must be
+//! refused, checked against the PyTorch parameter counts the fixture script recorded and
+//! against ONNX Runtime (the analysis graph must compute exactly what the input graph computes).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use serde_json::Value;
+use skrr_onnx::blocks::{analyze, Analysis, Kind};
+use skrr_onnx::error::{exit, exit_code_of};
+use skrr_onnx::onnx::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+
+fn manifest() -> Vec<Value> {
+    let text = std::fs::read_to_string(common::fixtures().join("manifest.json"))
+        .expect("fixtures/manifest.json");
+    let m: Value = serde_json::from_str(&text).expect("manifest is JSON");
+    m["fixtures"].as_array().expect("fixtures list").clone()
+}
+
+fn load(path: &Path) -> ModelProto {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ModelProto::decode(bytes.as_slice()).expect("valid ONNX protobuf")
+}
+
+fn as_u64s(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("count"))
+        .collect()
+}
+
+/// Independent check of the partition contract: every node in exactly one region; a sub-block
+/// reads only its input stream value, initializers, its side inputs, and its own values; side
+/// inputs come from the prologue or graph inputs; the prologue reads nothing computed later.
+fn check_partition(a: &Analysis) {
+    let g = &a.graph;
+    let mut region: HashMap<usize, String> = HashMap::new();
+    let mut put = |nodes: &[usize], r: String| {
+        for &n in nodes {
+            assert!(
+                region.insert(n, r.clone()).is_none(),
+                "node {n} in two regions"
+            );
+        }
+    };
+    put(&a.prologue, "prologue".into());
+    put(&a.epilogue, "epilogue".into());
+    for sb in &a.sub_blocks {
+        put(&sb.nodes, format!("sub{}", sb.index));
+    }
+    assert_eq!(region.len(), g.node.len(), "every node in a region");
+    let produced_by: HashMap<&str, usize> = g
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let inputs: HashSet<&str> = g.input.iter().map(|i| i.name()).collect();
+    for &n in &a.prologue {
+        for v in g.node[n].input.iter().filter(|v| !v.is_empty()) {
+            if let Some(p) = produced_by.get(v.as_str()) {
+                assert_eq!(region[p], "prologue", "prologue node {n} reads {v}");
+                assert!(*p < n, "prologue not in topological order");
+            }
+        }
+    }
+    for sb in &a.sub_blocks {
+        let own: HashSet<&str> = sb
+            .nodes
+            .iter()
+            .flat_map(|&n| g.node[n].output.iter().map(String::as_str))
+            .collect();
+        assert!(
+            own.contains(sb.output.as_str()),
+            "sub-block {} computes its output",
+            sb.index
+        );
+        for &n in &sb.nodes {
+            for v in g.node[n].input.iter().filter(|v| !v.is_empty()) {
+                let v = v.as_str();
+                let ok = v == sb.input
+                    || own.contains(v)
+                    || inits.contains(v)
+                    || sb.side_inputs.iter().any(|s| s == v);
+                assert!(
+                    ok,
+                    "sub-block {} node {n} reads {v} from elsewhere",
+                    sb.index
+                );
+            }
+        }
+        for s in &sb.side_inputs {
+            let from_prologue = produced_by
+                .get(s.as_str())
+                .is_some_and(|p| region[p] == "prologue");
+            assert!(
+                from_prologue || inputs.contains(s.as_str()),
+                "side input {s}"
+            );
+        }
+    }
+    // Side inputs bind by position across sub-blocks of one kind.
+    for kind in [Kind::Attention, Kind::Ffn] {
+        let lens: HashSet<usize> = a
+            .sub_blocks
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.side_inputs.len())
+            .collect();
+        assert!(
+            lens.len() <= 1,
+            "{kind:?} side input counts differ: {lens:?}"
+        );
+    }
+    // Consecutive sub-blocks chain on the stream.
+    for w in a.sub_blocks.windows(2) {
+        assert_eq!(w[0].output, w[1].input);
+    }
+}
+
+/// Runs the input model and a model made of the analysis graph on the same random inputs with
+/// ONNX Runtime (Python oracle) and returns the largest absolute difference.
+fn ort_difference(model_path: &Path, model: &ModelProto, a: &Analysis, dir: &Path) -> f64 {
+    let rewritten = ModelProto {
+        graph: Some(a.graph.clone()),
+        ..model.clone()
+    };
+    let out = dir.join(model_path.file_name().unwrap_or_default());
+    std::fs::write(&out, rewritten.encode_to_vec()).unwrap();
+    if let Some(parent) = model_path.parent() {
+        for e in std::fs::read_dir(parent).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "data") {
+                std::os::unix::fs::symlink(&p, dir.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let code = r#"
+import sys, json, numpy as np, onnx, onnxruntime as ort
+a, b = sys.argv[1], sys.argv[2]
+onnx.checker.check_model(b)
+rng = np.random.default_rng(0)
+sa = ort.InferenceSession(a, providers=["CPUExecutionProvider"])
+sb = ort.InferenceSession(b, providers=["CPUExecutionProvider"])
+worst = 0.0
+for batch, seq in [(1, 5), (3, 9)]:
+    feeds = {}
+    for i in sa.get_inputs():
+        if "mask" in i.name:
+            m = np.ones((batch, seq), dtype=np.int64); m[-1, seq - 2:] = 0
+            feeds[i.name] = m
+        else:
+            feeds[i.name] = rng.integers(3, 50, size=(batch, seq), dtype=np.int64)
+    for x, y in zip(sa.run(None, feeds), sb.run(None, feeds)):
+        worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
+print(json.dumps({"max_abs": worst}))
+"#;
+    let r = common::run_python_json(code, &[model_path.to_str().unwrap(), out.to_str().unwrap()]);
+    r["max_abs"].as_f64().expect("max_abs")
+}
+
+#[test]
+fn every_fixture_is_analyzed_exactly() {
+    let fixtures = manifest();
+    assert!(!fixtures.is_empty());
+    let tmp = tempfile::tempdir().unwrap();
+    for f in &fixtures {
+        let name = f["name"].as_str().unwrap();
+        let path = common::fixtures().join(f["model"].as_str().unwrap());
+        let model = load(&path);
+        let a = analyze(&model).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let layers = f["layers"].as_u64().unwrap() as usize;
+        assert_eq!(a.layers, layers, "{name}: layers");
+        assert_eq!(a.sub_blocks.len(), 2 * layers, "{name}: sub-blocks");
+        for (i, sb) in a.sub_blocks.iter().enumerate() {
+            assert_eq!(sb.index, i);
+            assert_eq!(sb.layer, i / 2);
+            let want = if i % 2 == 0 {
+                Kind::Attention
+            } else {
+                Kind::Ffn
+            };
+            assert_eq!(sb.kind, want, "{name}: kind of sub-block {i}");
+        }
+        let expected = &f["params"]["onnx_expected"];
+        let params: Vec<u64> = a.sub_blocks.iter().map(|s| s.params).collect();
+        assert_eq!(
+            params,
+            as_u64s(&expected["sub_blocks"]),
+            "{name}: sub-block params"
+        );
+        assert_eq!(
+            a.epilogue_params,
+            expected["epilogue"].as_u64().unwrap(),
+            "{name}: epilogue"
+        );
+        assert_eq!(
+            a.shared_params,
+            expected["shared"].as_u64().unwrap(),
+            "{name}: shared"
+        );
+        assert_eq!(
+            a.total_params,
+            f["params"]["onnx_initializer_total"].as_u64().unwrap(),
+            "{name}: total"
+        );
+        // Folded constants stored as initializers (rotary inv_freq, ...) live in the prologue.
+        let constants = f["params"]["onnx_constant_elements"].as_u64().unwrap_or(0);
+        assert_eq!(
+            a.prologue_params,
+            expected["prologue"].as_u64().unwrap() + constants,
+            "{name}: prologue"
+        );
+        assert_eq!(
+            params.iter().sum::<u64>() + a.prologue_params + a.epilogue_params + a.shared_params,
+            a.total_params,
+            "{name}: regions add up"
+        );
+        // Where the torch modules own exactly what the export holds, the counts agree too.
+        let torch = as_u64s(&f["params"]["torch"]["sub_blocks"]);
+        if f["params"]["torch"]["position_bias_params"].is_null() && a.shared_params == 0 {
+            assert_eq!(params, torch, "{name}: torch sub-block params");
+        }
+        assert_eq!(a.family.as_deref(), f["family"].as_str(), "{name}: family");
+        check_partition(&a);
+        let d = ort_difference(&path, &model, &a, tmp.path());
+        assert!(
+            d <= 1e-5,
+            "{name}: analysis graph differs from the model by {d}"
+        );
+    }
+}
+
+fn vi(name: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, domain: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        domain: (!domain.is_empty()).then(|| domain.to_string()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn weight(name: &str, dims: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(1),
+        raw_data: Some(vec![0u8; 4 * dims.iter().product::<i64>() as usize].into()),
+        ..Default::default()
+    }
+}
+
+fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        graph: Some(GraphProto {
+            node: nodes,
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            initializer: inits,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn fused_onnx_runtime_ops_are_refused_with_an_explanation() {
+    let m = model(
+        vec![
+            node("EmbedLayerNormalization", "com.microsoft", &["x"], &["h"]),
+            node("Attention", "com.microsoft", &["h", "w"], &["a"]),
+            node(
+                "SkipLayerNormalization",
+                "com.microsoft",
+                &["a", "h"],
+                &["y"],
+            ),
+        ],
+        vec![weight("w", &[4, 12])],
+    );
+    let e = analyze(&m).unwrap_err();
+    assert_eq!(exit_code_of(&e), exit::BAD_MODEL);
+    let msg = e.to_string();
+    assert!(msg.contains("transformer optimizer"), "{msg}");
+    assert!(msg.contains("export the unoptimized model"), "{msg}");
+    assert!(msg.contains("SkipLayerNormalization"), "{msg}");
+}
+
+#[test]
+fn a_plain_mlp_is_refused_with_what_was_found() {
+    let m = model(
+        vec![
+            node("MatMul", "", &["x", "w1"], &["a"]),
+            node("Relu", "", &["a"], &["b"]),
+            node("MatMul", "", &["b", "w2"], &["y"]),
+        ],
+        vec![weight("w1", &[4, 8]), weight("w2", &[8, 4])],
+    );
+    let e = analyze(&m).unwrap_err();
+    assert_eq!(exit_code_of(&e), exit::BAD_MODEL);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("found 3 stream values but 0 residual branches"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_residual_mlp_without_attention_is_refused() {
+    // Two residual branches, neither mixes positions: not an (attention, ffn) encoder.
+    let mut nodes = vec![node("Identity", "", &["x"], &["e"])];
+    let mut prev = "e".to_string();
+    for l in 0..2 {
+        let (a, b, h) = (format!("a{l}"), format!("b{l}"), format!("h{l}"));
+        let w = format!("w{l}");
+        nodes.push(node("MatMul", "", &[&prev, &w], &[&a]));
+        nodes.push(node("Relu", "", &[&a], &[&b]));
+        nodes.push(node("Add", "", &[&prev, &b], &[&h]));
+        prev = h;
+    }
+    nodes.push(node("Identity", "", &[&prev], &["y"]));
+    let m = model(nodes, vec![weight("w0", &[4, 4]), weight("w1", &[4, 4])]);
+    let msg = analyze(&m).unwrap_err().to_string();
+    assert!(msg.contains("FF"), "{msg}");
+    assert!(msg.contains("not the repeating"), "{msg}");
+}
+
+/// The real all-MiniLM-L6-v2 export (6 layers), when `SKRR_MINILM` points at its folder.
+#[test]
+fn real_minilm_has_six_layers() {
+    let Some(dir) = std::env::var_os("SKRR_MINILM").map(PathBuf::from) else {
+        eprintln!("skipped: set SKRR_MINILM to a folder holding an exported MiniLM model.onnx");
+        return;
+    };
+    let path = if dir.is_file() {
+        dir
+    } else {
+        dir.join("model.onnx")
+    };
+    let model = load(&path);
+    let a = analyze(&model).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(a.layers, 6);
+    assert_eq!(a.family.as_deref(), Some("bert"));
+    check_partition(&a);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = ort_difference(&path, &model, &a, tmp.path());
+    assert!(d <= 1e-4, "analysis graph differs by {d}");
+}
