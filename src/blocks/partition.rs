@@ -90,9 +90,20 @@ pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
             _ => Region::Epilogue,
         };
     }
-    // Constants go where their only readers are, so that a sub-block is self-contained.
+    // Weight-only work (constants, and the Identity copies the legacy exporter makes of a
+    // merged initializer) goes where its only readers are, so that a sub-block is
+    // self-contained and its side inputs are the same for every layer.
+    let mut fixed = vec![false; g.len()];
     for n in 0..g.len() {
-        if tainted[n] || !g.reads(n).is_empty() {
+        fixed[n] = !tainted[n]
+            && g.reads(n).iter().all(|v| match g.source(v) {
+                Some(Source::Initializer) => true,
+                Some(Source::Node { node, .. }) => fixed[node],
+                _ => false,
+            });
+    }
+    for n in (0..g.len()).rev() {
+        if !fixed[n] {
             continue;
         }
         let readers: BTreeSet<Region> = g.successors(n).map(|s| region[s]).collect();
@@ -100,7 +111,6 @@ pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
             region[n] = *readers.iter().next().unwrap_or(&Region::Prologue);
         }
     }
-
     let mut part = Partition {
         prologue: Vec::new(),
         epilogue: Vec::new(),

@@ -48,12 +48,31 @@ fn attr_text(a: &AttributeProto) -> String {
 
 /// Op types, attributes, wiring and weight shapes of the nodes, in order; no names, no values.
 pub fn signature(g: &Graph, nodes: &[usize], input: &str, side: &[String]) -> String {
-    let local: HashMap<usize, usize> = nodes.iter().enumerate().map(|(j, &n)| (n, j)).collect();
+    // An Identity of an initializer (the legacy exporter's copy of a merged weight) reads as
+    // the initializer itself, so that a layer reading the copy matches one reading the original.
+    let mut weight_alias: HashMap<&str, &str> = HashMap::new();
+    let mut local: HashMap<usize, usize> = HashMap::new();
+    for &n in nodes {
+        let node = g.node(n);
+        let src = node.input.first().map(String::as_str).unwrap_or("");
+        let src = weight_alias.get(src).copied().unwrap_or(src);
+        if node.op_type() == "Identity" && g.initializer(src).is_some() {
+            if let Some(o) = node.output.first() {
+                weight_alias.insert(o, src);
+            }
+            continue;
+        }
+        local.insert(n, local.len());
+    }
     let mut text = String::new();
     for &n in nodes {
+        if !local.contains_key(&n) {
+            continue;
+        }
         let node = g.node(n);
         let _ = write!(text, "{}::{}(", node.op_domain(), node.op_type());
         for v in &node.input {
+            let v = weight_alias.get(v.as_str()).copied().unwrap_or(v);
             if v.is_empty() {
                 text.push_str("-,");
             } else if v == input {
@@ -154,7 +173,13 @@ impl Traits {
 pub fn family(t: &Traits) -> Option<&'static str> {
     let rotary = Traits::has(&t.prologue_ops, "Cos") && Traits::has(&t.prologue_ops, "Sin");
     if rotary && !t.mean_centred() {
-        return Some("llama");
+        // SwiGLU (x * sigmoid(x)) in Llama; GeGLU (tanh or erf gelu) in Gemma.
+        let gelu = Traits::has(&t.ffn_ops, "Tanh") || Traits::has(&t.ffn_ops, "Erf");
+        return Some(if gelu && !Traits::has(&t.ffn_ops, "Sigmoid") {
+            "gemma"
+        } else {
+            "llama"
+        });
     }
     // Relative position buckets are logarithmic.
     if Traits::has(&t.prologue_ops, "Log") && !t.mean_centred() && !t.post_norm {
