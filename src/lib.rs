@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod graph;
+pub mod interrupt;
 pub mod model_io;
 pub mod onnx;
 pub mod plan;

@@ -11,6 +11,7 @@ fn main() {
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
+    skrr_onnx::interrupt::install();
     let ctx = cli.global.context();
     if let Err(err) = skrr_onnx::commands::dispatch(&cli.command, &ctx) {
         // One line: the context chain joined with ": " (embedded newlines from ONNX Runtime

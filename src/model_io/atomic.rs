@@ -3,17 +3,23 @@
 
 use std::fs::{File, Permissions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
+use crate::interrupt::{self, Writing};
+
 /// A file being written, not yet visible under its destination name. Dropping it (on any
 /// error path) deletes the temporary.
 pub(crate) struct Staged {
     tmp: NamedTempFile,
     dest: PathBuf,
+    /// Declared after `tmp`, so dropped after the temporary is deleted: a Ctrl-C that arrived
+    /// meanwhile ends the process only once nothing partial is left (see `crate::interrupt`).
+    _writing: Writing,
 }
 
 impl Staged {
@@ -21,14 +27,21 @@ impl Staged {
     pub fn new(dest: &Path) -> Result<Self> {
         let dir = dest.parent().context("output path has no folder")?;
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let prefix = format!(".{name}.");
+        remove_stale(dir, &prefix);
+        let writing = Writing::begin();
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+            .prefix(&prefix)
+            .suffix(TMP_SUFFIX)
             .tempfile_in(dir)
             .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        // Held until the process ends: tells a later run that this temporary is still in use.
+        // SAFETY: flock on a file descriptor we own.
+        unsafe { libc::flock(tmp.as_file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         Ok(Staged {
             tmp,
             dest: dest.to_path_buf(),
+            _writing: writing,
         })
     }
 
@@ -49,6 +62,34 @@ impl Staged {
     }
 }
 
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Deletes temporaries named `<prefix>*.tmp` in `dir` that no live process holds locked: what a
+/// run killed by SIGKILL (or a power cut) left behind while writing the same destination.
+fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(prefix) && name.ends_with(TMP_SUFFIX)) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(f) = File::open(&path) else { continue };
+        // SAFETY: flock on a file descriptor we own; the lock goes with `f`.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+            && std::fs::remove_file(&path).is_ok()
+        {
+            log::warn!(
+                "removed {}, left by an interrupted earlier run",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Renames the data file (if any) and then the model into place: a model never points at data
 /// that is not there yet. If the model cannot be placed, the data file placed a moment before is
 /// removed again.
@@ -57,6 +98,7 @@ pub(crate) fn commit(data: Option<Staged>, model: Staged) -> Result<()> {
         d.finish()?;
     }
     model.finish()?;
+    interrupt::check()?;
     let placed = match data {
         Some(d) => {
             let dest = d.dest.clone();

@@ -312,6 +312,7 @@ impl<'a> DataSink<'a> {
 
     /// Appends a tensor's bytes; returns its offset and length.
     fn append(&mut self, t: &TensorProto, weights: &WeightStore) -> Result<(u64, u64)> {
+        crate::interrupt::check()?;
         let source = weights.source(t)?;
         let len = source.len();
         let offset = self.pos.div_ceil(self.align) * self.align;
@@ -397,6 +398,9 @@ impl FileBuf<'_> {
     const CAP: usize = 1 << 20;
 
     fn write(&mut self, bytes: &[u8]) {
+        if let (None, Err(e)) = (&self.error, crate::interrupt::check()) {
+            self.error = Some(io::Error::other(e));
+        }
         if self.error.is_none() {
             match (&mut self.file).write_all(bytes) {
                 Ok(()) => self.written += bytes.len() as u64,

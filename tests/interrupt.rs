@@ -1,0 +1,212 @@
+//! Atomic output under interruption: the real binary is killed (SIGINT, SIGTERM, SIGKILL) while
+//! it writes a 256 MB model over a previous output. Afterwards the target is the previous
+//! output or the complete new one, never a partial file; after SIGINT/SIGTERM no temporary file
+//! remains; after SIGKILL the temporary that cannot be removed is named as such, and the next
+//! write to the same target removes it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use prost::Message;
+use skrr_onnx::model_io::read_model;
+use skrr_onnx::onnx::tensor_proto::{data_location, data_type};
+use skrr_onnx::onnx::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    ValueInfoProto,
+};
+
+const TENSORS: usize = 4;
+const TENSOR_BYTES: usize = 64 << 20;
+
+/// A model whose `TENSORS` initializers of `TENSOR_BYTES` each live in `model.onnx.data`,
+/// contiguous and page-aligned. Built directly (no Python) so the test stays fast.
+fn big_model(dir: &Path) -> PathBuf {
+    let mut data =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("model.onnx.data")).unwrap());
+    let mut chunk = vec![0u8; 8 << 20];
+    let mut graph = GraphProto {
+        name: Some("big".into()),
+        input: vec![ValueInfoProto {
+            name: Some("x".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for i in 0..TENSORS {
+        for (j, b) in chunk.iter_mut().enumerate() {
+            *b = (j as u8).wrapping_mul(31).wrapping_add(i as u8);
+        }
+        for _ in 0..TENSOR_BYTES / chunk.len() {
+            data.write_all(&chunk).unwrap();
+        }
+        let name = format!("w{i}");
+        graph.initializer.push(TensorProto {
+            name: Some(name.clone()),
+            dims: vec![(TENSOR_BYTES / 4) as i64],
+            data_type: Some(data_type::FLOAT),
+            data_location: Some(data_location::EXTERNAL),
+            external_data: vec![
+                StringStringEntryProto::new("location", "model.onnx.data"),
+                StringStringEntryProto::new("offset", (i * TENSOR_BYTES).to_string()),
+                StringStringEntryProto::new("length", TENSOR_BYTES.to_string()),
+            ],
+            ..Default::default()
+        });
+        let y = format!("y{i}");
+        graph.node.push(NodeProto {
+            input: vec!["x".into(), name],
+            output: vec![y.clone()],
+            op_type: Some("Add".into()),
+            ..Default::default()
+        });
+        graph.output.push(ValueInfoProto {
+            name: Some(y),
+            ..Default::default()
+        });
+    }
+    data.flush().unwrap();
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+/// Name → sha256 of every entry of a folder.
+fn listing(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                sha256_file(&e.path()),
+            )
+        })
+        .collect()
+}
+
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Whether `out` is a complete conversion of the big model: it reads back (the reader checks
+/// every tensor's size against its storage) and every weight equals the input's.
+fn is_complete_big(out: &Path, big: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (read_model(out), read_model(big)) else {
+        return false;
+    };
+    let (ga, gb) = (
+        a.proto.graph.as_ref().unwrap(),
+        b.proto.graph.as_ref().unwrap(),
+    );
+    ga.initializer.len() == gb.initializer.len()
+        && ga
+            .initializer
+            .iter()
+            .zip(&gb.initializer)
+            .all(|(x, y)| a.weights.bytes(x).ok().as_deref() == b.weights.bytes(y).ok().as_deref())
+}
+
+/// Starts `convert big OUT`, waits until its temporary output holds at least 32 MB, sends
+/// `sig` and returns how the process ended.
+fn kill_mid_write(big: &Path, out: &Path, flags: &[&str], sig: i32) -> std::process::ExitStatus {
+    let dir = out.parent().unwrap();
+    let mut child = skrr_cmd(["convert"])
+        .arg(big)
+        .arg(out)
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let growing = std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+            is_temporary(&e.file_name().to_string_lossy())
+                && e.metadata().map(|m| m.len() >= 32 << 20).unwrap_or(false)
+        });
+        if growing {
+            break;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("convert finished ({st}) before it could be interrupted mid-write");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no temporary output appeared"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    // SAFETY: plain syscall on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    child.wait().unwrap()
+}
+
+#[test]
+fn interrupted_writes_leave_previous_or_complete_output() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let big = big_model(&src);
+    let small = fixtures().join("t5_gated/model.onnx");
+
+    for (flags, what) in [
+        (&["--external-data"][..], "external"),
+        (&["--inline"][..], "inline"),
+    ] {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+            let out_dir = work.path().join(format!("out-{what}-{sig}"));
+            std::fs::create_dir(&out_dir).unwrap();
+            let out = out_dir.join("model.onnx");
+            // The previous output: the small fixture, written the same way.
+            let prev_args = [
+                &["convert", small.to_str().unwrap(), out.to_str().unwrap()],
+                flags,
+            ]
+            .concat();
+            skrr_ok(&prev_args);
+            let previous = listing(&out_dir);
+
+            let status = kill_mid_write(&big, &out, flags, sig);
+            assert_eq!(
+                status.signal(),
+                Some(sig),
+                "{what}, signal {sig}: ended with {status}"
+            );
+
+            let now = listing(&out_dir);
+            let (temps, kept): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                now.into_iter().partition(|(n, _)| is_temporary(n));
+            assert!(
+                kept == previous || is_complete_big(&out, &big),
+                "{what}, signal {sig}: the target is neither the previous nor the complete output: {kept:?}"
+            );
+            if sig == libc::SIGKILL {
+                // The next write to the same target removes the temporaries a killed run left.
+                skrr_ok(&prev_args);
+                let after = listing(&out_dir);
+                assert!(
+                    after.keys().all(|n| !is_temporary(n)),
+                    "{what}: stale temporaries {temps:?} not removed by the next run: {after:?}"
+                );
+            } else {
+                assert!(temps.is_empty(), "{what}, signal {sig}: left {temps:?}");
+            }
+        }
+    }
+}
