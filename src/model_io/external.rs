@@ -6,6 +6,7 @@
 //! the model's real folder.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -55,6 +56,38 @@ impl<'a> ExternalRef<'a> {
     }
 }
 
+/// A file checked when the model was read. It is reopened later (to map or copy it) only if
+/// the path still names that same file, so swapping it for a link after the checks does not work.
+#[derive(Clone, Debug)]
+pub struct FileId {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(crate) fn new(path: PathBuf, meta: &std::fs::Metadata) -> Self {
+        FileId {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    pub(crate) fn open(&self) -> Result<File> {
+        let file = File::open(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        let meta = file.metadata()?;
+        if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
+            bail!(
+                "{} was replaced by another file after the model was read",
+                self.path.display()
+            );
+        }
+        Ok(file)
+    }
+}
+
 /// One external data file, resolved and confined; memory-mapped on first use.
 pub struct ExternalFile {
     /// The location as written in the model.
@@ -63,6 +96,7 @@ pub struct ExternalFile {
     pub path: PathBuf,
     /// Size when the model was read.
     pub len: u64,
+    pub(crate) id: FileId,
     map: OnceLock<std::result::Result<Bytes, String>>,
 }
 
@@ -78,8 +112,9 @@ impl std::fmt::Debug for ExternalFile {
 
 impl ExternalFile {
     /// Resolves `location` against the model's canonical folder `dir`, refusing anything that
-    /// is absolute, climbs with `..`, or resolves (through symlinks) outside `dir`, and anything
-    /// that is not a regular file.
+    /// is absolute, climbs with `..`, or resolves (through symlinks) outside `dir`, anything
+    /// that is not a regular file, and files with several hard links (a hard link is another
+    /// way to reach a file outside the folder, and cannot be told apart from the original).
     pub fn resolve(dir: &Path, location: &str) -> Result<Self> {
         let rel = Path::new(location);
         // A Windows drive or UNC prefix is absolute in intent even when read on Unix.
@@ -117,10 +152,22 @@ impl ExternalFile {
                 path.display()
             );
         }
+        if meta.nlink() > 1 {
+            bail!(
+                "external data location '{location}' ({}) has {} hard links; refusing it as it may \
+                 reach a file outside the model's folder (copy the file to give it a single link)",
+                path.display(),
+                meta.nlink()
+            );
+        }
+        let id = FileId::new(path.clone(), &meta);
+        // Opening checks the identity against what was just inspected.
+        id.open()?;
         Ok(ExternalFile {
             location: location.to_string(),
             path,
             len: meta.len(),
+            id,
             map: OnceLock::new(),
         })
     }
@@ -150,22 +197,26 @@ impl ExternalFile {
     /// The whole file, mapped once.
     pub(crate) fn map(&self) -> Result<&Bytes> {
         self.map
-            .get_or_init(|| map_file(&self.path).map_err(|e| format!("{e:#}")))
+            .get_or_init(|| {
+                self.id
+                    .open()
+                    .and_then(|f| map_file(&f, &self.path))
+                    .map_err(|e| format!("{e:#}"))
+            })
             .as_ref()
             .map_err(|e| anyhow!("{e}"))
     }
 }
 
 /// Memory-maps a whole file as `Bytes` (which keeps the map alive as long as any slice of it).
-pub(crate) fn map_file(path: &Path) -> Result<Bytes> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+pub(crate) fn map_file(file: &File, path: &Path) -> Result<Bytes> {
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: the map is read-only. Like every memory-mapping reader, we rely on the file not
     // being truncated or rewritten in place while the model is open; our own writer never
     // does that (it renames a new file into place).
-    let map = unsafe { memmap2::Mmap::map(&file) }
+    let map = unsafe { memmap2::Mmap::map(file) }
         .with_context(|| format!("cannot memory-map {}", path.display()))?;
     Ok(Bytes::from_owner(map))
 }
@@ -184,6 +235,8 @@ mod tests {
         std::fs::write(root.path().join("secret"), [1u8; 8]).unwrap();
         std::os::unix::fs::symlink(root.path().join("secret"), dir.join("link")).unwrap();
         std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::write(root.path().join("other"), [2u8; 8]).unwrap();
+        std::fs::hard_link(root.path().join("other"), dir.join("hard")).unwrap();
 
         assert_eq!(ExternalFile::resolve(&dir, "w.bin").unwrap().len, 8);
         for (loc, why) in [
@@ -194,6 +247,7 @@ mod tests {
             ("link", "outside the model's folder"),
             ("sub", "not a regular file"),
             ("missing.bin", "cannot be opened"),
+            ("hard", "2 hard links"),
         ] {
             let err = ExternalFile::resolve(&dir, loc).unwrap_err().to_string();
             assert!(

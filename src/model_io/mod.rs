@@ -26,6 +26,7 @@ use crate::onnx::{ModelProto, TensorProto};
 
 pub use atomic::write_file;
 pub use external::ExternalFile;
+use external::FileId;
 pub use read::read_model;
 pub use tensor::{element_count, element_size, stored_len, type_name, TensorView, TypedData};
 pub use write::{write_model, ExternalData, WriteOptions, WriteReport};
@@ -47,7 +48,7 @@ pub struct Model {
 pub struct WeightStore {
     /// The model file and its whole memory map, so that writers can tell which `raw_data`
     /// slices live in the file and copy them file-to-file instead of through memory.
-    model: Option<(PathBuf, Bytes)>,
+    model: Option<(FileId, Bytes)>,
     files: Vec<ExternalFile>,
 }
 
@@ -55,7 +56,7 @@ pub struct WeightStore {
 pub(crate) enum Source<'a> {
     /// `len` bytes at `offset` of a file on disk.
     File {
-        path: &'a Path,
+        file: &'a FileId,
         offset: u64,
         len: u64,
     },
@@ -66,7 +67,7 @@ pub(crate) enum Source<'a> {
 impl WeightStore {
     /// The model file this store reads inline data from, if any.
     pub fn model_path(&self) -> Option<&Path> {
-        self.model.as_ref().map(|(p, _)| p.as_path())
+        self.model.as_ref().map(|(id, _)| id.path.as_path())
     }
 
     /// The external data files the model references (resolved, validated, in first-use order).
@@ -117,18 +118,18 @@ impl WeightStore {
         if t.is_external() {
             let (file, offset, len) = self.external_range(t)?;
             return Ok(Source::File {
-                path: &file.path,
+                file: &file.id,
                 offset,
                 len,
             });
         }
-        if let (Some(raw), Some((path, whole))) = (&t.raw_data, &self.model) {
+        if let (Some(raw), Some((file, whole))) = (&t.raw_data, &self.model) {
             let base = whole.as_ptr() as usize;
             let at = raw.as_ptr() as usize;
             if !raw.is_empty() && at >= base && at + raw.len() <= base + whole.len() {
                 tensor::check_len(t, raw.len() as u64)?;
                 return Ok(Source::File {
-                    path,
+                    file,
                     offset: (at - base) as u64,
                     len: raw.len() as u64,
                 });

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use prost::Message;
 
-use super::external::{map_file, ExternalFile, ExternalRef};
+use super::external::{map_file, ExternalFile, ExternalRef, FileId};
 use super::tensor::{check_len, element_count, inline_bytes};
 use super::{visit, Model, WeightStore};
 use crate::error::SkrrError;
@@ -33,7 +33,8 @@ pub fn read_model(path: &Path) -> Result<Model> {
     if !meta.is_file() {
         return Err(bad(anyhow::anyhow!("not a regular file")));
     }
-    let whole = map_file(&path).map_err(bad)?;
+    let id = FileId::new(path.clone(), &meta);
+    let whole = id.open().and_then(|f| map_file(&f, &path)).map_err(bad)?;
     let mut proto = ModelProto::decode(whole.clone()).map_err(|e| {
         bad(anyhow::anyhow!(
             "not a valid ONNX model (protobuf decoding failed: {e})"
@@ -61,7 +62,7 @@ pub fn read_model(path: &Path) -> Result<Model> {
     Ok(Model {
         proto,
         weights: WeightStore {
-            model: Some((path.clone(), whole)),
+            model: Some((id, whole)),
             files,
         },
         path,

@@ -328,17 +328,17 @@ impl<'a> DataSink<'a> {
                 len
             }
             Source::File {
-                path,
+                file,
                 offset: at,
                 len,
             } => {
+                let path = file.path.as_path();
                 let src = match self.sources.get(path) {
                     Some(f) => f,
-                    None => {
-                        let f = File::open(path)
-                            .with_context(|| format!("cannot open {}", path.display()))?;
-                        self.sources.entry(path.to_path_buf()).or_insert(f)
-                    }
+                    None => self
+                        .sources
+                        .entry(path.to_path_buf())
+                        .or_insert(file.open()?),
                 };
                 let mut src = src;
                 src.seek(SeekFrom::Start(at))?;

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Model I/O benchmark: round-trip a >= 4 GiB external-data model with `skrr-onnx convert` and
+# compare wall time and peak RSS with `cp` of the same bytes (model + data file).
+#
+#   benches/roundtrip.sh [GIB]        (default 4; run from the repository root)
+#
+# Env: BENCH_OUT (default bench-out/, gitignored) holds the model and outputs; RUNS (default 3);
+# SKRR_PYTHON (default .venv/bin/python, else python3) runs the generator; KEEP=1 keeps the
+# generated model afterwards (it is deleted otherwise). Needs GNU time (/usr/bin/time, Debian
+# package `time`).
+#
+# Both sides read from the page cache (the input is read once before timing) and write new
+# files. `convert` fsyncs its output before renaming it into place, so the table also shows
+# `cp` followed by `sync` of the copies: the same durability.
+set -euo pipefail
+
+GIB=${1:-4}
+RUNS=${RUNS:-3}
+OUT=${BENCH_OUT:-bench-out}
+PY=${SKRR_PYTHON:-}
+if [[ -z $PY ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+[[ -x /usr/bin/time ]] || { echo "needs GNU time: apt-get install time" >&2; exit 2; }
+
+mkdir -p "$OUT"
+need_kib=$(( (GIB * 3 + 2) * 1024 * 1024 ))
+free_kib=$(df -Pk "$OUT" | awk 'NR==2 {print $4}')
+if (( free_kib < need_kib )); then
+  echo "need $((need_kib / 1024 / 1024)) GiB free in $OUT, have $((free_kib / 1024 / 1024)) GiB" >&2
+  exit 2
+fi
+
+cargo build --release --quiet
+BIN=target/release/skrr-onnx
+
+SRC="$OUT/src"
+if [[ ! -f $SRC/big.onnx ]]; then
+  echo "generating a ${GIB} GiB model in $SRC ..." >&2
+  "$PY" benches/make_big_model.py "$SRC" --gib "$GIB" >&2
+fi
+cleanup() {
+  rm -rf "$OUT/cp" "$OUT/convert"
+  [[ ${KEEP:-0} == 1 ]] || rm -rf "$SRC"
+}
+trap cleanup EXIT
+
+bytes=$(( $(stat -c %s "$SRC/big.onnx") + $(stat -c %s "$SRC/big.onnx.data") ))
+cat "$SRC/big.onnx" "$SRC/big.onnx.data" > /dev/null   # warm the page cache for both sides
+
+# measure NAME CMD...: runs CMD under GNU time, prints "seconds max_rss_kib".
+measure() {
+  local log
+  log=$(mktemp)
+  /usr/bin/time -f '%e %M' -o "$log" "$@" > /dev/null
+  cat "$log"
+  rm -f "$log"
+}
+
+declare -A T R
+for name in cp cp_sync convert; do T[$name]=""; R[$name]=0; done
+for run in $(seq "$RUNS"); do
+  for name in cp cp_sync convert; do
+    rm -rf "$OUT/cp" "$OUT/convert"; mkdir -p "$OUT/cp" "$OUT/convert"
+    sync
+    case $name in
+      cp) m=$(measure cp "$SRC/big.onnx" "$SRC/big.onnx.data" "$OUT/cp/") ;;
+      cp_sync) m=$(measure sh -c "cp '$SRC/big.onnx' '$SRC/big.onnx.data' '$OUT/cp/' && sync '$OUT/cp/big.onnx' '$OUT/cp/big.onnx.data'") ;;
+      convert) m=$(measure "$BIN" convert "$SRC/big.onnx" "$OUT/convert/big.onnx") ;;
+    esac
+    read -r secs rss <<< "$m"
+    T[$name]+="$secs "
+    (( rss > R[$name] )) && R[$name]=$rss
+    echo "run $run $name: ${secs}s, peak RSS ${rss} KiB" >&2
+  done
+done
+cmp "$SRC/big.onnx.data" "$OUT/convert/big.onnx.data" > /dev/null \
+  && echo "data file identical to the input's" >&2
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+c=$(echo "${T[cp]}" | median); cs=$(echo "${T[cp_sync]}" | median); v=$(echo "${T[convert]}" | median)
+awk -v bytes="$bytes" -v runs="$RUNS" -v c="$c" -v cs="$cs" -v v="$v" \
+    -v rc="${R[cp]}" -v rcs="${R[cp_sync]}" -v rv="${R[convert]}" 'BEGIN {
+  printf "\nmodel + data: %.0f bytes (%.2f GiB), median of %d runs\n", bytes, bytes / 2^30, runs
+  printf "| command | wall time (s) | peak RSS (MiB) |\n|---|---|---|\n"
+  printf "| cp | %.2f | %.1f |\n", c, rc / 1024
+  printf "| cp + sync | %.2f | %.1f |\n", cs, rcs / 1024
+  printf "| skrr-onnx convert | %.2f | %.1f |\n", v, rv / 1024
+  printf "\nconvert / cp = %.2f, convert / (cp + sync) = %.2f\n", (c > 0 ? v / c : 0), (cs > 0 ? v / cs : 0)
+}'
