@@ -29,8 +29,8 @@ def main():
     layer_bytes = h * h * 4
     layers = max(1, int(np.ceil(args.gib * (1 << 30) / layer_bytes)))
     os.makedirs(args.out_dir, exist_ok=True)
-    model_path = os.path.join(args.out_dir, "big.onnx")
-    data_name = "big.onnx.data"
+    model_path = os.path.join(args.out_dir, "model.onnx")
+    data_name = "model.onnx.data"
 
     rng = np.random.default_rng(0)
     inits, nodes = [], []

@@ -4,6 +4,10 @@
 #
 #   benches/roundtrip.sh [GIB]        (default 4; run from the repository root)
 #
+# The model is a wide T5 encoder from `fixtures/generate.py --big` when the Python has the
+# fixture dependencies (torch, transformers: `scripts/setup.sh --dev`), else a plain chain of
+# large MatMuls from benches/make_big_model.py (numpy and onnx only).
+#
 # Env: BENCH_OUT (default bench-out/, gitignored) holds the model and outputs; RUNS (default 3);
 # SKRR_PYTHON (default .venv/bin/python, else python3) runs the generator; KEEP=1 keeps the
 # generated model afterwards (it is deleted otherwise). Needs GNU time (/usr/bin/time, Debian
@@ -35,9 +39,14 @@ cargo build --release --quiet
 BIN=target/release/skrr-onnx
 
 SRC="$OUT/src"
-if [[ ! -f $SRC/big.onnx ]]; then
-  echo "generating a ${GIB} GiB model in $SRC ..." >&2
-  "$PY" benches/make_big_model.py "$SRC" --gib "$GIB" >&2
+if [[ ! -f $SRC/model.onnx ]]; then
+  if "$PY" -c "import torch, transformers" 2> /dev/null; then
+    echo "generating a ${GIB} GiB T5 encoder in $SRC (fixtures/generate.py --big) ..." >&2
+    "$PY" fixtures/generate.py --big "$SRC" --gb "$GIB" >&2
+  else
+    echo "generating a ${GIB} GiB MatMul chain in $SRC (benches/make_big_model.py) ..." >&2
+    "$PY" benches/make_big_model.py "$SRC" --gib "$GIB" >&2
+  fi
 fi
 cleanup() {
   rm -rf "$OUT/cp" "$OUT/convert"
@@ -45,8 +54,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bytes=$(( $(stat -c %s "$SRC/big.onnx") + $(stat -c %s "$SRC/big.onnx.data") ))
-cat "$SRC/big.onnx" "$SRC/big.onnx.data" > /dev/null   # warm the page cache for both sides
+bytes=$(( $(stat -c %s "$SRC/model.onnx") + $(stat -c %s "$SRC/model.onnx.data") ))
+cat "$SRC/model.onnx" "$SRC/model.onnx.data" > /dev/null   # warm the page cache for both sides
 
 # measure NAME CMD...: runs CMD under GNU time, prints "seconds max_rss_kib".
 measure() {
@@ -64,9 +73,9 @@ for run in $(seq "$RUNS"); do
     rm -rf "$OUT/cp" "$OUT/convert"; mkdir -p "$OUT/cp" "$OUT/convert"
     sync
     case $name in
-      cp) m=$(measure cp "$SRC/big.onnx" "$SRC/big.onnx.data" "$OUT/cp/") ;;
-      cp_sync) m=$(measure sh -c "cp '$SRC/big.onnx' '$SRC/big.onnx.data' '$OUT/cp/' && sync '$OUT/cp/big.onnx' '$OUT/cp/big.onnx.data'") ;;
-      convert) m=$(measure "$BIN" convert "$SRC/big.onnx" "$OUT/convert/big.onnx") ;;
+      cp) m=$(measure cp "$SRC/model.onnx" "$SRC/model.onnx.data" "$OUT/cp/") ;;
+      cp_sync) m=$(measure sh -c "cp '$SRC/model.onnx' '$SRC/model.onnx.data' '$OUT/cp/' && sync '$OUT/cp/model.onnx' '$OUT/cp/model.onnx.data'") ;;
+      convert) m=$(measure "$BIN" convert "$SRC/model.onnx" "$OUT/convert/model.onnx") ;;
     esac
     read -r secs rss <<< "$m"
     T[$name]+="$secs "
@@ -74,7 +83,7 @@ for run in $(seq "$RUNS"); do
     echo "run $run $name: ${secs}s, peak RSS ${rss} KiB" >&2
   done
 done
-cmp "$SRC/big.onnx.data" "$OUT/convert/big.onnx.data" > /dev/null \
+cmp "$SRC/model.onnx.data" "$OUT/convert/model.onnx.data" > /dev/null \
   && echo "data file identical to the input's" >&2
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -35,11 +35,22 @@ fn convert(input: &Path, output: &Path, flags: &[&str]) {
     skrr_ok(&args);
 }
 
-/// The round-trip contract: the checker accepts `new`, the models are equal once tensor
-/// storage is normalised, ONNX Runtime gives bit-identical outputs, and the storage layout is
-/// the one asked for (`data`: the external data file name, or `None` for all inline).
-fn assert_round_trip(orig: &Path, new: &Path, data: Option<&str>) {
-    let res: Value = serde_json::from_str(&oracle(&["check", s(orig), s(new)])).unwrap();
+/// The round-trip contract, for each (original, rewritten, data file) triple: the checker
+/// accepts the rewritten model, the models are equal once tensor storage is normalised, ONNX
+/// Runtime gives bit-identical outputs, and the storage layout is the one asked for (`data`:
+/// the external data file name, or `None` for all inline). One oracle process checks them all.
+fn assert_round_trips(cases: &[(&Path, &Path, Option<&str>)]) {
+    let args: Vec<&str> = std::iter::once("check")
+        .chain(cases.iter().flat_map(|(o, n, _)| [s(o), s(n)]))
+        .collect();
+    let results: Vec<Value> = serde_json::from_str(&oracle(&args)).unwrap();
+    assert_eq!(results.len(), cases.len());
+    for ((orig, new, data), res) in cases.iter().zip(&results) {
+        check_round_trip(orig, new, *data, res);
+    }
+}
+
+fn check_round_trip(orig: &Path, new: &Path, data: Option<&str>, res: &Value) {
     let what = format!("{} -> {}", orig.display(), new.display());
     assert_eq!(res["checker"], "ok", "{what}");
     assert_eq!(
@@ -88,54 +99,71 @@ fn assert_round_trip(orig: &Path, new: &Path, data: Option<&str>) {
 fn rich_model_round_trips_inline_external_and_back() {
     let (dir, orig) = rich_model();
     let d = dir.path();
-
-    let same = d.join("same.onnx");
+    let (same, ext, named) = (
+        d.join("same.onnx"),
+        d.join("ext.onnx"),
+        d.join("named.onnx"),
+    );
     convert(&orig, &same, &[]);
-    assert_round_trip(&orig, &same, None);
-
-    let ext = d.join("ext.onnx");
     convert(&orig, &ext, &["--external-data"]);
-    assert_round_trip(&orig, &ext, Some("ext.onnx.data"));
-
-    let named = d.join("named.onnx");
     convert(&orig, &named, &["--external-data=weights.bin"]);
-    assert_round_trip(&orig, &named, Some("weights.bin"));
-
     // External input: the default keeps external data, --inline brings it back.
-    let kept = d.join("kept.onnx");
+    let (kept, inline) = (d.join("kept.onnx"), d.join("inline.onnx"));
     convert(&ext, &kept, &[]);
-    assert_round_trip(&orig, &kept, Some("kept.onnx.data"));
-    let inline = d.join("inline.onnx");
     convert(&ext, &inline, &["--inline"]);
-    assert_round_trip(&orig, &inline, None);
+    assert_round_trips(&[
+        (&orig, &same, None),
+        (&orig, &ext, Some("ext.onnx.data")),
+        (&orig, &named, Some("weights.bin")),
+        (&orig, &kept, Some("kept.onnx.data")),
+        (&orig, &inline, None),
+    ]);
 }
 
+/// Every committed fixture (legacy and dynamo exports, fp16, external data): re-saved as it
+/// is, moved to external data, and brought back inline from there.
 #[test]
 fn every_fixture_round_trips() {
-    let mut seen = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
     for entry in std::fs::read_dir(fixtures()).unwrap().flatten() {
         let orig = entry.path().join("model.onnx");
         if !orig.is_file() {
             continue;
         }
-        seen += 1;
-        let dir = tempfile::tempdir().unwrap();
-        let same = dir.path().join("same.onnx");
+        let out = dir.path().join(entry.file_name());
+        std::fs::create_dir(&out).unwrap();
+        let (same, ext, inline) = (
+            out.join("same.onnx"),
+            out.join("ext.onnx"),
+            out.join("inline.onnx"),
+        );
         convert(&orig, &same, &[]);
-        let had_external = std::fs::read_dir(entry.path())
-            .unwrap()
-            .flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "data"));
-        assert_round_trip(&orig, &same, had_external.then_some("same.onnx.data"));
-
-        let ext = dir.path().join("ext.onnx");
         convert(&orig, &ext, &["--external-data"]);
-        assert_round_trip(&orig, &ext, Some("ext.onnx.data"));
-        let inline = dir.path().join("inline.onnx");
         convert(&ext, &inline, &["--inline"]);
-        assert_round_trip(&orig, &inline, None);
+        let had_external = entry.path().join("model.onnx.data").exists();
+        outputs.push((orig, same, ext, inline, had_external));
     }
-    assert!(seen > 0, "no fixtures under {}", fixtures().display());
+    assert!(
+        !outputs.is_empty(),
+        "no fixtures under {}",
+        fixtures().display()
+    );
+    let cases: Vec<(&Path, &Path, Option<&str>)> = outputs
+        .iter()
+        .flat_map(|(orig, same, ext, inline, had_external)| {
+            [
+                (
+                    orig.as_path(),
+                    same.as_path(),
+                    had_external.then_some("same.onnx.data"),
+                ),
+                (orig, ext, Some("ext.onnx.data")),
+                (orig, inline, None),
+            ]
+        })
+        .collect();
+    assert_round_trips(&cases);
 }
 
 /// `Auto` moves weights out when the inline protobuf would exceed the limit (lowered here
@@ -153,12 +181,18 @@ fn auto_switches_to_external_data_above_the_limit() {
     };
     let report = write_model(&model.proto, &model.weights, &out, &opts(size + 1024)).unwrap();
     assert!(report.data_path.is_none());
-    assert_round_trip(&orig, &out, None);
 
-    let report = write_model(&model.proto, &model.weights, &out, &opts(size / 2)).unwrap();
-    assert_eq!(report.data_path, Some(dir.path().join("auto.onnx.data")));
+    let big = dir.path().join("auto_big.onnx");
+    let report = write_model(&model.proto, &model.weights, &big, &opts(size / 2)).unwrap();
+    assert_eq!(
+        report.data_path,
+        Some(dir.path().join("auto_big.onnx.data"))
+    );
     assert!(report.external_tensors > 0);
-    assert_round_trip(&orig, &out, Some("auto.onnx.data"));
+    assert_round_trips(&[
+        (&orig, &out, None),
+        (&orig, &big, Some("auto_big.onnx.data")),
+    ]);
 }
 
 /// Typed views agree with what ONNX Runtime-independent numpy reads from the same file,

@@ -6,9 +6,10 @@
                       change a tensor in place for negative tests: dims=2,3 or an external
                       data entry (location=..., offset=..., length=...); the file is rewritten
                       as is, without touching external data
-  check ORIG NEW      print JSON: checker verdict on NEW, whether the two models are equal once
-                      tensor storage is normalised, whether ONNX Runtime outputs are
-                      bit-identical, and NEW's external data layout
+  check ORIG NEW [ORIG NEW ...]
+                      print a JSON list, one entry per pair: checker verdict on NEW, whether
+                      the two models are equal once tensor storage is normalised, whether
+                      ONNX Runtime outputs are bit-identical, and NEW's external data layout
 """
 
 import difflib
@@ -178,7 +179,11 @@ def run(model_path, inputs):
     return [np.ascontiguousarray(o).tobytes() for o in sess.run(None, inputs)]
 
 
-def check(orig, new):
+def check(*paths):
+    print(json.dumps([check_pair(o, n) for o, n in zip(paths[::2], paths[1::2])]))
+
+
+def check_pair(orig, new):
     res = {}
     try:
         onnx.checker.check_model(new, full_check=True)
@@ -194,7 +199,7 @@ def check(orig, new):
     ins = feeds(orig)
     res["outputs_identical"] = run(orig, ins) == run(new, ins)
     res["layout"] = layout(new)
-    print(json.dumps(res))
+    return res
 
 
 def edit(path, name, *changes):
