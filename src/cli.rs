@@ -45,6 +45,9 @@ pub enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Show where ONNX Runtime was found, its version and execution providers.
     Doctor(commands::doctor::DoctorArgs),
+    /// Show the encoder's layers and attention / feed-forward sub-blocks with their parameter
+    /// counts, as block detection finds them.
+    Inspect(commands::inspect::InspectArgs),
 }
 
 /// What a subcommand gets besides its own arguments.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 use serde_json::Value;
-use skrr_onnx::blocks::{analyze, Analysis, Kind};
+use skrr_onnx::blocks::{self, analyze, Analysis, Kind};
 use skrr_onnx::error::{exit, exit_code_of};
 use skrr_onnx::onnx::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
@@ -174,7 +174,7 @@ fn every_fixture_is_analyzed_exactly() {
         .iter()
         .filter_map(|f| {
             let name = f["name"].as_str().unwrap_or("?").to_string();
-            std::panic::catch_unwind(|| check_fixture(f, tmp.path()))
+            std::panic::catch_unwind(|| check_fixture(f, &common::fixtures(), tmp.path()))
                 .err()
                 .map(|_| name)
         })
@@ -185,10 +185,11 @@ fn every_fixture_is_analyzed_exactly() {
     );
 }
 
-fn check_fixture(f: &Value, tmp: &Path) {
+/// Checks one manifest entry; `base` is the folder its `model` path is relative to.
+fn check_fixture(f: &Value, base: &Path, tmp: &Path) {
     {
         let name = f["name"].as_str().unwrap();
-        let path = common::fixtures().join(f["model"].as_str().unwrap());
+        let path = base.join(f["model"].as_str().unwrap());
         let model = load(&path);
         let a = analyze(&model).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let layers = f["layers"].as_u64().unwrap() as usize;
@@ -236,6 +237,8 @@ fn check_fixture(f: &Value, tmp: &Path) {
             assert_eq!(params, torch, "{name}: torch sub-block params");
         }
         assert_eq!(a.family.as_deref(), f["family"].as_str(), "{name}: family");
+        let norm = format!("{}_norm", blocks::norm_position(&a).unwrap());
+        assert_eq!(f["norm"].as_str(), Some(norm.as_str()), "{name}: norm");
         check_partition(&a);
         let dir = tmp.join(name);
         std::fs::create_dir(&dir).unwrap();
@@ -352,24 +355,157 @@ fn a_residual_mlp_without_attention_is_refused() {
     assert!(msg.contains("not the repeating"), "{msg}");
 }
 
-/// The real all-MiniLM-L6-v2 export (6 layers), when `SKRR_MINILM` points at its folder.
+/// The real all-MiniLM-L6-v2 export (6 layers), when `SKRR_MINILM` points at its folder (as
+/// `fixtures/generate.py --minilm DIR` makes it, with its manifest entry).
 #[test]
 fn real_minilm_has_six_layers() {
     let Some(dir) = std::env::var_os("SKRR_MINILM").map(PathBuf::from) else {
-        eprintln!("skipped: set SKRR_MINILM to a folder holding an exported MiniLM model.onnx");
+        eprintln!("skipped: set SKRR_MINILM to the folder `fixtures/generate.py --minilm` made");
         return;
     };
-    let path = if dir.is_file() {
-        dir
-    } else {
-        dir.join("model.onnx")
-    };
-    let model = load(&path);
-    let a = analyze(&model).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(a.layers, 6);
-    assert_eq!(a.family.as_deref(), Some("bert"));
-    check_partition(&a);
+    let entry: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest.json in SKRR_MINILM"),
+    )
+    .expect("manifest is JSON");
+    assert_eq!(entry["layers"], 6);
     let tmp = tempfile::tempdir().unwrap();
-    let d = ort_difference(&path, &model, &a, tmp.path());
-    assert!(d <= 1e-4, "analysis graph differs by {d}");
+    let base = dir.parent().expect("SKRR_MINILM has a parent folder");
+    check_fixture(&entry, base, tmp.path());
+}
+
+fn entry(name: &str) -> Value {
+    manifest()
+        .into_iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("fixture {name} in the manifest"))
+}
+
+#[test]
+fn inspect_prints_the_analysis_as_json_and_as_a_table() {
+    for name in ["t5_gated", "bert"] {
+        let f = entry(name);
+        let path = common::fixtures().join(f["model"].as_str().unwrap());
+        let out = common::skrr_ok(["inspect".as_ref(), path.as_os_str(), "--json".as_ref()]);
+        let j: Value = serde_json::from_str(&out).expect("inspect --json prints JSON");
+        assert_eq!(j["layers"], f["layers"], "{name}");
+        assert_eq!(j["family"], f["family"], "{name}");
+        assert_eq!(
+            j["total_params"], f["params"]["onnx_initializer_total"],
+            "{name}"
+        );
+        let sbs = j["sub_blocks"].as_array().unwrap();
+        let params: Vec<Value> = sbs.iter().map(|s| s["params"].clone()).collect();
+        assert_eq!(
+            Value::Array(params),
+            f["params"]["onnx_expected"]["sub_blocks"],
+            "{name}"
+        );
+        for (i, s) in sbs.iter().enumerate() {
+            assert_eq!(s["index"], i);
+            assert_eq!(s["kind"], if i % 2 == 0 { "attention" } else { "ffn" });
+        }
+        assert_eq!(
+            j["prologue"]["params"], f["params"]["onnx_expected"]["prologue"],
+            "{name}"
+        );
+
+        let text = common::skrr_ok(["inspect".as_ref(), path.as_os_str()]);
+        let layers = f["layers"].as_u64().unwrap() as usize;
+        let rows = |kind: &str| {
+            text.lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some(kind))
+                .count()
+        };
+        assert_eq!(rows("attention"), layers, "{text}");
+        assert_eq!(rows("ffn"), layers, "{text}");
+        assert!(
+            text.contains(&format!("family {}", f["family"].as_str().unwrap())),
+            "{text}"
+        );
+        assert!(
+            text.contains("prologue:") && text.contains("epilogue:"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn inspect_refuses_a_model_optimized_by_onnx_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = common::fixtures().join(entry("bert")["model"].as_str().unwrap());
+    let dst = tmp.path().join("bert_optimized.onnx");
+    let code = r#"
+import sys
+from onnxruntime.transformers import optimizer
+m = optimizer.optimize_model(sys.argv[1], model_type="bert", num_heads=4, hidden_size=64, opt_level=0)
+m.save_model_to_file(sys.argv[2])
+"#;
+    common::run_python(code, &[src.to_str().unwrap(), dst.to_str().unwrap()]);
+    let line = common::assert_error_contract(
+        &["inspect".as_ref(), dst.as_os_str()],
+        exit::BAD_MODEL,
+        "export the unoptimized model",
+        None,
+        &[&dst],
+    );
+    assert!(line.contains("SkipLayerNormalization"), "{line}");
+}
+
+#[test]
+fn inspect_refuses_a_plain_mlp_and_says_what_it_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("mlp.onnx");
+    let m = model(
+        vec![
+            node("MatMul", "", &["x", "w1"], &["a"]),
+            node("Relu", "", &["a"], &["b"]),
+            node("MatMul", "", &["b", "w2"], &["y"]),
+        ],
+        vec![weight("w1", &[4, 8]), weight("w2", &[8, 4])],
+    );
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    common::assert_error_contract(
+        &["inspect".as_ref(), path.as_os_str()],
+        exit::BAD_MODEL,
+        "found 3 stream values but 0 residual branches",
+        None,
+        &[&path],
+    );
+}
+
+/// A multi-GB external-data model (`fixtures/generate.py --big DIR`), when `SKRR_BIG` points at
+/// its folder: inspect reads dims only, so it must take seconds and little memory.
+#[test]
+fn inspect_of_a_big_external_data_model_is_quick_and_small() {
+    let Some(dir) = std::env::var_os("SKRR_BIG").map(PathBuf::from) else {
+        eprintln!("skipped: set SKRR_BIG to the folder `fixtures/generate.py --big` made");
+        return;
+    };
+    let path = dir.join("model.onnx");
+    let data_bytes = std::fs::metadata(dir.join("model.onnx.data"))
+        .unwrap()
+        .len();
+    let start = std::time::Instant::now();
+    let out = common::skrr_ok(["inspect".as_ref(), path.as_os_str(), "--json".as_ref()]);
+    let secs = start.elapsed().as_secs_f64();
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert!(j["layers"].as_u64().unwrap() > 0);
+    // Peak RSS of the largest finished child of this test process (kilobytes on Linux); run
+    // this test alone (it is opt-in) so that no Python oracle is counted.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    let peak = usage.ru_maxrss as u64 * 1024;
+    eprintln!(
+        "inspect: {secs:.2} s, peak RSS {} MB, data {} MB",
+        peak >> 20,
+        data_bytes >> 20
+    );
+    assert!(secs < 10.0, "inspect took {secs:.1} s");
+    assert!(
+        peak < data_bytes / 8,
+        "peak RSS {peak} bytes for {data_bytes} bytes of weights"
+    );
 }

@@ -215,12 +215,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         let set: BTreeSet<&str> = nodes.iter().map(|&n| g.node(n).op_type()).collect();
         set.into_iter().map(str::to_string).collect()
     };
-    let post_norm = found.trailing[0] > 0
-        && g.producer(&found.values[1]).is_some_and(|p| {
-            let node = g.node(p);
-            node.op_type().contains("LayerNormalization")
-                || node.input.iter().any(|v| g.initializer(v).is_some())
-        });
+    let post_norm = found.trailing[0] > 0 && ends_with_norm(&g, &found.values[1]);
     let traits = signature::Traits {
         prologue_ops: ops(&part.prologue),
         attention_ops: ops(&part.sub_nodes[0]),
@@ -275,4 +270,25 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         family,
         structure_signature,
     })
+}
+
+/// A sub-block ends with its norm (post-norm, BERT: `norm(h + f(h))`) when the node making its
+/// output is a LayerNormalization or applies a weight (the affine part of a decomposed norm);
+/// a pre-norm sub-block ends with the residual Add (or weight-free fp16 clamps).
+fn ends_with_norm(g: &Graph, output: &str) -> bool {
+    g.producer(output).is_some_and(|p| {
+        let node = g.node(p);
+        node.op_type().contains("LayerNormalization")
+            || node.input.iter().any(|v| g.initializer(v).is_some())
+    })
+}
+
+/// `"post"` for post-norm encoders (BERT), `"pre"` otherwise.
+pub fn norm_position(a: &Analysis) -> Result<&'static str> {
+    let g = Graph::new(&a.graph)?;
+    let post = a
+        .sub_blocks
+        .first()
+        .is_some_and(|sb| sb.input != sb.output && ends_with_norm(&g, &sb.output));
+    Ok(if post { "post" } else { "pre" })
 }

@@ -6,10 +6,12 @@ use crate::cli::{Command, Context};
 
 pub mod convert;
 pub mod doctor;
+pub mod inspect;
 
 pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
     match command {
         Command::Convert(args) => convert::run(args, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
+        Command::Inspect(args) => inspect::run(args, ctx),
     }
 }
