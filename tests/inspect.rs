@@ -509,3 +509,89 @@ fn inspect_of_a_big_external_data_model_is_quick_and_small() {
         "peak RSS {peak} bytes for {data_bytes} bytes of weights"
     );
 }
+
+/// A toy pre-norm encoder of `layers` layers over `input_ids` (no shape ops), whose outputs are
+/// the final value plus, with `taps`, every layer's input (as SDXL-style exports list
+/// `hidden_states`) and a pooled output reading the final value.
+fn toy_encoder(layers: usize, taps: bool) -> ModelProto {
+    let mut nodes = vec![node("Gather", "", &["emb", "input_ids"], &["h0"])];
+    let mut inits = vec![weight("emb", &[100, 8])];
+    let mut outputs = vec![];
+    let mut h = "h0".to_string();
+    for l in 0..layers {
+        let p = |s: &str| format!("l{l}_{s}");
+        for w in ["wq", "wk", "wv", "wo", "w1", "w2"] {
+            inits.push(weight(&p(w), &[8, 8]));
+        }
+        let steps: Vec<(&str, Vec<String>, String)> = vec![
+            (
+                "LayerNormalization",
+                vec![h.clone(), "g".into(), "b".into()],
+                p("n1"),
+            ),
+            ("MatMul", vec![p("n1"), p("wq")], p("q")),
+            ("MatMul", vec![p("n1"), p("wk")], p("k")),
+            ("MatMul", vec![p("n1"), p("wv")], p("v")),
+            ("Transpose", vec![p("k")], p("kt")),
+            ("MatMul", vec![p("q"), p("kt")], p("s")),
+            ("Softmax", vec![p("s")], p("a")),
+            ("MatMul", vec![p("a"), p("v")], p("c")),
+            ("MatMul", vec![p("c"), p("wo")], p("o")),
+            ("Add", vec![h.clone(), p("o")], p("h1")),
+            (
+                "LayerNormalization",
+                vec![p("h1"), "g".into(), "b".into()],
+                p("n2"),
+            ),
+            ("MatMul", vec![p("n2"), p("w1")], p("f")),
+            ("Relu", vec![p("f")], p("r")),
+            ("MatMul", vec![p("r"), p("w2")], p("m")),
+            ("Add", vec![p("h1"), p("m")], p("h2")),
+        ];
+        for (op, ins, out) in steps {
+            let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+            let mut n = node(op, "", &ins, &[&out]);
+            if op == "Transpose" {
+                n.attribute.push(skrr_onnx::onnx::AttributeProto {
+                    name: Some("perm".into()),
+                    ints: vec![0, 2, 1],
+                    r#type: Some(7),
+                    ..Default::default()
+                });
+            }
+            nodes.push(n);
+        }
+        if taps {
+            outputs.push(vi(&h));
+        }
+        h = format!("l{l}_h2");
+    }
+    inits.extend([weight("g", &[8]), weight("b", &[8])]);
+    nodes.push(node("Identity", "", &[&h], &["last"]));
+    outputs.insert(0, vi("last"));
+    if taps {
+        nodes.push(node("ReduceMean", "", &["last"], &["pooled"]));
+        outputs.push(vi("pooled"));
+    }
+    let mut m = model(nodes, inits);
+    let g = m.graph.as_mut().unwrap();
+    g.input = vec![vi("input_ids")];
+    g.output = outputs;
+    m
+}
+
+#[test]
+fn hidden_state_outputs_do_not_hide_the_stream() {
+    for taps in [false, true] {
+        let a = analyze(&toy_encoder(3, taps)).unwrap_or_else(|e| panic!("taps {taps}: {e:#}"));
+        assert_eq!(a.layers, 3, "taps {taps}");
+        assert_eq!(a.sub_blocks[0].input, "h0");
+        assert_eq!(a.sub_blocks[5].output, "l2_h2");
+        assert_eq!(
+            a.sub_blocks.iter().map(|s| s.params).sum::<u64>(),
+            3 * 6 * 64
+        );
+        assert_eq!(a.shared_params, 16, "the norms every layer reads");
+        check_partition(&a);
+    }
+}

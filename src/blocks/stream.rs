@@ -37,7 +37,7 @@ fn is_matmul(op: &str) -> bool {
 #[derive(Debug)]
 pub struct NotFound(pub String);
 
-pub fn find(g: &Graph) -> Result<Stream, NotFound> {
+pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
     let n = g.len();
     let sink = n;
     let mut dag: DiGraph<(), ()> = DiGraph::with_capacity(n + 1, g.dag.edge_count() + 4);
@@ -51,8 +51,37 @@ pub fn find(g: &Graph) -> Result<Stream, NotFound> {
             dag.add_edge(NodeIndex::new(p), NodeIndex::new(c), ());
         }
     }
-    for o in &g.proto.output {
-        if let Some(p) = g.producer(o.name()) {
+    // The sink follows the final outputs only: an output that is also read further on (SDXL
+    // exports list every layer's `hidden_states`; `last_hidden_state` feeds the pooler) is a tap
+    // on the stream, and an edge from it to the sink would bypass every later stream value.
+    let through_identity = |mut v: &'a str| {
+        while let Some(p) = g.producer(v) {
+            match g.node(p) {
+                n if n.op_type() == "Identity" && !n.input.is_empty() => v = &n.input[0],
+                _ => break,
+            }
+        }
+        v
+    };
+    let is_tap = |v: &'a str| {
+        g.consumers(through_identity(v))
+            .iter()
+            .any(|&c| g.node(c).op_type() != "Identity")
+    };
+    let finals: Vec<&str> = g
+        .proto
+        .output
+        .iter()
+        .map(|o| o.name())
+        .filter(|&o| !is_tap(o))
+        .collect();
+    let finals = if finals.is_empty() {
+        g.proto.output.iter().map(|o| o.name()).collect()
+    } else {
+        finals
+    };
+    for o in finals {
+        if let Some(p) = g.producer(o) {
             dag.add_edge(NodeIndex::new(p), NodeIndex::new(sink), ());
         }
     }
@@ -70,9 +99,33 @@ pub fn find(g: &Graph) -> Result<Stream, NotFound> {
     for &i in order.iter().rev() {
         depth[i] = ipdom(i).and_then(|p| depth[p]).map(|d| d + 1);
     }
-    // The stream starts where the model's data enters: a node reading a graph input (not just
-    // its shape). Among those, the embedding lookup has the longest post-dominator chain; the
-    // attention mask's joins the stream only in the last layer.
+    // The stream starts at the token-embedding lookup: a Gather from a 2-D weight table with
+    // indices computed from a graph input. (Depth in the post-dominator tree alone would pick a
+    // node inside layer 0's attention, whose single-path chain down to the next stream value is
+    // longer than the embedding's.) Models without one (fed embeddings directly) start at the
+    // deepest node reading a graph input.
+    let mut from_input = vec![false; n];
+    for &i in &order {
+        from_input[i] = data_edge(i)
+            && (g
+                .reads(i)
+                .iter()
+                .any(|v| g.source(v) == Some(crate::graph::Source::Input))
+                || g.predecessors(i).any(|p| from_input[p]));
+    }
+    let is_embedding = |i: usize| {
+        let node = g.node(i);
+        node.op_type() == "Gather"
+            && node
+                .input
+                .first()
+                .and_then(|t| g.initializer(t))
+                .is_some_and(|t| t.dims.len() == 2)
+            && node.input.get(1).is_some_and(|ix| {
+                g.source(ix) == Some(crate::graph::Source::Input)
+                    || g.producer(ix).is_some_and(|p| from_input[p])
+            })
+    };
     let reads_input = |i: usize| {
         data_edge(i)
             && g.reads(i)
@@ -86,7 +139,10 @@ pub fn find(g: &Graph) -> Result<Stream, NotFound> {
             .filter(|&i| depth[i].is_some() && pick(i))
             .max_by_key(|&i| (depth[i], std::cmp::Reverse(i)))
     };
-    let Some(deepest) = deepest_of(&reads_input).or_else(|| deepest_of(&|_| true)) else {
+    let Some(deepest) = deepest_of(&is_embedding)
+        .or_else(|| deepest_of(&reads_input))
+        .or_else(|| deepest_of(&|_| true))
+    else {
         return Err(NotFound("no node reaches the graph outputs".into()));
     };
     let mut chain = vec![deepest];
