@@ -595,3 +595,34 @@ fn hidden_state_outputs_do_not_hide_the_stream() {
         check_partition(&a);
     }
 }
+
+#[test]
+fn control_flow_inside_a_layer_is_refused() {
+    let mut m = toy_encoder(2, false);
+    let g = m.graph.as_mut().unwrap();
+    let relu = g.node.iter().position(|n| n.output == ["l1_r"]).unwrap();
+    let branch = |name: &str| GraphProto {
+        name: Some(name.into()),
+        node: vec![node("Relu", "", &["l1_f"], &[&format!("{name}_out")])],
+        output: vec![vi(&format!("{name}_out"))],
+        ..Default::default()
+    };
+    let mut iff = node("If", "", &["cond"], &["l1_r"]);
+    for (attr, b) in [("then_branch", "t"), ("else_branch", "e")] {
+        iff.attribute.push(skrr_onnx::onnx::AttributeProto {
+            name: Some(attr.into()),
+            g: Some(Box::new(branch(b))),
+            r#type: Some(5),
+            ..Default::default()
+        });
+    }
+    g.node[relu] = iff;
+    g.node.insert(0, node("Constant", "", &[], &["cond"]));
+    let e = analyze(&m).unwrap_err();
+    assert_eq!(exit_code_of(&e), exit::BAD_MODEL);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sub-block 3") && msg.contains("nested subgraph"),
+        "{msg}"
+    );
+}
