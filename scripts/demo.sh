@@ -12,4 +12,5 @@ rm -rf demo-out && mkdir demo-out
 
 set -x
 "$skrr" doctor
+"$skrr" inspect fixtures/t5_gated/model.onnx
 "$skrr" convert fixtures/t5_gated/model.onnx demo-out/t5_gated.onnx --external-data
