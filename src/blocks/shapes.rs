@@ -761,11 +761,13 @@ fn reshape(input: Option<Vec<Dim>>, target: Vec<Dim>, allow_zero: bool) -> Optio
 /// inline and at most `MAX_ELEMS` long; weights are never touched.
 fn tensor_info(t: &TensorProto) -> Info {
     let shape = Some(t.dims.iter().map(|&d| Some(Mono::constant(d))).collect());
-    let numel: i64 = t.dims.iter().product();
-    let elems = (t.dims.len() <= 1 && (0..=MAX_ELEMS as i64).contains(&numel) && !t.is_external())
+    // Checked: dims come from the file and may multiply past i64.
+    let numel = t.dims.iter().try_fold(1i64, |a, &d| a.checked_mul(d));
+    let small = numel.filter(|n| (0..=MAX_ELEMS as i64).contains(n));
+    let elems = (t.dims.len() <= 1 && small.is_some() && !t.is_external())
         .then(|| int_elems(t))
         .flatten()
-        .filter(|e| e.len() as i64 == numel)
+        .filter(|e| Some(e.len() as i64) == small)
         .map(|e| e.into_iter().map(|v| Some(Mono::constant(v))).collect());
     Info { shape, elems }
 }
