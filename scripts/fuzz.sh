@@ -10,8 +10,10 @@ cd "$root"
 seconds="${1:-600}"
 seed="${2:-1}"
 findings="$root/target/fuzz-findings"
-# The test binary is run directly, so no cargo lock is held during the run.
-exe="$(cargo test --release --locked --test fuzz --no-run --message-format=json 2>/dev/null |
+# The dev profile (dependencies optimised, see Cargo.toml) keeps overflow checks and debug
+# assertions: a release build wraps integer overflow silently, which hides real findings. The
+# test binary is run directly, so no cargo lock is held during the run.
+exe="$(cargo test --locked --test fuzz --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
 [ -x "$exe" ] || { echo "cannot build the fuzz test binary" >&2; exit 2; }
 ulimit -v $((8 << 20))

@@ -132,7 +132,7 @@ fn check_case(c: &Value, root: &Path, scratch: &Path) -> Result<(), String> {
     let case = Case {
         name,
         root,
-        dir: root.join(name),
+        dir: root.join(c["dir"].as_str().unwrap()),
         out: scratch.join(format!("{name}.out")),
     };
     std::fs::create_dir_all(&case.out).unwrap();
@@ -262,4 +262,50 @@ fn every_hostile_case_fails_cleanly() {
         failures.join("\n")
     );
     eprintln!("{} hostile cases passed", cases.len());
+}
+
+/// Declared sizes are checked against the file before anything is allocated: tiny files that
+/// declare tensors of 2^40 elements (or a 2^40-byte protobuf field) fail at once under a
+/// 256 MB address-space limit, a limit under which the real fixture converts fine.
+#[test]
+fn huge_declarations_fail_fast_in_small_memory() {
+    let (root, cases) = corpus();
+    let scratch = tempfile::tempdir().unwrap();
+    let limited = |args: &[String]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("ulimit -v 262144 && exec \"$0\" \"$@\"")
+            .arg(bin())
+            .args(args)
+            .env_remove("RUST_LOG");
+        run_with_timeout(cmd)
+    };
+    let out = scratch.path().join("out.onnx");
+    let control = [
+        "convert".to_string(),
+        fixtures().join("t5_gated/model.onnx").display().to_string(),
+        out.display().to_string(),
+    ];
+    let (code, stderr, _) = limited(&control);
+    assert_eq!(code, Some(0), "the control conversion needs more than 256 MB: {stderr}");
+    std::fs::remove_file(&out).unwrap();
+
+    let huge: Vec<&Value> = cases
+        .iter()
+        .filter(|c| {
+            c["name"].as_str().unwrap().starts_with("huge_") && c["args"][0] == "convert"
+        })
+        .collect();
+    assert!(huge.len() >= 3, "the corpus lost its huge-declaration cases");
+    for c in huge {
+        let dir = root.path().join(c["dir"].as_str().unwrap());
+        let input = dir.join("model.onnx");
+        assert!(std::fs::metadata(&input).unwrap().len() < 1024);
+        let args = ["convert".to_string(), input.display().to_string(), out.display().to_string()];
+        let (code, stderr, elapsed) = limited(&args);
+        assert_eq!(code, Some(3), "{}: {stderr}", c["name"]);
+        assert!(stderr.starts_with("error: "), "{}: {stderr}", c["name"]);
+        assert!(elapsed < Duration::from_secs(5), "{}: took {elapsed:?}", c["name"]);
+        assert!(!out.exists());
+    }
 }

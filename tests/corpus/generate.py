@@ -7,11 +7,11 @@ Nothing binary is committed: `tests/hostile.rs` runs this script into a temporar
 test time (Python with `onnx` and `numpy` only; the well-formed parts are the committed
 fixtures). `OUT_DIR/manifest.json` lists every case:
 
-    {"name", "what", "args": [...], "exit": code, "needles": [...],
+    {"name", "dir", "what", "args": [...], "exit": code, "needles": [...],
      "env": {VAR: value or null to unset}, "isolate": bool, "inputs": [...]}
 
 `args` is the command line after the binary. Placeholders, filled in by the test:
-`{case}` the case's own folder (every file in it must be byte-identical afterwards),
+`{case}` the case's folder `dir` (every file in it must be byte-identical afterwards),
 `{root}` the corpus folder, `{out}` a fresh empty folder that must still be empty afterwards
 (no output, no temporary file). `needles` are substrings of the one-line error (with the same
 placeholders), at least one naming the file or tensor at fault. `inputs` lists more files,
@@ -41,10 +41,11 @@ CASES = []
 ROOT = ""
 
 
-def case(name, what, args, exit, needles, env=None, isolate=False, inputs=()):
+def case(name, what, args, exit, needles, env=None, isolate=False, inputs=(), dir=None):
     CASES.append(
         {
             "name": name,
+            "dir": dir or name,
             "what": what,
             "args": args,
             "exit": exit,
@@ -118,6 +119,27 @@ def external(name, location, offset, length, dims, dtype=TensorProto.FLOAT):
     return t
 
 
+def reading(name, what, needles, exit=BAD_MODEL, inputs=()):
+    """A model in folder `name` that every command reading a model must refuse the same way."""
+    case(
+        name,
+        what,
+        ["convert", "{case}/model.onnx", "{out}/out.onnx"],
+        exit,
+        needles,
+        inputs=inputs,
+    )
+    case(
+        name + ".inspect",
+        what,
+        ["inspect", "{case}/model.onnx"],
+        exit,
+        needles,
+        inputs=inputs,
+        dir=name,
+    )
+
+
 def model_cases(t5_path):
     """Broken model files: the reader must refuse them (exit 3), naming the file or tensor."""
     t5 = open(t5_path, "rb").read()
@@ -126,7 +148,7 @@ def model_cases(t5_path):
     def convert(name, what, data, needles):
         d = case_dir(name)
         write(os.path.join(d, "model.onnx"), data)
-        case(name, what, ["convert", "{case}/model.onnx", "{out}/out.onnx"], BAD_MODEL, needles)
+        reading(name, what, needles)
 
     convert(
         "truncated_protobuf",
@@ -278,14 +300,7 @@ def external_cases():
             setup(d)
         t = external("w_ext", location, offset, length, [length // 4])
         save(tiny_model([t]), os.path.join(d, "model.onnx"))
-        case(
-            name,
-            what,
-            ["convert", "{case}/model.onnx", "{out}/out.onnx"],
-            BAD_MODEL,
-            needles,
-            inputs=inputs,
-        )
+        reading(name, what, needles, inputs=inputs)
 
     ext(
         "external_missing",
@@ -348,11 +363,143 @@ def external_cases():
         inputs=["{root}/outside.bin"],
     )
     ext(
+        "external_hardlink_escape",
+        "external data through a hard link to a file outside the folder",
+        "hard.bin",
+        ["hard.bin"],
+        setup=lambda d: os.link(outside, os.path.join(d, "hard.bin")),
+        inputs=["{root}/outside.bin"],
+    )
+    ext(
         "external_is_folder",
         "external data location naming a folder",
         "sub",
         ["sub"],
         setup=lambda d: os.makedirs(os.path.join(d, "sub"), exist_ok=True),
+    )
+
+
+def graph_cases(t5_path):
+    """Well-formed files holding graphs block detection must refuse (exit 3)."""
+    t5 = onnx.load(t5_path)
+    nodes = t5.graph.node
+
+    def inspect(name, what, model, needles):
+        d = case_dir(name)
+        save(model, os.path.join(d, "model.onnx"))
+        case(name, what, ["inspect", "{case}/model.onnx"], BAD_MODEL, needles)
+
+    def producer(m, op, nth):
+        return [i for i, n in enumerate(m.graph.node) if n.op_type == op][nth]
+
+    # Layer 1's first MatMul reads the output of layer 3's last Add: a cycle through the stream.
+    m = copy.deepcopy(t5)
+    early, late = producer(m, "MatMul", 9), producer(m, "Add", -2)
+    m.graph.node[early].input[0] = m.graph.node[late].output[0]
+    inspect(
+        "cyclic_graph",
+        "a node in layer 1 reads a value computed in layer 3",
+        m,
+        ["{case}/model.onnx", "cycle"],
+    )
+    m = copy.deepcopy(t5)
+    m.graph.node[producer(m, "MatMul", 5)].input[0] = "ghost_value"
+    inspect(
+        "undefined_input",
+        "a node reads a value nothing produces",
+        m,
+        ["{case}/model.onnx", "ghost_value"],
+    )
+    m = copy.deepcopy(t5)
+    a, b = producer(m, "Softmax", 0), producer(m, "Softmax", 1)
+    old_name = m.graph.node[b].output[0]
+    dup = m.graph.node[a].output[0]
+    m.graph.node[b].output[0] = dup
+    for n in m.graph.node:
+        n.input[:] = [dup if i == old_name else i for i in n.input]
+    inspect(
+        "duplicate_value",
+        "two nodes (layers 0 and 1) define the same value name",
+        m,
+        ["{case}/model.onnx", dup],
+    )
+    m = copy.deepcopy(t5)
+    m.graph.initializer.append(copy.deepcopy(m.graph.initializer[2]))
+    inspect(
+        "duplicate_initializer",
+        "an initializer defined twice",
+        m,
+        ["{case}/model.onnx", m.graph.initializer[2].name],
+    )
+    m = copy.deepcopy(t5)
+    del m.opset_import[:]
+    m.opset_import.append(helper.make_opsetid("", 99))
+    inspect(
+        "unsupported_opset",
+        "default-domain opset 99 (newer than any ONNX release)",
+        m,
+        ["{case}/model.onnx", "opset"],
+    )
+    m = copy.deepcopy(t5)
+    m.opset_import.append(helper.make_opsetid("com.example.private", 1))
+    m.graph.node[producer(m, "Tanh", 1)].domain = "com.example.private"
+    inspect(
+        "unknown_domain",
+        "a node from an operator domain nobody implements",
+        m,
+        ["{case}/model.onnx", "com.example.private"],
+    )
+
+    # A two-layer MLP: valid, but no transformer blocks.
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.standard_normal((64, 128), dtype=np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((128, 64), dtype=np.float32), "w2")
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 64])],
+        [w1, w2],
+    )
+    mlp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mlp.ir_version = 8
+    inspect("no_repeated_blocks", "a two-layer MLP", mlp, ["{case}/model.onnx", "no "])
+
+    # Layer 2's FFN activation (Tanh of gelu_new) computed inside an If whose branches hold it.
+    m = copy.deepcopy(t5)
+    k = producer(m, "Tanh", 2)
+    tanh = m.graph.node[k]
+    x, y = tanh.input[0], tanh.output[0]
+
+    def branch(tag):
+        return helper.make_graph(
+            [helper.make_node("Tanh", [x], [f"{y}_{tag}"])],
+            f"{tag}_branch",
+            [],
+            [helper.make_tensor_value_info(f"{y}_{tag}", TensorProto.FLOAT, None)],
+        )
+
+    cond = helper.make_node(
+        "Constant",
+        [],
+        ["fuzz_cond"],
+        value=helper.make_tensor("c", TensorProto.BOOL, [], [True]),
+    )
+    iff = helper.make_node(
+        "If", ["fuzz_cond"], [y], then_branch=branch("then"), else_branch=branch("else")
+    )
+    m.graph.node.remove(tanh)
+    m.graph.node.insert(k, iff)
+    m.graph.node.insert(k, cond)
+    inspect(
+        "nested_subgraph",
+        "an If node with subgraphs inside layer 2's feed-forward block",
+        m,
+        ["{case}/model.onnx", "If"],
     )
 
 
@@ -464,6 +611,7 @@ def main():
 
     model_cases(t5_path)
     external_cases()
+    graph_cases(t5_path)
     output_cases(t5_path)
     runtime_cases()
 
