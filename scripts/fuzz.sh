@@ -20,10 +20,10 @@ ulimit -v $((8 << 20))
 echo "fuzzing for ${seconds}s per target from seed ${seed} (findings: ${findings})"
 log="$root/target/fuzz.log"
 set +e
-SKRR_FUZZ_SECONDS="$seconds" SKRR_FUZZ_SEED="$seed" SKRR_FUZZ_FINDINGS="$findings" \
+RUST_BACKTRACE=0 SKRR_FUZZ_SECONDS="$seconds" SKRR_FUZZ_SEED="$seed" SKRR_FUZZ_FINDINGS="$findings" \
     "$exe" --nocapture --test-threads 2 >"$log" 2>&1
 status=$?
 set -e
-grep -E '^(fuzz |FINDING|    |test result|thread .* panicked|error)' "$log" || true
+grep -E '^(fuzz |FINDING|    (minimal|saved)|test result|error)' "$log" || true
 echo "full log: $log (exit status $status)"
 exit "$status"

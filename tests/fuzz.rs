@@ -824,3 +824,59 @@ fn fuzz_blocks() {
     );
     assert!(findings.is_empty(), "{}", findings.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions: each finding of scripts/fuzz.sh (docs/reliability.md), replayed. They panicked
+// with "attempt to multiply/add with overflow" before the fix (and wrapped silently in release).
+
+fn t5_with(edit: impl FnOnce(&mut GraphProto)) -> ModelProto {
+    let mut m = read_model(&fixture("t5_gated")).unwrap().proto;
+    edit(m.graph.as_mut().unwrap());
+    m
+}
+
+fn assert_refused(m: &ModelProto, needle: &str) {
+    let err = skrr_onnx::blocks::analyze(m)
+        .err()
+        .expect("analysis accepted a hostile graph");
+    assert_eq!(exit_code_of(&err), exit::BAD_MODEL, "{err:#}");
+    assert!(format!("{err:#}").contains(needle), "{err:#}");
+}
+
+/// Finding 2 (blocks, seed 1): an initializer with dims [64, i64::MAX] overflowed the
+/// structure signature's element count.
+#[test]
+fn regression_initializer_dims_past_i64() {
+    let m = t5_with(|g| g.initializer[1].dims = vec![64, i64::MAX]);
+    assert_refused(&m, "overflow");
+}
+
+/// Finding 3: initializers whose sizes each fit but add up past 2^63 overflowed the parameter
+/// accounting.
+#[test]
+fn regression_initializer_sizes_sum_past_i64() {
+    let m = t5_with(|g| {
+        g.initializer[1].dims = vec![1 << 62];
+        g.initializer[2].dims = vec![1 << 62];
+    });
+    assert_refused(&m, "2^63");
+}
+
+/// Finding 1 (blocks, test-suite seed 0): a Constant whose tensor declares dims multiplying past
+/// i64 overflowed shape inference. Constants are not weights: the analysis goes on (or refuses
+/// the graph), without panicking.
+#[test]
+fn regression_constant_dims_past_i64() {
+    let m = t5_with(|g| {
+        let c = g
+            .node
+            .iter_mut()
+            .find(|n| n.op_type() == "Constant")
+            .unwrap();
+        let t = c.attribute[0].t.as_mut().unwrap();
+        t.dims = vec![1 << 62, 8];
+    });
+    if let Err(e) = skrr_onnx::blocks::analyze(&m) {
+        assert_ne!(exit_code_of(&e), exit::INTERNAL, "{e:#}");
+    }
+}

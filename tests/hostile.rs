@@ -287,25 +287,38 @@ fn huge_declarations_fail_fast_in_small_memory() {
         out.display().to_string(),
     ];
     let (code, stderr, _) = limited(&control);
-    assert_eq!(code, Some(0), "the control conversion needs more than 256 MB: {stderr}");
+    assert_eq!(
+        code,
+        Some(0),
+        "the control conversion needs more than 256 MB: {stderr}"
+    );
     std::fs::remove_file(&out).unwrap();
 
     let huge: Vec<&Value> = cases
         .iter()
-        .filter(|c| {
-            c["name"].as_str().unwrap().starts_with("huge_") && c["args"][0] == "convert"
-        })
+        .filter(|c| c["name"].as_str().unwrap().starts_with("huge_") && c["args"][0] == "convert")
         .collect();
-    assert!(huge.len() >= 3, "the corpus lost its huge-declaration cases");
+    assert!(
+        huge.len() >= 3,
+        "the corpus lost its huge-declaration cases"
+    );
     for c in huge {
         let dir = root.path().join(c["dir"].as_str().unwrap());
         let input = dir.join("model.onnx");
         assert!(std::fs::metadata(&input).unwrap().len() < 1024);
-        let args = ["convert".to_string(), input.display().to_string(), out.display().to_string()];
+        let args = [
+            "convert".to_string(),
+            input.display().to_string(),
+            out.display().to_string(),
+        ];
         let (code, stderr, elapsed) = limited(&args);
         assert_eq!(code, Some(3), "{}: {stderr}", c["name"]);
         assert!(stderr.starts_with("error: "), "{}: {stderr}", c["name"]);
-        assert!(elapsed < Duration::from_secs(5), "{}: took {elapsed:?}", c["name"]);
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "{}: took {elapsed:?}",
+            c["name"]
+        );
         assert!(!out.exists());
     }
 }

@@ -82,6 +82,51 @@ pub struct Analysis {
     pub structure_signature: String,
 }
 
+/// The newest default-domain opset whose operators the analysis knows (ONNX 1.23).
+pub const MAX_OPSET: i64 = 28;
+
+/// What the analysis can reason about: standard ONNX operators of a known opset, and tensor
+/// sizes that fit in 63 bits (they come from the file; checked once here so that the
+/// parameter accounting cannot overflow).
+fn check_supported(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain(), "" | "ai.onnx"))
+        .map(|o| o.version());
+    if let Some(v) = opset.filter(|v| !(1..=MAX_OPSET).contains(v)) {
+        return Err(format!(
+            "default-domain opset {v} is not supported (1 to {MAX_OPSET})"
+        ));
+    }
+    if let Some((i, n)) = g
+        .node
+        .iter()
+        .enumerate()
+        .find(|(_, n)| !n.op_domain().is_empty())
+    {
+        return Err(format!(
+            "node {} is in operator domain '{}'; only standard ONNX operators are supported",
+            describe(n, i),
+            n.op_domain()
+        ));
+    }
+    let mut total = 0u64;
+    for t in &g.initializer {
+        let n = crate::model_io::element_count(t).map_err(|e| format!("{e:#}"))?;
+        total = total
+            .checked_add(n)
+            .filter(|&s| s <= i64::MAX as u64)
+            .ok_or_else(|| {
+                format!(
+                    "initializer '{}': sizes add up past 2^63 elements",
+                    t.name()
+                )
+            })?;
+    }
+    Ok(())
+}
+
 /// Block detection on a model; errors name the model as "model" (see `analyze_at`).
 pub fn analyze(model: &ModelProto) -> Result<Analysis> {
     analyze_at(model, Path::new("model"))
@@ -113,6 +158,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
             fused.into_iter().collect::<Vec<_>>().join(", ")
         )));
     }
+    check_supported(model, input).map_err(bad)?;
     let sorted = graph::sorted(input).map_err(|e| bad(format!("invalid graph: {e:#}")))?;
     let found = {
         let g = Graph::new(&sorted)?;

@@ -467,7 +467,7 @@ def graph_cases(t5_path):
     )
     mlp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     mlp.ir_version = 8
-    inspect("no_repeated_blocks", "a two-layer MLP", mlp, ["{case}/model.onnx", "no "])
+    inspect("no_repeated_blocks", "a two-layer MLP", mlp, ["{case}/model.onnx", "residual branches"])
 
     # Layer 2's FFN activation (Tanh of gelu_new) computed inside an If whose branches hold it.
     m = copy.deepcopy(t5)
