@@ -836,9 +836,7 @@ fn t5_with(edit: impl FnOnce(&mut GraphProto)) -> ModelProto {
 }
 
 fn assert_refused(m: &ModelProto, needle: &str) {
-    let err = skrr_onnx::blocks::analyze(m)
-        .err()
-        .expect("analysis accepted a hostile graph");
+    let err = skrr_onnx::blocks::analyze(m).expect_err("analysis accepted a hostile graph");
     assert_eq!(exit_code_of(&err), exit::BAD_MODEL, "{err:#}");
     assert!(format!("{err:#}").contains(needle), "{err:#}");
 }
