@@ -170,23 +170,36 @@ fn every_fixture_is_analyzed_exactly() {
     let fixtures = manifest();
     assert!(!fixtures.is_empty());
     let tmp = tempfile::tempdir().unwrap();
-    let failed: Vec<String> = fixtures
-        .iter()
-        .filter_map(|f| {
-            let name = f["name"].as_str().unwrap_or("?").to_string();
-            std::panic::catch_unwind(|| check_fixture(f, &common::fixtures(), tmp.path()))
-                .err()
-                .map(|_| name)
-        })
-        .collect();
+    let mut failed = Vec::new();
+    let mut structures: Vec<(String, String)> = Vec::new();
+    for f in &fixtures {
+        let name = f["name"].as_str().unwrap_or("?").to_string();
+        match std::panic::catch_unwind(|| check_fixture(f, &common::fixtures(), tmp.path())) {
+            Ok(s) => structures.push((name, s)),
+            Err(_) => failed.push(name),
+        }
+    }
     assert!(
         failed.is_empty(),
         "fixtures failing (see above): {failed:?}"
     );
+    // Other exports of one model (fp16, dynamo, external data) share its structure signature,
+    // so a plan moves between them; different models do not.
+    let base = |n: &str| {
+        ["_fp16", "_dynamo", "_external"]
+            .iter()
+            .fold(n.to_string(), |n, s| n.replace(s, ""))
+    };
+    for (a, sa) in &structures {
+        for (b, sb) in &structures {
+            assert_eq!(base(a) == base(b), sa == sb, "structure of {a} vs {b}");
+        }
+    }
 }
 
-/// Checks one manifest entry; `base` is the folder its `model` path is relative to.
-fn check_fixture(f: &Value, base: &Path, tmp: &Path) {
+/// Checks one manifest entry (`base` is the folder its `model` path is relative to); returns
+/// the structure signature.
+fn check_fixture(f: &Value, base: &Path, tmp: &Path) -> String {
     {
         let name = f["name"].as_str().unwrap();
         let path = base.join(f["model"].as_str().unwrap());
@@ -249,6 +262,7 @@ fn check_fixture(f: &Value, base: &Path, tmp: &Path) {
             d <= tol,
             "{name}: analysis graph differs from the model by {d}"
         );
+        a.structure_signature
     }
 }
 

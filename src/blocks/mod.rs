@@ -285,7 +285,8 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
     let blocks: Vec<(Kind, &[String])> = (0..k)
         .map(|i| (kinds[i], part.initializers[i].as_slice()))
         .collect();
-    let structure_signature = signature::structure(&g, &blocks);
+    let structure_signature =
+        signature::structure(&g, &format!("{family:?} post_norm={post_norm}"), &blocks);
 
     let sub_blocks = (0..k)
         .map(|i| SubBlock {

@@ -120,11 +120,11 @@ pub fn kind(g: &Graph, nodes: &[usize]) -> Kind {
     }
 }
 
-/// Architecture-level identity of the block structure: kinds and the shapes of the float
-/// weights each sub-block reads. Equal for fp32/fp16 and legacy/dynamo exports of one model,
+/// Architecture-level identity of the block structure: family, norm position, kinds and the
+/// shapes of the float weights each sub-block reads. Equal for fp32/fp16 and legacy/dynamo exports of one model,
 /// so that a plan made on one applies to the other.
-pub fn structure(g: &Graph, blocks: &[(Kind, &[String])]) -> String {
-    let mut text = String::new();
+pub fn structure(g: &Graph, architecture: &str, blocks: &[(Kind, &[String])]) -> String {
+    let mut text = format!("{architecture}\n");
     for (kind, inits) in blocks {
         let mut shapes: Vec<Vec<i64>> = inits
             .iter()
