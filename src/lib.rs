@@ -5,6 +5,7 @@
 //! search (`search`) → plan (`plan`) → rewrite (`rewrite`) → write (`model_io`) → report.
 
 pub mod blocks;
+pub mod calibrate;
 pub mod cli;
 pub mod commands;
 pub mod error;

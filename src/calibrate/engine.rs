@@ -1,0 +1,546 @@
+//! Executes any skip/re-use plan on the calibration set and measures its discrepancy D against
+//! the dense model (method doc, "Discrepancy D").
+//!
+//! A plan runs as a chain of partition sessions on the residual stream: skip passes the stream
+//! through, `Reuse(q)` at `p` runs `q`'s session with `p`'s side inputs. Savings that change no
+//! result: dense targets computed once; streams cached per (chunk, plan prefix) so a candidate
+//! resumes at its first changed sub-block; prompt chunks scored one by one so a candidate is
+//! abandoned once its partial D (a lower bound, since D only grows) exceeds the caller's bound.
+//! Per-prompt error sums are added in prompt order, so D does not depend on chunking, caching or
+//! the order of evaluation.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, ValueType};
+use serde::Serialize;
+
+use super::cache::StreamCache;
+use super::inputs::CalibSet;
+use super::partition::{onnx_data_type, InputType, Partition};
+use super::tensors::{self, Dense};
+use crate::blocks::{Analysis, Kind};
+use crate::error::SkrrError;
+use crate::onnx::{ModelProto, TensorProto};
+use crate::plan::Action;
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Include D_null (the null input's discrepancy).
+    pub null: bool,
+    /// Count padded positions in D (every sequence is then padded to the set's `max_length`).
+    pub include_padding: bool,
+    /// Prompts per chunk (one ONNX Runtime batch).
+    pub chunk: usize,
+    /// Bound on the stream cache, in bytes.
+    pub cache_mem: u64,
+    /// Projection model applied to the final output of dense and candidate alike.
+    pub projection: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    pub d_c: f64,
+    pub d_null: f64,
+}
+
+impl Score {
+    pub fn d(&self) -> f64 {
+        self.d_c + self.d_null
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    Scored(Score),
+    /// Stopped early: the partial D already exceeded the bound.
+    Abandoned { partial: f64 },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineStats {
+    pub plans_scored: u64,
+    pub plans_abandoned: u64,
+    /// Chunks run through a plan (dense targets included).
+    pub chunk_runs: u64,
+    /// Sub-block session runs.
+    pub block_runs: u64,
+    /// Sub-block runs avoided by resuming from a cached stream.
+    pub block_runs_saved: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_evictions: u64,
+    pub cache_entries: usize,
+    pub cache_bytes: u64,
+    /// Bytes of weights the partition sessions share (held once).
+    pub shared_weight_bytes: u64,
+}
+
+/// One batch of prompts (or the null input) with everything that does not depend on the plan.
+struct Chunk {
+    null: bool,
+    /// Prompt index of each row.
+    prompts: Vec<usize>,
+    /// Positions of each row that count in D (valid tokens, or all when padding counts).
+    counted: Vec<usize>,
+    /// Graph inputs fed and prologue outputs: the side values every sub-block may read.
+    env: HashMap<String, DynValue>,
+    /// The stream entering sub-block 0.
+    stream0: Arc<DynValue>,
+    /// The dense model's (projected) output.
+    target: Dense,
+}
+
+pub struct Engine {
+    partition: Partition,
+    /// Layer of each sub-block.
+    layers: Vec<usize>,
+    kinds: Vec<Kind>,
+    prologue: Option<Session>,
+    blocks: Vec<Option<Session>>,
+    epilogue: Option<Session>,
+    projection: Option<(Session, String, TensorElementType)>,
+    chunks: Vec<Chunk>,
+    prompts: usize,
+    denom_c: f64,
+    denom_null: f64,
+    cache: StreamCache,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Builds the partition, runs the dense model on every chunk and keeps its outputs as
+    /// targets. The model is given as its proto and a weight accessor.
+    pub fn from_parts(
+        proto: &ModelProto,
+        weights: &dyn Fn(&TensorProto) -> Result<Cow<'_, [u8]>>,
+        analysis: &Analysis,
+        calib: CalibSet,
+        opts: EngineOptions,
+    ) -> Result<Engine> {
+        if opts.chunk == 0 {
+            return Err(SkrrError::Usage("--chunk must be at least 1".into()).into());
+        }
+        if calib.prompts.is_empty() {
+            return Err(SkrrError::BadInput("no calibration prompts".into()).into());
+        }
+        let partition = Partition::build(proto, analysis, weights)?;
+        let projection = match &opts.projection {
+            None => None,
+            Some(path) => Some(projection_session(path)?),
+        };
+
+        // Rows of a chunk have similar lengths (less padding); prompts keep their identity.
+        let fixed = opts.include_padding.then(|| {
+            calib
+                .prompts
+                .iter()
+                .chain(calib.null.iter())
+                .map(Vec::len)
+                .max()
+                .unwrap_or(0)
+                .max(calib.max_length)
+        });
+        let mut order: Vec<usize> = (0..calib.prompts.len()).collect();
+        order.sort_by_key(|&i| calib.prompts[i].len());
+        let mut groups: Vec<(bool, Vec<usize>)> = Vec::new();
+        if opts.null {
+            if let Some(_null) = &calib.null {
+                groups.push((true, Vec::new()));
+            }
+        }
+        groups.extend(order.chunks(opts.chunk).map(|c| (false, c.to_vec())));
+
+        let mut engine = Engine {
+            layers: analysis.sub_blocks.iter().map(|s| s.layer).collect(),
+            kinds: analysis.sub_blocks.iter().map(|s| s.kind).collect(),
+            prologue: None,
+            blocks: (0..analysis.sub_blocks.len()).map(|_| None).collect(),
+            epilogue: None,
+            projection,
+            chunks: Vec::new(),
+            prompts: calib.prompts.len(),
+            denom_c: 0.0,
+            denom_null: 0.0,
+            cache: StreamCache::new(opts.cache_mem),
+            stats: EngineStats {
+                shared_weight_bytes: partition.shared_bytes,
+                ..Default::default()
+            },
+            partition,
+        };
+        let dense = vec![Action::Keep; engine.blocks.len()];
+        let bar = progress(groups.len() as u64, "dense targets");
+        for (null, prompts) in groups {
+            let rows: Vec<&[i64]> = if null {
+                vec![calib.null.as_deref().unwrap_or_default()]
+            } else {
+                prompts.iter().map(|&i| calib.prompts[i].as_slice()).collect()
+            };
+            let len = fixed.unwrap_or_else(|| rows.iter().map(|r| r.len()).max().unwrap_or(0));
+            let counted = rows
+                .iter()
+                .map(|r| if fixed.is_some() { len } else { r.len() })
+                .collect::<Vec<_>>();
+            let feeds = tensors::feeds(&engine.partition.graph_inputs, &rows, len, calib.pad_id)?;
+            let (env, stream0) = engine.run_prologue(feeds)?;
+            engine.chunks.push(Chunk {
+                null,
+                prompts,
+                counted,
+                env,
+                stream0: Arc::new(stream0),
+                target: Dense::default(),
+            });
+            let c = engine.chunks.len() - 1;
+            let out = engine.forward(c, &dense)?;
+            let chunk = &mut engine.chunks[c];
+            let tokens: usize = chunk.counted.iter().sum();
+            let channels = out.channels() as f64;
+            if chunk.null {
+                engine.denom_null += tokens as f64 * channels;
+            } else {
+                engine.denom_c += tokens as f64 * channels;
+            }
+            chunk.target = out;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(engine)
+    }
+
+    /// D of a plan; with `bound`, may stop early once the partial D exceeds it (D only grows as
+    /// prompts are added).
+    pub fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Result<Outcome> {
+        if actions.len() != self.blocks.len() {
+            return Err(anyhow!(
+                "plan has {} actions, the model has {} sub-blocks",
+                actions.len(),
+                self.blocks.len()
+            ));
+        }
+        self.validate(actions)?;
+        let mut per_prompt = vec![0.0f64; self.prompts];
+        let (mut partial_c, mut d_null) = (0.0f64, 0.0f64);
+        let last = self.chunks.len() - 1;
+        for c in 0..self.chunks.len() {
+            let out = self.forward(c, actions)?;
+            let chunk = &self.chunks[c];
+            let sse = tensors::row_sse(&out, &chunk.target, &chunk.counted)?;
+            if chunk.null {
+                d_null = sse[0] / self.denom_null;
+            } else {
+                for (&i, s) in chunk.prompts.iter().zip(&sse) {
+                    per_prompt[i] = *s;
+                    partial_c += s;
+                }
+            }
+            let partial = d_null + partial_c / self.denom_c;
+            if c < last && bound.is_some_and(|b| partial > b) {
+                self.stats.plans_abandoned += 1;
+                return Ok(Outcome::Abandoned { partial });
+            }
+        }
+        self.stats.plans_scored += 1;
+        let d_c = per_prompt.iter().sum::<f64>() / self.denom_c;
+        Ok(Outcome::Scored(Score { d_c, d_null }))
+    }
+
+    /// ShortGPT Block Influence per layer on the dense model: 1 − mean over valid tokens of
+    /// cos(layer input, layer output).
+    pub fn block_influence(&mut self) -> Result<Vec<f64>> {
+        let layers = self.layers.iter().max().map_or(0, |l| l + 1);
+        let mut sum = vec![0.0f64; layers];
+        let mut count = 0usize;
+        for c in 0..self.chunks.len() {
+            if self.chunks[c].null {
+                continue;
+            }
+            let mut stream = self.chunks[c].stream0.clone();
+            let mut layer_in = tensors::dense(&stream)?;
+            for p in 0..self.blocks.len() {
+                stream = Arc::new(self.run_block(p, p, c, &stream)?);
+                let ends_layer = self.layers.get(p + 1) != Some(&self.layers[p]);
+                if ends_layer {
+                    let out = tensors::dense(&stream)?;
+                    let cos = tensors::row_cos_sum(&layer_in, &out, &self.chunks[c].counted)?;
+                    sum[self.layers[p]] += cos;
+                    layer_in = out;
+                }
+            }
+            count += self.chunks[c].counted.iter().sum::<usize>();
+        }
+        Ok(sum.into_iter().map(|s| 1.0 - s / count as f64).collect())
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.clone();
+        s.cache_hits = self.cache.hits;
+        s.cache_misses = self.cache.misses;
+        s.cache_evictions = self.cache.evictions;
+        s.cache_entries = self.cache.len();
+        s.cache_bytes = self.cache.bytes();
+        s
+    }
+
+    /// Number of sub-blocks.
+    pub fn sub_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Number of chunks (the null input, when measured, is chunk 0).
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Which inputs chunk `c` holds: whether it is the null input, and the prompt index of
+    /// each row otherwise.
+    pub fn chunk_rows(&self, c: usize) -> (bool, &[usize]) {
+        (self.chunks[c].null, &self.chunks[c].prompts)
+    }
+
+    /// The (projected) output of the plan on chunk `c` of the calibration set; exposed for
+    /// tests that compare against the full model.
+    pub fn output(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
+        self.forward(c, actions)
+    }
+
+    /// A re-use must run a kept sub-block of the same kind (as `plan::validate` checks).
+    fn validate(&self, actions: &[Action]) -> Result<()> {
+        for (p, a) in actions.iter().enumerate() {
+            if let Action::Reuse(q) = *a {
+                if q >= actions.len() || self.kinds[q] != self.kinds[p] || actions[q] != Action::Keep
+                {
+                    return Err(SkrrError::BadInput(format!(
+                        "sub-block {p} cannot re-use {q}: the source must be a kept sub-block of the same kind"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_prologue(
+        &mut self,
+        feeds: Vec<(String, DynValue)>,
+    ) -> Result<(HashMap<String, DynValue>, DynValue)> {
+        let part = &self.partition.prologue;
+        let mut env: HashMap<String, DynValue> = feeds.into_iter().collect();
+        if self.prologue.is_none() {
+            let types = part
+                .inputs
+                .iter()
+                .map(|n| {
+                    env.get(n)
+                        .ok_or_else(|| anyhow!("the prologue reads {n}, which is not fed"))
+                        .and_then(input_type)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.prologue = Some(self.partition.session(
+                part,
+                &types,
+                crate::runtime::session_builder()?,
+            )?);
+        }
+        let inputs = part
+            .inputs
+            .iter()
+            .map(|n| {
+                env.get(n)
+                    .map(|v| (n.as_str(), SessionInputValue::from(v)))
+                    .ok_or_else(|| anyhow!("the prologue reads {n}, which is not fed"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = self
+            .prologue
+            .as_mut()
+            .expect("built above")
+            .run(inputs)
+            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed in the prologue: {e}")))?;
+        let mut stream0 = None;
+        for (i, name) in part.outputs.iter().enumerate() {
+            let v = out
+                .remove(name.as_str())
+                .ok_or_else(|| anyhow!("the prologue did not produce {name}"))?;
+            if i == 0 {
+                stream0 = Some(v);
+            } else {
+                env.insert(name.clone(), v);
+            }
+        }
+        drop(out);
+        Ok((env, stream0.ok_or_else(|| anyhow!("prologue without outputs"))?))
+    }
+
+    /// Runs `q`'s session at position `p` of chunk `c` on `stream`.
+    fn run_block(&mut self, q: usize, p: usize, c: usize, stream: &DynValue) -> Result<DynValue> {
+        let env = &self.chunks[c].env;
+        let slot_p = &self.partition.blocks[p];
+        let part_q = &self.partition.blocks[q];
+        if slot_p.inputs.len() != part_q.inputs.len() {
+            return Err(anyhow!(
+                "sub-block {p} has {} side inputs, {q} has {}: they cannot share weights",
+                slot_p.inputs.len() - 1,
+                part_q.inputs.len() - 1
+            ));
+        }
+        let mut values: Vec<&DynValue> = vec![stream];
+        for name in &slot_p.inputs[1..] {
+            values.push(
+                env.get(name)
+                    .ok_or_else(|| anyhow!("side input {name} of sub-block {p} is not available"))?,
+            );
+        }
+        if self.blocks[q].is_none() {
+            let types = values
+                .iter()
+                .map(|v| input_type(v))
+                .collect::<Result<Vec<_>>>()?;
+            let session = self.partition.session(
+                part_q,
+                &types,
+                crate::runtime::session_builder()?,
+            )?;
+            self.blocks[q] = Some(session);
+        }
+        let session = self.blocks[q].as_mut().expect("built above");
+        let inputs: Vec<(&str, SessionInputValue)> = part_q
+            .inputs
+            .iter()
+            .zip(values)
+            .map(|(n, v)| (n.as_str(), SessionInputValue::from(v)))
+            .collect();
+        let mut out = session.run(inputs).map_err(|e| {
+            SkrrError::Runtime(format!(
+                "ONNX Runtime failed running sub-block {q} at position {p}: {e}"
+            ))
+        })?;
+        self.stats.block_runs += 1;
+        out.remove(part_q.outputs[0].as_str())
+            .ok_or_else(|| anyhow!("sub-block {q} produced no output"))
+    }
+
+    /// The plan's (projected) output on chunk `c`, resuming from the longest cached prefix.
+    fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
+        self.stats.chunk_runs += 1;
+        let (start, mut stream) = match self.cache.longest_prefix(c, actions) {
+            Some(hit) => hit,
+            None => (0, self.chunks[c].stream0.clone()),
+        };
+        self.stats.block_runs_saved += actions[..start]
+            .iter()
+            .filter(|a| **a != Action::Skip)
+            .count() as u64;
+        for p in start..actions.len() {
+            let q = match actions[p] {
+                Action::Skip => continue,
+                Action::Keep => p,
+                Action::Reuse(q) => q,
+            };
+            let out = Arc::new(self.run_block(q, p, c, &stream)?);
+            let bytes = tensors::value_bytes(&out);
+            self.cache.insert(c, &actions[..=p], out.clone(), bytes);
+            stream = out;
+        }
+        let output = match self.partition.epilogue.clone() {
+            None => tensors::dense(&stream)?,
+            Some(part) => {
+                if self.epilogue.is_none() {
+                    let mut types = vec![input_type(&stream)?];
+                    for name in &part.inputs[1..] {
+                        types.push(input_type(self.chunks[c].env.get(name).ok_or_else(
+                            || anyhow!("the epilogue reads {name}, which is not available"),
+                        )?)?);
+                    }
+                    self.epilogue = Some(self.partition.session(
+                        &part,
+                        &types,
+                        crate::runtime::session_builder()?,
+                    )?);
+                }
+                let env = &self.chunks[c].env;
+                let mut inputs: Vec<(&str, SessionInputValue)> =
+                    vec![(part.inputs[0].as_str(), SessionInputValue::from(&*stream))];
+                for name in &part.inputs[1..] {
+                    inputs.push((name.as_str(), SessionInputValue::from(&env[name])));
+                }
+                let session = self.epilogue.as_mut().expect("built above");
+                let out = session.run(inputs).map_err(|e| {
+                    SkrrError::Runtime(format!("ONNX Runtime failed in the epilogue: {e}"))
+                })?;
+                tensors::dense(
+                    out.get(part.outputs[0].as_str())
+                        .ok_or_else(|| anyhow!("the epilogue produced no output"))?,
+                )?
+            }
+        };
+        match &mut self.projection {
+            None => Ok(output),
+            Some((session, input, ty)) => tensors::project(session, input, *ty, &output),
+        }
+    }
+}
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} chunks {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn input_type(v: &DynValue) -> Result<InputType> {
+    match v.dtype() {
+        ValueType::Tensor { ty, shape, .. } => Ok(InputType {
+            elem_type: onnx_data_type(*ty)
+                .ok_or_else(|| anyhow!("unsupported stream element type {ty}"))?,
+            dims: shape.iter().copied().collect(),
+        }),
+        other => Err(anyhow!("expected a tensor between sub-blocks, got {other}")),
+    }
+}
+
+fn projection_session(path: &std::path::Path) -> Result<(Session, String, TensorElementType)> {
+    let bad = |msg: String| -> anyhow::Error {
+        SkrrError::BadInput(format!("{}: {msg}", path.display())).into()
+    };
+    if !path.is_file() {
+        return Err(bad("projection model not found".into()));
+    }
+    let session = crate::runtime::session_from_file(path)
+        .with_context(|| format!("loading projection {}", path.display()))?;
+    if session.inputs().len() != 1 || session.outputs().is_empty() {
+        return Err(bad(format!(
+            "a projection model needs exactly one input and an output, it has {} and {}",
+            session.inputs().len(),
+            session.outputs().len()
+        )));
+    }
+    let input = &session.inputs()[0];
+    let ty = match input.dtype() {
+        ValueType::Tensor { ty, .. }
+            if matches!(ty, TensorElementType::Float32 | TensorElementType::Float16) =>
+        {
+            *ty
+        }
+        other => {
+            return Err(bad(format!(
+                "projection input {} has type {other}, expected float or float16",
+                input.name()
+            )))
+        }
+    };
+    let name = input.name().to_string();
+    Ok((session, name, ty))
+}

@@ -1,0 +1,188 @@
+//! Calibration: the inputs D is measured on (`inputs`), the model split into sessions
+//! (`partition`), and the engine that executes any plan and scores it (`engine`, with its stream
+//! `cache` and the `tensors` at its edges).
+
+pub mod cache;
+pub mod engine;
+pub mod inputs;
+pub mod partition;
+pub mod tensors;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Score};
+pub use inputs::{CalibSet, Part};
+
+use crate::error::SkrrError;
+
+/// Calibration options shared by every command that measures D (`score`, `plan`, `compare`,
+/// the main command): `#[command(flatten)]` them.
+#[derive(Debug, Clone, Args)]
+pub struct CalibArgs {
+    /// Calibration prompts, one per line (tokenized with the model's tokenizer.json).
+    /// Default: the built-in prompt set.
+    #[arg(long, value_name = "FILE", conflicts_with = "calib")]
+    pub prompts: Option<PathBuf>,
+    /// Pre-tokenized calibration input: one JSON array of token ids per line, or
+    /// {"input_ids": [...]}.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// tokenizer.json to use (default: tokenizer.json beside the model).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Truncate prompts to this many tokens (special tokens included); also the padded length
+    /// when --include-padding is set.
+    #[arg(long, default_value_t = 77, value_name = "N")]
+    pub max_length: usize,
+    /// Use at most the first N calibration prompts.
+    #[arg(long, value_name = "N")]
+    pub num_prompts: Option<usize>,
+    /// Token ids of the null input (default: the empty prompt tokenized with special tokens).
+    #[arg(long, value_name = "IDS", conflicts_with = "no_null")]
+    pub null_ids: Option<String>,
+    /// Leave the null input out of D (D = D_c).
+    #[arg(long)]
+    pub no_null: bool,
+    /// Id used for padding (default: the tokenizer's pad token, else 0).
+    #[arg(long, value_name = "ID")]
+    pub pad_id: Option<i64>,
+    /// Count padded positions in D, every sequence padded to --max-length (for pipelines such
+    /// as SD3/FLUX that feed padded embeddings to the denoiser).
+    #[arg(long)]
+    pub include_padding: bool,
+    /// Denoiser text projection (ONNX, one input) applied to dense and candidate outputs.
+    #[arg(long, value_name = "FILE")]
+    pub projection: Option<PathBuf>,
+    /// Prompts per ONNX Runtime batch (also the granularity of early abandoning).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub chunk: usize,
+    /// Memory bound for cached stream values, e.g. 512M or 4G (default: a quarter of the
+    /// available memory).
+    #[arg(long, value_name = "BYTES")]
+    pub cache_mem: Option<String>,
+}
+
+impl CalibArgs {
+    /// The calibration set for the model at `model_path` with vocabulary `vocab` (if known).
+    /// `part` picks the half of the built-in prompt set; files given by the user are used whole.
+    pub fn calib_set(&self, model_path: &Path, vocab: Option<usize>, part: Part) -> Result<CalibSet> {
+        let tokenizer_path = inputs::find_tokenizer(model_path, self.tokenizer.as_deref())?;
+        let tokenizer = tokenizer_path
+            .as_deref()
+            .map(|p| inputs::PromptTokenizer::load(p, self.max_length, vocab))
+            .transpose()?;
+        let mut prompts = match (&self.calib, &self.prompts, &tokenizer) {
+            (Some(path), _, _) => inputs::read_ids_jsonl(path, vocab)?,
+            (None, prompts, Some(tok)) => {
+                let texts = match prompts {
+                    Some(p) => inputs::read_prompts(p)?,
+                    None => inputs::default_prompts(part),
+                };
+                texts
+                    .iter()
+                    .map(|t| tok.encode(t))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            (None, _, None) => {
+                return Err(SkrrError::BadInput(format!(
+                    "no tokenizer.json beside {} and no --tokenizer: give one, or pre-tokenized \
+                     input with --calib ids.jsonl",
+                    model_path.display()
+                ))
+                .into())
+            }
+        };
+        if let Some(n) = self.num_prompts {
+            if n == 0 {
+                return Err(SkrrError::Usage("--num-prompts must be at least 1".into()).into());
+            }
+            prompts.truncate(n);
+        }
+        let null = if self.no_null {
+            None
+        } else if let Some(ids) = &self.null_ids {
+            Some(inputs::parse_null_ids(ids, vocab)?)
+        } else if let Some(tok) = &tokenizer {
+            Some(tok.encode("")?)
+        } else {
+            return Err(SkrrError::BadInput(
+                "no tokenizer to make the null input from the empty prompt: give --null-ids, \
+                 --tokenizer or --no-null"
+                    .into(),
+            )
+            .into());
+        };
+        let pad_id = self
+            .pad_id
+            .or_else(|| tokenizer.as_ref().and_then(|t| t.pad_id()))
+            .unwrap_or(0);
+        Ok(CalibSet {
+            prompts,
+            null,
+            pad_id,
+            max_length: self.max_length,
+        })
+    }
+
+    pub fn engine_options(&self) -> Result<EngineOptions> {
+        if self.chunk == 0 {
+            return Err(SkrrError::Usage("--chunk must be at least 1".into()).into());
+        }
+        let cache_mem = match &self.cache_mem {
+            Some(text) => parse_bytes(text)
+                .ok_or_else(|| SkrrError::Usage(format!("--cache-mem {text:?}: expected e.g. 512M or 4G")))?,
+            None => default_cache_mem(),
+        };
+        Ok(EngineOptions {
+            null: !self.no_null,
+            include_padding: self.include_padding,
+            chunk: self.chunk,
+            cache_mem,
+            projection: self.projection.clone(),
+        })
+    }
+}
+
+/// "123", "512K", "64M", "4G" (binary units).
+fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last()? {
+        (i, 'k' | 'K') => (&t[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&t[..i], 1 << 20),
+        (i, 'g' | 'G') => (&t[..i], 1 << 30),
+        (i, 't' | 'T') => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// A quarter of MemAvailable: the machine is shared with ONNX Runtime's own buffers and the
+/// weights; 1 GiB when /proc/meminfo is not readable.
+fn default_cache_mem() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kb| kb * 1024 / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_parse() {
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("4g"), Some(4 << 30));
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("x"), None);
+        assert!(default_cache_mem() > 0);
+    }
+}
