@@ -9,7 +9,6 @@
 //! Per-prompt error sums are added in prompt order, so D does not depend on chunking, caching or
 //! the order of evaluation.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use super::partition::{onnx_data_type, InputType, Partition};
 use super::tensors::{self, Dense};
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
-use crate::onnx::{ModelProto, TensorProto};
+use crate::model_io::Model;
 use crate::plan::Action;
 
 #[derive(Debug, Clone)]
@@ -114,10 +113,9 @@ pub struct Engine {
 
 impl Engine {
     /// Builds the partition, runs the dense model on every chunk and keeps its outputs as
-    /// targets. The model is given as its proto and a weight accessor.
-    pub fn from_parts(
-        proto: &ModelProto,
-        weights: &dyn Fn(&TensorProto) -> Result<Cow<'_, [u8]>>,
+    /// targets.
+    pub fn new(
+        model: &Model,
         analysis: &Analysis,
         calib: CalibSet,
         opts: EngineOptions,
@@ -128,7 +126,7 @@ impl Engine {
         if calib.prompts.is_empty() {
             return Err(SkrrError::BadInput("no calibration prompts".into()).into());
         }
-        let partition = Partition::build(proto, analysis, weights)?;
+        let partition = Partition::build(&model.proto, analysis, &model.weights)?;
         let projection = match &opts.projection {
             None => None,
             Some(path) => Some(projection_session(path)?),

@@ -14,7 +14,6 @@
 //! read their values (e.g. to recognise Gelu or a norm's epsilon), and copying them costs nothing.
 //! An initializer read by several parts (exporters merge all-ones norms) is still held once.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 use prost::Message;
 
 use crate::blocks::Analysis;
+use crate::model_io::WeightStore;
 use crate::error::SkrrError;
 use crate::onnx::proto::tensor_proto::{data_location, data_type};
 use crate::onnx::proto::tensor_shape_proto::{dimension, Dimension};
@@ -93,11 +93,10 @@ fn measured_output(graph: &GraphProto) -> Result<String> {
 }
 
 impl Partition {
-    /// `weights` returns the bytes of an initializer (external data resolved).
     pub fn build(
         model: &ModelProto,
         analysis: &Analysis,
-        weights: &dyn Fn(&TensorProto) -> Result<Cow<'_, [u8]>>,
+        weights: &WeightStore,
     ) -> Result<Partition> {
         let graph = &analysis.graph;
         let first = analysis
@@ -204,7 +203,7 @@ impl Partition {
                     continue;
                 }
                 let t = inits[name.as_str()];
-                let bytes = weights(t)?;
+                let bytes = weights.bytes(t)?;
                 max_len = max_len.max(bytes.len());
                 shared_bytes += bytes.len() as u64;
                 shared.insert(name.clone(), Arc::new(ort_value(t, &bytes)?));
@@ -415,12 +414,12 @@ fn byte_len(t: &TensorProto) -> Option<u64> {
 /// `t` with its data inline as `raw_data` (external data resolved).
 fn inline_copy(
     t: &TensorProto,
-    weights: &dyn Fn(&TensorProto) -> Result<Cow<'_, [u8]>>,
+    weights: &WeightStore,
 ) -> Result<TensorProto> {
     if !t.is_external() {
         return Ok(t.clone());
     }
-    let bytes = weights(t)?;
+    let bytes = weights.bytes(t)?;
     Ok(TensorProto {
         raw_data: Some(bytes::Bytes::copy_from_slice(&bytes)),
         external_data: Vec::new(),
