@@ -48,6 +48,8 @@ pub enum Command {
     /// Show the encoder's layers and attention / feed-forward sub-blocks with their parameter
     /// counts, as block detection finds them.
     Inspect(commands::inspect::InspectArgs),
+    /// Discrepancy D (D_c + D_null) of a plan on calibration prompts.
+    Score(commands::score::ScoreArgs),
 }
 
 /// What a subcommand gets besides its own arguments.

@@ -124,7 +124,11 @@ mod tests {
     use Action::{Keep, Reuse, Skip};
 
     fn value() -> Arc<DynValue> {
-        Arc::new(Tensor::from_array(([1usize], vec![0f32])).unwrap().into_dyn())
+        Arc::new(
+            Tensor::from_array(([1usize], vec![0f32]))
+                .unwrap()
+                .into_dyn(),
+        )
     }
 
     #[test]

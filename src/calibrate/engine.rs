@@ -57,7 +57,9 @@ impl Score {
 pub enum Outcome {
     Scored(Score),
     /// Stopped early: the partial D already exceeded the bound.
-    Abandoned { partial: f64 },
+    Abandoned {
+        partial: f64,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -177,7 +179,10 @@ impl Engine {
             let rows: Vec<&[i64]> = if null {
                 vec![calib.null.as_deref().unwrap_or_default()]
             } else {
-                prompts.iter().map(|&i| calib.prompts[i].as_slice()).collect()
+                prompts
+                    .iter()
+                    .map(|&i| calib.prompts[i].as_slice())
+                    .collect()
             };
             let len = fixed.unwrap_or_else(|| rows.iter().map(|r| r.len()).max().unwrap_or(0));
             let counted = rows
@@ -311,7 +316,9 @@ impl Engine {
     fn validate(&self, actions: &[Action]) -> Result<()> {
         for (p, a) in actions.iter().enumerate() {
             if let Action::Reuse(q) = *a {
-                if q >= actions.len() || self.kinds[q] != self.kinds[p] || actions[q] != Action::Keep
+                if q >= actions.len()
+                    || self.kinds[q] != self.kinds[p]
+                    || actions[q] != Action::Keep
                 {
                     return Err(SkrrError::BadInput(format!(
                         "sub-block {p} cannot re-use {q}: the source must be a kept sub-block of the same kind"
@@ -372,7 +379,10 @@ impl Engine {
             }
         }
         drop(out);
-        Ok((env, stream0.ok_or_else(|| anyhow!("prologue without outputs"))?))
+        Ok((
+            env,
+            stream0.ok_or_else(|| anyhow!("prologue without outputs"))?,
+        ))
     }
 
     /// Runs `q`'s session at position `p` of chunk `c` on `stream`.
@@ -390,8 +400,9 @@ impl Engine {
         let mut values: Vec<&DynValue> = vec![stream];
         for name in &slot_p.inputs[1..] {
             values.push(
-                env.get(name)
-                    .ok_or_else(|| anyhow!("side input {name} of sub-block {p} is not available"))?,
+                env.get(name).ok_or_else(|| {
+                    anyhow!("side input {name} of sub-block {p} is not available")
+                })?,
             );
         }
         if self.blocks[q].is_none() {
@@ -399,11 +410,9 @@ impl Engine {
                 .iter()
                 .map(|v| input_type(v))
                 .collect::<Result<Vec<_>>>()?;
-            let session = self.partition.session(
-                part_q,
-                &types,
-                crate::runtime::session_builder()?,
-            )?;
+            let session =
+                self.partition
+                    .session(part_q, &types, crate::runtime::session_builder()?)?;
             self.blocks[q] = Some(session);
         }
         let session = self.blocks[q].as_mut().expect("built above");

@@ -77,8 +77,12 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
 /// Every defect is reported with `file:line`, because these files are usually machine-made and
 /// a silent skip would change D without anyone noticing.
 pub fn read_ids_jsonl(path: &Path, vocab: Option<usize>) -> Result<Vec<Vec<i64>>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad(format!("{}: cannot read calibration file: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(format!(
+            "{}: cannot read calibration file: {e}",
+            path.display()
+        ))
+    })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let at = format!("{}:{}", path.display(), i + 1);
@@ -266,7 +270,10 @@ mod tests {
     fn err_of(text: &str, vocab: Option<usize>) -> String {
         let f = write(text);
         let e = read_ids_jsonl(f.path(), vocab).unwrap_err();
-        assert_eq!(crate::error::exit_code_of(&e), crate::error::exit::BAD_INPUT);
+        assert_eq!(
+            crate::error::exit_code_of(&e),
+            crate::error::exit::BAD_INPUT
+        );
         e.to_string()
     }
 

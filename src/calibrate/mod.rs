@@ -68,7 +68,12 @@ pub struct CalibArgs {
 impl CalibArgs {
     /// The calibration set for the model at `model_path` with vocabulary `vocab` (if known).
     /// `part` picks the half of the built-in prompt set; files given by the user are used whole.
-    pub fn calib_set(&self, model_path: &Path, vocab: Option<usize>, part: Part) -> Result<CalibSet> {
+    pub fn calib_set(
+        &self,
+        model_path: &Path,
+        vocab: Option<usize>,
+        part: Part,
+    ) -> Result<CalibSet> {
         let tokenizer_path = inputs::find_tokenizer(model_path, self.tokenizer.as_deref())?;
         let tokenizer = tokenizer_path
             .as_deref()
@@ -132,8 +137,9 @@ impl CalibArgs {
             return Err(SkrrError::Usage("--chunk must be at least 1".into()).into());
         }
         let cache_mem = match &self.cache_mem {
-            Some(text) => parse_bytes(text)
-                .ok_or_else(|| SkrrError::Usage(format!("--cache-mem {text:?}: expected e.g. 512M or 4G")))?,
+            Some(text) => parse_bytes(text).ok_or_else(|| {
+                SkrrError::Usage(format!("--cache-mem {text:?}: expected e.g. 512M or 4G"))
+            })?,
             None => default_cache_mem(),
         };
         Ok(EngineOptions {

@@ -12,7 +12,9 @@
 //! sparse placeholder file that ONNX Runtime validates but never reads because the shared value
 //! replaces it. Small initializers (scalars, shape constants) are inlined: graph optimizers
 //! read their values (e.g. to recognise Gelu or a norm's epsilon), and copying them costs nothing.
-//! An initializer read by several parts (exporters merge all-ones norms) is still held once.
+//! Weights of element types the CPU kernels do not read directly (float16, ...) are inlined too
+//! (see `shareable`). A shared initializer read by several parts (exporters merge all-ones
+//! norms) is held once; an inlined one is copied into each part that reads it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,8 +27,8 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 use prost::Message;
 
 use crate::blocks::Analysis;
-use crate::model_io::WeightStore;
 use crate::error::SkrrError;
+use crate::model_io::WeightStore;
 use crate::onnx::proto::tensor_proto::{data_location, data_type};
 use crate::onnx::proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx::proto::type_proto;
@@ -314,7 +316,11 @@ impl Partition {
             .collect();
         let graph = GraphProto {
             name: Some(part.label.clone()),
-            node: part.nodes.iter().map(|&n| self.graph.node[n].clone()).collect(),
+            node: part
+                .nodes
+                .iter()
+                .map(|&n| self.graph.node[n].clone())
+                .collect(),
             initializer,
             input,
             output: part
@@ -392,7 +398,9 @@ fn split_inits(
             if let Some(t) = inits.get(v.as_str()) {
                 if seen.insert(v.as_str()) {
                     match byte_len(t) {
-                        Some(len) if len > INLINE_BYTES as u64 => shared.push(v.clone()),
+                        Some(len) if len > INLINE_BYTES as u64 && shareable(t) => {
+                            shared.push(v.clone())
+                        }
                         _ => inline.push(v.clone()),
                     }
                 }
@@ -400,6 +408,17 @@ fn split_inits(
         }
     }
     (shared, inline)
+}
+
+/// Whether ONNX Runtime's CPU kernels read this element type as is. For others (float16,
+/// bfloat16, 8-bit) ONNX Runtime inserts a Cast of the weight and constant-folds it while
+/// optimizing, before a shared value replaces the placeholder: the fold would read the
+/// placeholder's zeros (seen on the fp16 T5 fixture). Those are inlined instead.
+fn shareable(t: &TensorProto) -> bool {
+    matches!(
+        t.data_type(),
+        data_type::FLOAT | data_type::DOUBLE | data_type::INT64 | data_type::INT32
+    )
 }
 
 /// Declared size in bytes, `None` for types the engine does not share (strings, ...) or
@@ -412,10 +431,7 @@ fn byte_len(t: &TensorProto) -> Option<u64> {
 }
 
 /// `t` with its data inline as `raw_data` (external data resolved).
-fn inline_copy(
-    t: &TensorProto,
-    weights: &WeightStore,
-) -> Result<TensorProto> {
+fn inline_copy(t: &TensorProto, weights: &WeightStore) -> Result<TensorProto> {
     if !t.is_external() {
         return Ok(t.clone());
     }
@@ -525,7 +541,10 @@ fn ort_value(t: &TensorProto, bytes: &[u8]) -> Result<DynValue> {
         data_type::INT32 => Tensor::from_array((dims, typed::<i32>(bytes)))?.into_dyn(),
         data_type::INT8 => Tensor::from_array((dims, typed::<i8>(bytes)))?.into_dyn(),
         data_type::UINT8 => Tensor::from_array((dims, bytes.to_vec()))?.into_dyn(),
-        data_type::BOOL => Tensor::from_array((dims, bytes.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?.into_dyn(),
+        data_type::BOOL => {
+            Tensor::from_array((dims, bytes.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?
+                .into_dyn()
+        }
         other => return Err(bad(format!("unsupported initializer type {other}"))),
     };
     Ok(value)

@@ -64,7 +64,8 @@ pub fn dense(v: &DynValue) -> Result<Dense> {
 pub fn value_bytes(v: &DynValue) -> u64 {
     match v.dtype() {
         ValueType::Tensor { ty, shape, .. } => {
-            shape.iter().map(|&d| d.max(0) as u64).product::<u64>() * ty.byte_size(1).unwrap_or(1) as u64
+            shape.iter().map(|&d| d.max(0) as u64).product::<u64>()
+                * ty.byte_size(1).unwrap_or(1) as u64
         }
         _ => 0,
     }
@@ -187,8 +188,8 @@ pub fn feeds(
                 }
                 other => {
                     return Err(SkrrError::BadInput(format!(
-                        "model input {name} has element type {other:?}, which calibration cannot feed"
-                    ))
+                    "model input {name} has element type {other:?}, which calibration cannot feed"
+                ))
                     .into())
                 }
             };

@@ -7,11 +7,13 @@ use crate::cli::{Command, Context};
 pub mod convert;
 pub mod doctor;
 pub mod inspect;
+pub mod score;
 
 pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
     match command {
         Command::Convert(args) => convert::run(args, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
         Command::Inspect(args) => inspect::run(args, ctx),
+        Command::Score(args) => score::run(args, ctx),
     }
 }

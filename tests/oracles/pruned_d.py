@@ -8,11 +8,10 @@ computes D_c and D_null in float64 as the method doc defines them. Nothing is sh
 engine (no partition, no batching, no cache); only the sub-block boundaries come from the
 block analysis, passed in the job file.
 
-usage: pruned_d.py job.json  ->  prints {"d_c": ..., "d_null": ...}
+usage: pruned_d.py job.json  ->  prints [{"d_c": ..., "d_null": ...}, ...], one per plan
 job: {"model", "projection"|null, "output", "sub_blocks": [{"input","output","side_inputs",
-      "node_outputs"}], "actions": [{"action": "keep"|"skip"|"reuse", "source": q}],
-      "prompts": [[ids]], "null": [ids]|null, "pad_id", "include_padding", "max_length",
-      "save_pruned": path|null}
+      "node_outputs"}], "plans": [[{"action": "keep"|"skip"|"reuse", "source": q}, ...], ...],
+      "prompts": [[ids]], "null": [ids]|null, "pad_id", "include_padding", "max_length"}
 """
 import json
 import sys
@@ -39,7 +38,7 @@ def toposort(nodes, graph_inputs, inits):
     return out
 
 
-def prune(model, job):
+def prune(model, job, actions):
     g = model.graph
     by_output = {o: n for n in g.node for o in n.output}
     alias = {}
@@ -50,7 +49,7 @@ def prune(model, job):
         return v
 
     new_nodes = []
-    for p, (sb, act) in enumerate(zip(job["sub_blocks"], job["actions"])):
+    for p, (sb, act) in enumerate(zip(job["sub_blocks"], actions)):
         if act["action"] == "keep":
             continue
         if act["action"] == "skip":
@@ -126,17 +125,15 @@ def feeds(session, ids, length, pad_id):
 
 def main():
     job = json.load(open(sys.argv[1]))
-    dense_model = onnx.load(job["model"])
-    pruned_model = prune(onnx.load(job["model"]), job)
-    if job.get("save_pruned"):
-        onnx.save(pruned_model, job["save_pruned"])
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    dense = ort.InferenceSession(dense_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    pruned = ort.InferenceSession(pruned_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def session(model):
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
     proj = None
     if job.get("projection"):
-        proj = ort.InferenceSession(job["projection"], providers=["CPUExecutionProvider"])
+        proj = ort.InferenceSession(job["projection"], so, providers=["CPUExecutionProvider"])
     out_name = job["output"]
     fixed = None
     seqs = job["prompts"] + ([job["null"]] if job.get("null") else [])
@@ -145,29 +142,23 @@ def main():
 
     def run(sess, ids):
         length = fixed or len(ids)
-        f = feeds(sess, ids, length, job["pad_id"])
-        y = sess.run([out_name], f)[0].astype(np.float32)
+        y = sess.run([out_name], feeds(sess, ids, length, job["pad_id"]))[0].astype(np.float32)
         if proj is not None:
             x = y.astype(np.float16) if proj.get_inputs()[0].type == "tensor(float16)" else y
             y = proj.run(None, {proj.get_inputs()[0].name: x})[0].astype(np.float32)
-        return y[0], length if fixed else len(ids)
+        return y[0][: length if fixed else len(ids)].astype(np.float64)
 
-    def sse(ids):
-        a, n = run(dense, ids)
-        b, _ = run(pruned, ids)
-        d = a[:n].astype(np.float64) - b[:n].astype(np.float64)
-        return float((d * d).sum()), n * a.shape[-1]
-
-    tot, den = 0.0, 0
-    for ids in job["prompts"]:
-        s, c = sse(ids)
-        tot += s
-        den += c
-    d_null = 0.0
-    if job.get("null"):
-        s, c = sse(job["null"])
-        d_null = s / c
-    print(json.dumps({"d_c": tot / den, "d_null": d_null}))
+    dense = session(onnx.load(job["model"]))
+    targets = [run(dense, ids) for ids in seqs]
+    results = []
+    for actions in job["plans"]:
+        pruned = session(prune(onnx.load(job["model"]), job, actions))
+        sse = [float(((run(pruned, ids) - t) ** 2).sum()) for ids, t in zip(seqs, targets)]
+        count = [t.size for t in targets]
+        k = len(job["prompts"])
+        d_null = sse[k] / count[k] if job.get("null") else 0.0
+        results.append({"d_c": sum(sse[:k]) / sum(count[:k]), "d_null": d_null})
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":
