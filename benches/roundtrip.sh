@@ -68,8 +68,12 @@ measure() {
 
 declare -A T R
 for name in cp cp_sync convert; do T[$name]=""; R[$name]=0; done
+names=(cp cp_sync convert)
 for run in $(seq "$RUNS"); do
-  for name in cp cp_sync convert; do
+  # Rotate the order each run, so no command always follows the same one (the deletion of the
+  # previous output and the disk's write-back state differ by predecessor).
+  order=("${names[@]:run % 3}" "${names[@]:0:run % 3}")
+  for name in "${order[@]}"; do
     rm -rf "$OUT/cp" "$OUT/convert"; mkdir -p "$OUT/cp" "$OUT/convert"
     sync
     case $name in
@@ -86,14 +90,19 @@ done
 cmp "$SRC/model.onnx.data" "$OUT/convert/model.onnx.data" > /dev/null \
   && echo "data file identical to the input's" >&2
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-c=$(echo "${T[cp]}" | median); cs=$(echo "${T[cp_sync]}" | median); v=$(echo "${T[convert]}" | median)
+# stats: "median min" of the times given on stdin.
+stats() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)], a[1]}'; }
+read -r c cmin <<< "$(echo "${T[cp]}" | stats)"
+read -r cs csmin <<< "$(echo "${T[cp_sync]}" | stats)"
+read -r v vmin <<< "$(echo "${T[convert]}" | stats)"
 awk -v bytes="$bytes" -v runs="$RUNS" -v c="$c" -v cs="$cs" -v v="$v" \
+    -v cmin="$cmin" -v csmin="$csmin" -v vmin="$vmin" \
     -v rc="${R[cp]}" -v rcs="${R[cp_sync]}" -v rv="${R[convert]}" 'BEGIN {
-  printf "\nmodel + data: %.0f bytes (%.2f GiB), median of %d runs\n", bytes, bytes / 2^30, runs
-  printf "| command | wall time (s) | peak RSS (MiB) |\n|---|---|---|\n"
-  printf "| cp | %.2f | %.1f |\n", c, rc / 1024
-  printf "| cp + sync | %.2f | %.1f |\n", cs, rcs / 1024
-  printf "| skrr-onnx convert | %.2f | %.1f |\n", v, rv / 1024
-  printf "\nconvert / cp = %.2f, convert / (cp + sync) = %.2f\n", (c > 0 ? v / c : 0), (cs > 0 ? v / cs : 0)
+  printf "\nmodel + data: %.0f bytes (%.2f GiB), %d runs\n", bytes, bytes / 2^30, runs
+  printf "| command | median wall time (s) | best (s) | peak RSS (MiB) |\n|---|---|---|---|\n"
+  printf "| cp | %.2f | %.2f | %.1f |\n", c, cmin, rc / 1024
+  printf "| cp + sync | %.2f | %.2f | %.1f |\n", cs, csmin, rcs / 1024
+  printf "| skrr-onnx convert | %.2f | %.2f | %.1f |\n", v, vmin, rv / 1024
+  printf "\nmedian: convert / cp = %.2f, convert / (cp + sync) = %.2f\n", v / c, v / cs
+  printf "best:   convert / cp = %.2f, convert / (cp + sync) = %.2f\n", vmin / cmin, vmin / csmin
 }'

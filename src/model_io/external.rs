@@ -194,6 +194,11 @@ impl ExternalFile {
         Ok(len)
     }
 
+    /// The map, if the file has been mapped already.
+    pub(crate) fn mapped(&self) -> Option<&Bytes> {
+        self.map.get().and_then(|m| m.as_ref().ok())
+    }
+
     /// The whole file, mapped once.
     pub(crate) fn map(&self) -> Result<&Bytes> {
         self.map

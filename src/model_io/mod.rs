@@ -123,19 +123,38 @@ impl WeightStore {
                 len,
             });
         }
-        if let (Some(raw), Some((file, whole))) = (&t.raw_data, &self.model) {
-            let base = whole.as_ptr() as usize;
-            let at = raw.as_ptr() as usize;
-            if !raw.is_empty() && at >= base && at + raw.len() <= base + whole.len() {
+        if let Some(raw) = &t.raw_data {
+            if let Some((file, offset)) = self.locate(raw) {
                 tensor::check_len(t, raw.len() as u64)?;
                 return Ok(Source::File {
                     file,
-                    offset: (at - base) as u64,
+                    offset,
                     len: raw.len() as u64,
                 });
             }
         }
         Ok(Source::Mem(self.bytes(t)?))
+    }
+
+    /// The file and offset a non-empty slice of one of this store's memory maps comes from, so
+    /// that writers can copy it file to file without faulting the mapped pages into memory.
+    pub(crate) fn locate(&self, bytes: &[u8]) -> Option<(&FileId, u64)> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let maps = self
+            .model
+            .iter()
+            .map(|(id, map)| (id, map))
+            .chain(self.files.iter().filter_map(|f| Some((&f.id, f.mapped()?))));
+        let at = bytes.as_ptr() as usize;
+        for (id, map) in maps {
+            let base = map.as_ptr() as usize;
+            if at >= base && at + bytes.len() <= base + map.len() {
+                return Some((id, (at - base) as u64));
+            }
+        }
+        None
     }
 
     /// The validated file, offset and length of an external tensor.

@@ -14,7 +14,7 @@ use prost::Message;
 use super::atomic::{self, same_file, Staged};
 use super::tensor::stored_len;
 use super::visit::{self, Role};
-use super::{Source, WeightStore};
+use super::{FileId, Source, WeightStore};
 use crate::error::SkrrError;
 use crate::onnx::tensor_proto::{data_location, data_type as dt};
 use crate::onnx::{ModelProto, StringStringEntryProto, TensorProto};
@@ -208,8 +208,8 @@ pub fn write_model(
     }
 
     let model_stage = Staged::new(&out).map_err(|e| refuse(&out, format!("{e:#}")))?;
-    report.model_bytes =
-        encode_to(&model, model_stage.file()).map_err(|e| refuse(&out, format!("{e:#}")))?;
+    report.model_bytes = encode_to(&model, weights, model_stage.file())
+        .map_err(|e| refuse(&out, format!("{e:#}")))?;
     atomic::commit(data_stage, model_stage).map_err(|e| refuse(&out, format!("{e:#}")))?;
     log::info!(
         "wrote {} ({} bytes, {} inline tensors){}",
@@ -286,8 +286,7 @@ struct DataSink<'a> {
     path: &'a Path,
     align: u64,
     pos: u64,
-    /// Source files opened once each.
-    sources: HashMap<PathBuf, File>,
+    sources: Sources,
     progress: indicatif::ProgressBar,
 }
 
@@ -305,7 +304,7 @@ impl<'a> DataSink<'a> {
             path,
             align: align.max(1),
             pos: 0,
-            sources: HashMap::new(),
+            sources: Sources::default(),
             progress,
         }
     }
@@ -331,28 +330,14 @@ impl<'a> DataSink<'a> {
                 file,
                 offset: at,
                 len,
-            } => {
-                let path = file.path.as_path();
-                let src = match self.sources.get(path) {
-                    Some(f) => f,
-                    None => self
-                        .sources
-                        .entry(path.to_path_buf())
-                        .or_insert(file.open()?),
-                };
-                let mut src = src;
-                src.seek(SeekFrom::Start(at))?;
-                // File to file: the standard library uses copy_file_range, so the bytes never
-                // pass through this process's memory.
-                io::copy(&mut src.take(len), &mut out).with_context(|| {
-                    format!(
-                        "copying tensor '{}' from {} to {}",
-                        t.name(),
-                        path.display(),
-                        self.path.display()
-                    )
-                })?
-            }
+            } => self.sources.copy(file, at, len, out).with_context(|| {
+                format!(
+                    "copying tensor '{}' from {} to {}",
+                    t.name(),
+                    file.path.display(),
+                    self.path.display()
+                )
+            })?,
         };
         if copied != len {
             bail!(
@@ -366,11 +351,35 @@ impl<'a> DataSink<'a> {
     }
 }
 
+/// Source files, opened once each (and only if still the files the model was read from).
+#[derive(Default)]
+struct Sources(HashMap<PathBuf, File>);
+
+impl Sources {
+    /// Copies `len` bytes at `offset` of `from` to the end of `out`; returns the bytes copied.
+    fn copy(&mut self, from: &FileId, offset: u64, len: u64, mut out: &File) -> Result<u64> {
+        let path = from.path.as_path();
+        let src = match self.0.get(path) {
+            Some(f) => f,
+            None => self.0.entry(path.to_path_buf()).or_insert(from.open()?),
+        };
+        let mut src = src;
+        src.seek(SeekFrom::Start(offset))?;
+        // File to file: the standard library uses copy_file_range, so the bytes never pass
+        // through this process's memory.
+        Ok(io::copy(&mut src.take(len), &mut out)?)
+    }
+}
+
 /// Encodes a message straight into a file through a small buffer, so an inline model of up to
-/// 2 GB never exists twice in memory. Returns the number of bytes written.
-fn encode_to(model: &ModelProto, file: &File) -> Result<u64> {
+/// 2 GB never exists twice in memory; tensor bytes that are slices of `weights`' memory maps
+/// are copied file to file instead of through the map, so memory stays flat even then.
+/// Returns the number of bytes written.
+fn encode_to(model: &ModelProto, weights: &WeightStore, file: &File) -> Result<u64> {
     let mut w = FileBuf {
         file,
+        weights,
+        sources: Sources::default(),
         buf: Vec::with_capacity(FileBuf::CAP),
         written: 0,
         error: None,
@@ -380,32 +389,54 @@ fn encode_to(model: &ModelProto, file: &File) -> Result<u64> {
         .map_err(|e| anyhow!("encoding the model: {e}"))?;
     w.flush();
     match w.error {
-        Some(e) => Err(e).context("writing the model"),
+        Some(e) => Err(e.context("writing the model")),
         None => Ok(w.written),
     }
 }
 
 /// A `BufMut` that flushes to a file whenever its buffer fills. `BufMut` cannot fail, so the
-/// first I/O error is kept and reported after encoding.
+/// first error is kept and reported after encoding.
 struct FileBuf<'a> {
     file: &'a File,
+    weights: &'a WeightStore,
+    sources: Sources,
     buf: Vec<u8>,
     written: u64,
-    error: Option<io::Error>,
+    error: Option<anyhow::Error>,
 }
 
 impl FileBuf<'_> {
     const CAP: usize = 1 << 20;
+    /// Slices at least this big skip the buffer (and, when mapped, are copied file to file).
+    const DIRECT: usize = 64 << 10;
 
     fn write(&mut self, bytes: &[u8]) {
         if let (None, Err(e)) = (&self.error, crate::interrupt::check()) {
-            self.error = Some(io::Error::other(e));
+            self.error = Some(e);
         }
-        if self.error.is_none() {
-            match (&mut self.file).write_all(bytes) {
-                Ok(()) => self.written += bytes.len() as u64,
-                Err(e) => self.error = Some(e),
-            }
+        if self.error.is_some() {
+            return;
+        }
+        let len = bytes.len() as u64;
+        let done = match self.weights.locate(bytes) {
+            Some((from, offset)) => self
+                .sources
+                .copy(from, offset, len, self.file)
+                .and_then(|n| {
+                    if n == len {
+                        Ok(())
+                    } else {
+                        Err(anyhow!(
+                            "{} is shorter than when the model was read",
+                            from.path.display()
+                        ))
+                    }
+                }),
+            None => (&mut self.file).write_all(bytes).map_err(Into::into),
+        };
+        match done {
+            Ok(()) => self.written += len,
+            Err(e) => self.error = Some(e),
         }
     }
 
@@ -442,7 +473,7 @@ unsafe impl BufMut for FileBuf<'_> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
-        if src.len() >= Self::CAP {
+        if src.len() >= Self::DIRECT {
             // Large tensors go straight to the file.
             self.flush();
             self.write(src);
