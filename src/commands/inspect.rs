@@ -44,6 +44,21 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
+/// Graph inputs the prologue reads (token ids, mask, ...), in the graph's input order.
+fn prologue_inputs(a: &Analysis) -> Vec<String> {
+    let read: std::collections::HashSet<&str> = a
+        .prologue
+        .iter()
+        .flat_map(|&n| a.graph.node[n].input.iter().map(String::as_str))
+        .collect();
+    a.graph
+        .input
+        .iter()
+        .map(|i| i.name().to_string())
+        .filter(|i| read.contains(i.as_str()))
+        .collect()
+}
+
 /// Rank ≥ 2 initializers the prologue reads: the embedding and position tables.
 fn prologue_tables(a: &Analysis) -> Vec<(String, Vec<i64>)> {
     let mut seen = std::collections::BTreeSet::new();
@@ -83,6 +98,7 @@ fn to_json(path: &std::path::Path, a: &Analysis, norm: &str) -> serde_json::Valu
             "nodes": a.prologue.len(),
             "params": a.prologue_params,
             "share": share(a.prologue_params, total),
+            "inputs": prologue_inputs(a),
             "tables": prologue_tables(a).into_iter()
                 .map(|(name, dims)| json!({"name": name, "dims": dims}))
                 .collect::<Vec<_>>(),
@@ -91,6 +107,7 @@ fn to_json(path: &std::path::Path, a: &Analysis, norm: &str) -> serde_json::Valu
             "nodes": a.epilogue.len(),
             "params": a.epilogue_params,
             "share": share(a.epilogue_params, total),
+            "outputs": a.graph.output.iter().map(|o| o.name()).collect::<Vec<_>>(),
         },
         "shared_params": a.shared_params,
     })
@@ -159,15 +176,22 @@ fn to_text(path: &std::path::Path, a: &Analysis, norm: &str) -> String {
         count(a.prologue_params),
         100.0 * share(a.prologue_params, total)
     );
+    let _ = writeln!(t, "    reads {}", prologue_inputs(a).join(", "));
     for (name, dims) in prologue_tables(a) {
         let _ = writeln!(t, "    table {name} {dims:?}");
     }
     let _ = writeln!(
         t,
-        "  epilogue: {} nodes, {} parameters ({:.2}%)",
+        "  epilogue: {} nodes, {} parameters ({:.2}%), outputs {}",
         a.epilogue.len(),
         count(a.epilogue_params),
-        100.0 * share(a.epilogue_params, total)
+        100.0 * share(a.epilogue_params, total),
+        a.graph
+            .output
+            .iter()
+            .map(|o| o.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if a.shared_params > 0 {
         let _ = writeln!(
