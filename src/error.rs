@@ -38,6 +38,9 @@ pub enum SkrrError {
     Runtime(String),
     #[error("{path}: {msg}")]
     Output { path: PathBuf, msg: String },
+    /// A fidelity check ran and failed its tolerances (the report was printed).
+    #[error("{0}")]
+    CheckFailed(String),
 }
 
 impl SkrrError {
@@ -48,6 +51,7 @@ impl SkrrError {
             SkrrError::Usage(_) => exit::USAGE,
             SkrrError::Runtime(_) => exit::RUNTIME,
             SkrrError::Output { .. } => exit::OUTPUT,
+            SkrrError::CheckFailed(_) => exit::FAILED_CHECK,
         }
     }
 }

@@ -518,7 +518,9 @@ fn input_type(v: &DynValue) -> Result<InputType> {
     }
 }
 
-fn projection_session(path: &std::path::Path) -> Result<(Session, String, TensorElementType)> {
+pub(crate) fn projection_session(
+    path: &std::path::Path,
+) -> Result<(Session, String, TensorElementType)> {
     let bad = |msg: String| -> anyhow::Error {
         SkrrError::BadInput(format!("{}: {msg}", path.display())).into()
     };

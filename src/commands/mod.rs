@@ -4,6 +4,7 @@ use anyhow::Result;
 
 use crate::cli::{Command, Context};
 
+pub mod compare;
 pub mod convert;
 pub mod doctor;
 pub mod inspect;
@@ -11,6 +12,7 @@ pub mod score;
 
 pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
     match command {
+        Command::Compare(args) => compare::run(args, ctx),
         Command::Convert(args) => convert::run(args, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
         Command::Inspect(args) => inspect::run(args, ctx),

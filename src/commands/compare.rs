@@ -1,0 +1,163 @@
+//! `skrr-onnx compare DENSE PRUNED`: how faithful a pruned encoder is, measured by running both
+//! files with ONNX Runtime on held-out prompts (by default the half of the built-in prompt set
+//! that calibration never sees). Polygraphy conventions: every check printed with its limit, a
+//! final PASSED/FAILED line, exit status 1 on FAILED.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::calibrate::{inputs::model_vocab, CalibArgs, Part};
+use crate::cli::Context;
+use crate::error::SkrrError;
+use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
+use crate::model_io::read_model;
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The original (dense) model.
+    pub dense: PathBuf,
+    /// The pruned model to judge.
+    pub pruned: PathBuf,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    #[command(flatten)]
+    pub tolerances: ToleranceArgs,
+}
+
+/// Pass/fail limits of a fidelity check (shared with the end-to-end command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ToleranceArgs {
+    /// Lowest acceptable mean per-token cosine similarity between pruned and dense outputs.
+    #[arg(long, default_value_t = 0.9, value_name = "COS")]
+    pub min_cos: f64,
+    /// Largest acceptable factor between the null embedding's norms (either way).
+    #[arg(long, default_value_t = 2.0, value_name = "FACTOR")]
+    pub max_null_ratio: f64,
+    /// Largest acceptable D = D_c + D_null.
+    #[arg(long, value_name = "D")]
+    pub max_d: Option<f64>,
+    /// Element-wise absolute tolerance (an element fails if above both atol and rtol·|dense|).
+    #[arg(long, value_name = "TOL")]
+    pub atol: Option<f64>,
+    /// Element-wise relative tolerance.
+    #[arg(long, value_name = "TOL")]
+    pub rtol: Option<f64>,
+}
+
+impl ToleranceArgs {
+    pub fn tolerances(&self) -> Tolerances {
+        Tolerances {
+            min_cos: self.min_cos,
+            max_null_ratio: self.max_null_ratio,
+            max_d: self.max_d,
+            atol: self.atol,
+            rtol: self.rtol,
+        }
+    }
+}
+
+/// Measures `dense` vs `pruned` on the held-out prompts described by `calib`.
+pub fn held_out_fidelity(
+    dense: &std::path::Path,
+    pruned: &std::path::Path,
+    calib: &CalibArgs,
+    tol: &Tolerances,
+) -> Result<Fidelity> {
+    let vocab = model_vocab(
+        read_model(dense)?
+            .proto
+            .graph
+            .as_ref()
+            .unwrap_or(&Default::default()),
+    );
+    let set = calib.calib_set(dense, vocab, Part::HeldOut)?;
+    let opts = calib.engine_options()?;
+    let run = RunOptions {
+        include_padding: opts.include_padding,
+        chunk: opts.chunk,
+        projection: opts.projection,
+    };
+    fidelity::measure(dense, pruned, &set, &run, tol)
+}
+
+pub fn run(args: &CompareArgs, ctx: &Context) -> Result<()> {
+    let f = held_out_fidelity(
+        &args.dense,
+        &args.pruned,
+        &args.calib,
+        &args.tolerances.tolerances(),
+    )?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+    } else {
+        print!("{}", render(&f));
+    }
+    verdict(&f)
+}
+
+/// `Ok` when every check passed, else the typed error (exit status 1) naming the failed checks.
+pub fn verdict(f: &Fidelity) -> Result<()> {
+    if f.passed {
+        return Ok(());
+    }
+    let failed: Vec<String> = f
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} {:.6} (limit {})", c.name, c.value, c.limit))
+        .collect();
+    Err(SkrrError::CheckFailed(format!("fidelity check FAILED: {}", failed.join(", "))).into())
+}
+
+/// The human-readable report, ending with the PASSED/FAILED line.
+pub fn render(f: &Fidelity) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mb = |b: u64| b as f64 / 1e6;
+    let _ = writeln!(
+        s,
+        "dense   {}: {} parameters, {:.2} MB",
+        f.dense.path.display(),
+        f.dense.params,
+        mb(f.dense.bytes)
+    );
+    let _ = writeln!(
+        s,
+        "pruned  {}: {} parameters ({:.1}% fewer), {:.2} MB ({:.1}% smaller)",
+        f.pruned.path.display(),
+        f.pruned.params,
+        100.0 * f.params_reduction,
+        mb(f.pruned.bytes),
+        100.0 * f.bytes_reduction
+    );
+    let _ = writeln!(s, "prompts {} ({} tokens)", f.prompts, f.tokens);
+    let _ = writeln!(
+        s,
+        "D       {:.6e} (D_c {:.6e}, D_null {})",
+        f.d,
+        f.d_c,
+        f.d_null.map_or("off".into(), |d| format!("{d:.6e}"))
+    );
+    let _ = writeln!(
+        s,
+        "error   mse {:.6e}, max abs {:.6e}, relative norm {:.6e}",
+        f.mse, f.max_abs_err, f.rel_err_norm
+    );
+    let _ = writeln!(s, "cosine  mean {:.6}, min {:.6}", f.cos_mean, f.cos_min);
+    if let Some(r) = f.null_norm_ratio {
+        let _ = writeln!(s, "null    norm ratio pruned/dense {r:.4}");
+    }
+    for c in &f.checks {
+        let _ = writeln!(
+            s,
+            "check   {:<18} {:<12.6} limit {:<10} {}",
+            c.name,
+            c.value,
+            c.limit,
+            if c.passed { "ok" } else { "FAILED" }
+        );
+    }
+    let _ = writeln!(s, "{}", if f.passed { "PASSED" } else { "FAILED" });
+    s
+}

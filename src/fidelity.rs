@@ -1,0 +1,376 @@
+//! Fidelity of a pruned model against its dense original, measured by running both *whole* files
+//! with ONNX Runtime on the same prompts (normally held-out ones): what `compare` prints and the
+//! end-to-end command records. Independent of the calibration engine on purpose, so it also
+//! judges the rewrite and any model a user pruned some other way.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorElementType;
+use serde::Serialize;
+
+use crate::calibrate::engine::projection_session;
+use crate::calibrate::tensors::{dense, feeds, project, Dense};
+use crate::calibrate::CalibSet;
+use crate::error::SkrrError;
+use crate::model_io::{element_count, read_model, Model};
+use crate::onnx::ValueInfoProto;
+
+/// Pass/fail limits, in the spirit of Polygraphy: every check is reported with its value and
+/// limit, and the verdict is PASSED only if all pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tolerances {
+    /// Lowest acceptable mean per-token cosine similarity.
+    pub min_cos: f64,
+    /// Largest acceptable factor between the null embedding's norms (pruned/dense or its
+    /// inverse); guidance breaks when the null embedding's norm explodes.
+    pub max_null_ratio: f64,
+    /// Largest acceptable D (D_c + D_null), if set.
+    pub max_d: Option<f64>,
+    /// Element-wise tolerances: an element fails only if it exceeds both `atol` and
+    /// `rtol × |dense|`; the check passes when no element fails. Off unless either is set.
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+}
+
+/// What running a model on the prompts needs besides the prompts.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Count padded positions (every sequence padded to the set's `max_length`).
+    pub include_padding: bool,
+    /// Prompts per ONNX Runtime batch.
+    pub chunk: usize,
+    /// Projection applied to both outputs before measuring.
+    pub projection: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSize {
+    pub path: PathBuf,
+    /// Initializer elements.
+    pub params: u64,
+    /// Model file plus its external data files.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub value: f64,
+    pub limit: f64,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fidelity {
+    pub dense: ModelSize,
+    pub pruned: ModelSize,
+    /// Fraction of the dense model's parameters the pruned one no longer has.
+    pub params_reduction: f64,
+    pub bytes_reduction: f64,
+    pub prompts: usize,
+    /// Positions measured (valid tokens of every prompt).
+    pub tokens: u64,
+    pub d_c: f64,
+    pub d_null: Option<f64>,
+    pub d: f64,
+    /// Mean squared error over measured positions and channels (= D_c).
+    pub mse: f64,
+    pub max_abs_err: f64,
+    /// ‖pruned − dense‖ / ‖dense‖ over the measured positions.
+    pub rel_err_norm: f64,
+    pub cos_mean: f64,
+    pub cos_min: f64,
+    /// ‖null embedding of pruned‖ / ‖null embedding of dense‖.
+    pub null_norm_ratio: Option<f64>,
+    pub elements_failed: Option<u64>,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+}
+
+/// Running sums over measured positions.
+#[derive(Default)]
+struct Sums {
+    tokens: u64,
+    sse: f64,
+    dense_sq: f64,
+    max_abs: f64,
+    cos_sum: f64,
+    cos_min: f64,
+    failed: u64,
+    channels: usize,
+}
+
+impl Sums {
+    fn new() -> Sums {
+        Sums {
+            cos_min: f64::INFINITY,
+            ..Sums::default()
+        }
+    }
+
+    /// Adds the first `counted[r]` positions of every row of `out` against `target`.
+    fn add(
+        &mut self,
+        out: &Dense,
+        target: &Dense,
+        counted: &[usize],
+        tol: &Tolerances,
+    ) -> Result<()> {
+        if out.shape != target.shape {
+            return Err(SkrrError::BadInput(format!(
+                "the pruned model's output has shape {:?}, the dense model's {:?}",
+                out.shape, target.shape
+            ))
+            .into());
+        }
+        let ch = out.channels();
+        self.channels = ch;
+        let elementwise = tol.atol.is_some() || tol.rtol.is_some();
+        let per_row = out.data.len() / counted.len().max(1);
+        for (r, &n) in counted.iter().enumerate() {
+            let n = n.min(per_row / ch.max(1));
+            for t in 0..n {
+                let at = r * per_row + t * ch;
+                let (x, y) = (&out.data[at..at + ch], &target.data[at..at + ch]);
+                let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+                for (&a, &b) in x.iter().zip(y) {
+                    let (a, b) = (f64::from(a), f64::from(b));
+                    let e = (a - b).abs();
+                    self.sse += e * e;
+                    self.max_abs = self.max_abs.max(e);
+                    if elementwise
+                        && e > tol.atol.unwrap_or(0.0)
+                        && e > tol.rtol.unwrap_or(0.0) * b.abs()
+                    {
+                        self.failed += 1;
+                    }
+                    xy += a * b;
+                    xx += a * a;
+                    yy += b * b;
+                }
+                self.dense_sq += yy;
+                let cos = if xx * yy > 0.0 {
+                    xy / (xx * yy).sqrt()
+                } else {
+                    1.0
+                };
+                self.cos_sum += cos;
+                self.cos_min = self.cos_min.min(cos);
+                self.tokens += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A whole model loaded for inference, with what is needed to feed it.
+struct Runner {
+    session: Session,
+    inputs: Vec<ValueInfoProto>,
+    size: ModelSize,
+}
+
+impl Runner {
+    fn load(path: &Path) -> Result<Runner> {
+        // Reading validates the file (and its external data) before ONNX Runtime sees it.
+        let model = read_model(path)?;
+        let size = model_size(&model)?;
+        let graph = model
+            .proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: the model has no graph", path.display()))?;
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name()).collect();
+        let inputs = graph
+            .input
+            .iter()
+            .filter(|v| !initializers.contains(v.name()))
+            .cloned()
+            .collect();
+        let session = crate::runtime::session_from_file(&model.path)?;
+        Ok(Runner {
+            session,
+            inputs,
+            size,
+        })
+    }
+
+    fn run(
+        &mut self,
+        rows: &[&[i64]],
+        len: usize,
+        pad_id: i64,
+        projection: &mut Option<(Session, String, TensorElementType)>,
+    ) -> Result<Dense> {
+        let values = feeds(&self.inputs, rows, len, pad_id)?;
+        let path = self.size.path.display().to_string();
+        let out = self
+            .session
+            .run(
+                values
+                    .into_iter()
+                    .map(|(n, v)| (n, SessionInputValue::from(v)))
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed on {path}: {e}")))?;
+        let (_, first) = out
+            .iter()
+            .next()
+            .ok_or_else(|| anyhow!("{path} produced no output"))?;
+        let out = dense(&first).with_context(|| format!("the first output of {path}"))?;
+        match projection {
+            Some((s, input, ty)) => project(s, input, *ty, &out),
+            None => Ok(out),
+        }
+    }
+}
+
+/// Parameters and on-disk bytes of a model (model file plus external data files).
+pub fn model_size(model: &Model) -> Result<ModelSize> {
+    let graph = model.proto.graph.as_ref();
+    let params = graph
+        .map(|g| g.initializer.iter().map(element_count).sum::<Result<u64>>())
+        .transpose()?
+        .unwrap_or(0);
+    let bytes = std::fs::metadata(&model.path)?.len()
+        + model
+            .weights
+            .external_files()
+            .iter()
+            .map(|f| f.len)
+            .sum::<u64>();
+    Ok(ModelSize {
+        path: model.path.clone(),
+        params,
+        bytes,
+    })
+}
+
+/// Runs `dense` and `pruned` on `calib` and measures how far apart they are.
+pub fn measure(
+    dense_path: &Path,
+    pruned_path: &Path,
+    calib: &CalibSet,
+    opts: &RunOptions,
+    tol: &Tolerances,
+) -> Result<Fidelity> {
+    if calib.prompts.is_empty() {
+        return Err(SkrrError::BadInput("no prompts to compare on".into()).into());
+    }
+    let mut a = Runner::load(dense_path)?;
+    let mut b = Runner::load(pruned_path)?;
+    let mut projection = opts
+        .projection
+        .as_deref()
+        .map(projection_session)
+        .transpose()?;
+    let chunk = opts.chunk.max(1);
+    let bar = crate::progress::bar(calib.prompts.len() as u64, "comparing", "prompts");
+    let mut sums = Sums::new();
+    for rows in calib.prompts.chunks(chunk) {
+        let rows: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let len = if opts.include_padding {
+            calib.max_length.max(longest)
+        } else {
+            longest
+        };
+        let counted: Vec<usize> = rows
+            .iter()
+            .map(|r| if opts.include_padding { len } else { r.len() })
+            .collect();
+        let target = a.run(&rows, len, calib.pad_id, &mut projection)?;
+        let out = b.run(&rows, len, calib.pad_id, &mut projection)?;
+        sums.add(&out, &target, &counted, tol)?;
+        bar.inc(rows.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    let (d_null, null_norm_ratio) = match &calib.null {
+        Some(ids) => {
+            let len = if opts.include_padding {
+                calib.max_length.max(ids.len())
+            } else {
+                ids.len()
+            };
+            let counted = [if opts.include_padding { len } else { ids.len() }];
+            let target = a.run(&[ids], len, calib.pad_id, &mut projection)?;
+            let out = b.run(&[ids], len, calib.pad_id, &mut projection)?;
+            let mut null = Sums::new();
+            let mut pruned_sq = Sums::new();
+            null.add(&out, &target, &counted, tol)?;
+            // ‖out‖² as the "dense" side of a comparison of `out` with itself.
+            pruned_sq.add(&out, &out, &counted, tol)?;
+            let d_null = null.sse / (null.tokens.max(1) as f64 * null.channels.max(1) as f64);
+            let ratio = (pruned_sq.dense_sq / null.dense_sq.max(f64::MIN_POSITIVE)).sqrt();
+            (Some(d_null), Some(ratio))
+        }
+        None => (None, None),
+    };
+
+    let d_c = sums.sse / (sums.tokens.max(1) as f64 * sums.channels.max(1) as f64);
+    let d = d_c + d_null.unwrap_or(0.0);
+    let cos_mean = sums.cos_sum / sums.tokens.max(1) as f64;
+
+    let mut checks = vec![Check {
+        name: "cos_mean",
+        value: cos_mean,
+        limit: tol.min_cos,
+        passed: cos_mean >= tol.min_cos,
+    }];
+    if let Some(r) = null_norm_ratio {
+        let factor = if r > 0.0 {
+            r.max(1.0 / r)
+        } else {
+            f64::INFINITY
+        };
+        checks.push(Check {
+            name: "null_norm_factor",
+            value: factor,
+            limit: tol.max_null_ratio,
+            passed: factor <= tol.max_null_ratio,
+        });
+    }
+    if let Some(max_d) = tol.max_d {
+        checks.push(Check {
+            name: "d",
+            value: d,
+            limit: max_d,
+            passed: d <= max_d,
+        });
+    }
+    let elements_failed = (tol.atol.is_some() || tol.rtol.is_some()).then_some(sums.failed);
+    if let Some(failed) = elements_failed {
+        checks.push(Check {
+            name: "elements_failed",
+            value: failed as f64,
+            limit: 0.0,
+            passed: failed == 0,
+        });
+    }
+    let passed = checks.iter().all(|c| c.passed);
+    let reduction = |x: u64, y: u64| 1.0 - y as f64 / (x.max(1) as f64);
+    Ok(Fidelity {
+        params_reduction: reduction(a.size.params, b.size.params),
+        bytes_reduction: reduction(a.size.bytes, b.size.bytes),
+        dense: a.size,
+        pruned: b.size,
+        prompts: calib.prompts.len(),
+        tokens: sums.tokens,
+        d_c,
+        d_null,
+        d,
+        mse: d_c,
+        max_abs_err: sums.max_abs,
+        rel_err_norm: (sums.sse / sums.dense_sq.max(f64::MIN_POSITIVE)).sqrt(),
+        cos_mean,
+        cos_min: sums.cos_min,
+        null_norm_ratio,
+        elements_failed,
+        checks,
+        passed,
+    })
+}
