@@ -42,7 +42,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fidelity of a pruned model vs its dense original on held-out prompts (PASSED/FAILED).
-    Compare(commands::compare::CompareArgs),
+    Compare(Box<commands::compare::CompareArgs>),
     /// Re-save a model: move weights into external data (--external-data) or inline (--inline).
     Convert(commands::convert::ConvertArgs),
     /// Show where ONNX Runtime was found, its version and execution providers.
