@@ -169,6 +169,8 @@ impl Sums {
 struct Runner {
     session: Session,
     inputs: Vec<ValueInfoProto>,
+    /// Name of the output measured (the first one, e.g. `last_hidden_state`).
+    output: String,
     size: ModelSize,
 }
 
@@ -190,10 +192,16 @@ impl Runner {
             .filter(|v| !initializers.contains(v.name()))
             .cloned()
             .collect();
+        let output = graph
+            .output
+            .first()
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| anyhow!("{}: the model has no output", path.display()))?;
         let session = crate::runtime::session_from_file(&model.path)?;
         Ok(Runner {
             session,
             inputs,
+            output,
             size,
         })
     }
@@ -226,6 +234,42 @@ impl Runner {
             None => Ok(out),
         }
     }
+}
+
+/// A pruned model must be a drop-in replacement: same input names and types, same first
+/// output. Anything else is a different model, not a less faithful one.
+fn same_interface(a: &Runner, b: &Runner) -> Result<()> {
+    let sig = |r: &Runner| -> Vec<(String, Option<crate::onnx::TypeProto>)> {
+        r.inputs
+            .iter()
+            .map(|v| (v.name().to_string(), v.r#type.clone()))
+            .collect()
+    };
+    let names = |r: &Runner| -> Vec<String> { sig(r).into_iter().map(|(n, _)| n).collect() };
+    let (sa, sb) = (sig(a), sig(b));
+    let elem = |t: &Option<crate::onnx::TypeProto>| match t.as_ref().and_then(|t| t.value.as_ref())
+    {
+        Some(crate::onnx::type_proto::Value::TensorType(t)) => t.elem_type,
+        _ => None,
+    };
+    let same_inputs = sa.len() == sb.len()
+        && sa
+            .iter()
+            .zip(&sb)
+            .all(|((na, ta), (nb, tb))| na == nb && elem(ta) == elem(tb));
+    if !same_inputs || a.output != b.output {
+        return Err(SkrrError::BadInput(format!(
+            "{} is not a drop-in replacement for {}: inputs {:?} → {:?}, first output {:?} → {:?}",
+            b.size.path.display(),
+            a.size.path.display(),
+            names(a),
+            names(b),
+            a.output,
+            b.output
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Parameters and on-disk bytes of a model (model file plus external data files).
@@ -262,6 +306,7 @@ pub fn measure(
     }
     let mut a = Runner::load(dense_path)?;
     let mut b = Runner::load(pruned_path)?;
+    same_interface(&a, &b)?;
     let mut projection = opts
         .projection
         .as_deref()

@@ -92,6 +92,7 @@ pub fn run(args: &CompareArgs, ctx: &Context) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
         print!("{}", render(&f));
+        println!("{}", if f.passed { "PASSED" } else { "FAILED" });
     }
     verdict(&f)
 }
@@ -110,7 +111,7 @@ pub fn verdict(f: &Fidelity) -> Result<()> {
     Err(SkrrError::CheckFailed(format!("fidelity check FAILED: {}", failed.join(", "))).into())
 }
 
-/// The human-readable report, ending with the PASSED/FAILED line.
+/// The human-readable report (the caller prints the verdict line).
 pub fn render(f: &Fidelity) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -158,6 +159,5 @@ pub fn render(f: &Fidelity) -> String {
             if c.passed { "ok" } else { "FAILED" }
         );
     }
-    let _ = writeln!(s, "{}", if f.passed { "PASSED" } else { "FAILED" });
     s
 }

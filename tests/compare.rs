@@ -1,0 +1,186 @@
+//! `skrr-onnx compare` against an independent oracle (tests/oracles/fidelity.py: whole models in
+//! Python ONNX Runtime, one prompt at a time, float64 sums), and its PASSED/FAILED contract.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixtures, python, skrr};
+
+/// Token ids within every fixture's vocabulary (583 for T5, 1000 otherwise).
+const PROMPTS: &[&[i64]] = &[
+    &[2, 17, 45, 99, 3],
+    &[2, 5, 6, 7, 8, 9, 10, 11, 12, 3],
+    &[2, 400, 3],
+    &[2, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 3],
+];
+const NULL: &[i64] = &[2, 3];
+
+fn write_job(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ids = dir.join("ids.jsonl");
+    let lines: Vec<String> = PROMPTS
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    std::fs::write(&ids, lines.join("\n") + "\n").unwrap();
+    let job = dir.join("job.json");
+    let j = serde_json::json!({"prompts": PROMPTS, "null": NULL});
+    std::fs::write(&job, j.to_string()).unwrap();
+    (ids, job)
+}
+
+fn oracle(dense: &Path, pruned: &Path, job: &Path) -> serde_json::Value {
+    let script = common::repo_root().join("tests/oracles/fidelity.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .arg(dense)
+        .arg(pruned)
+        .arg(job)
+        .output()
+        .expect("cannot run the Python oracle");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn compare_json(
+    dense: &Path,
+    pruned: &Path,
+    ids: &Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value) {
+    let mut args: Vec<String> = vec![
+        "compare".into(),
+        dense.display().to_string(),
+        pruned.display().to_string(),
+        "--json".into(),
+        "--calib".into(),
+        ids.display().to_string(),
+        "--null-ids".into(),
+        "2,3".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = skrr(&args);
+    let code = out.status.code().unwrap_or(-1);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "compare printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, json)
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()) + 1e-12
+}
+
+#[test]
+fn figures_match_an_independent_oracle_alone_and_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, job) = write_job(dir.path());
+    for (dense, pruned) in [("bert", "bert_fp16"), ("t5_gated", "t5_gated_fp16")] {
+        let dense = fixtures().join(dense).join("model.onnx");
+        let pruned = fixtures().join(pruned).join("model.onnx");
+        let want = oracle(&dense, &pruned, &job);
+        // One prompt per batch: the same runs as the oracle's, so figures agree tightly.
+        let (code, got) = compare_json(&dense, &pruned, &ids, &["--chunk", "1"]);
+        assert_eq!(code, 0, "{got}");
+        for key in [
+            "d_c",
+            "d_null",
+            "max_abs_err",
+            "rel_err_norm",
+            "cos_mean",
+            "cos_min",
+            "null_norm_ratio",
+        ] {
+            let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!(
+                close(g, w, 1e-6),
+                "{}: {key} = {g}, oracle {w}",
+                dense.display()
+            );
+        }
+        assert_eq!(got["tokens"], want["tokens"]);
+        // Padded batches must not change what is measured on valid tokens.
+        let (_, batched) = compare_json(&dense, &pruned, &ids, &["--chunk", "4"]);
+        for key in ["d_c", "cos_mean"] {
+            let (g, w) = (batched[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!(
+                close(g, w, 1e-3),
+                "{}: batched {key} = {g}, oracle {w}",
+                dense.display()
+            );
+        }
+        assert!(got["pruned"]["bytes"].as_u64() < got["dense"]["bytes"].as_u64());
+        assert_eq!(got["dense"]["params"], got["pruned"]["params"]);
+    }
+}
+
+#[test]
+fn identical_models_pass_and_tolerance_failures_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = write_job(dir.path());
+    let bert = fixtures().join("bert/model.onnx");
+    let (code, same) = compare_json(&bert, &bert, &ids, &["--atol", "0"]);
+    assert_eq!(code, 0);
+    assert_eq!(same["d"].as_f64(), Some(0.0));
+    assert_eq!(same["cos_min"].as_f64(), Some(1.0));
+    assert_eq!(same["passed"], true);
+
+    let fp16 = fixtures().join("bert_fp16/model.onnx");
+    let out = skrr([
+        "compare",
+        bert.to_str().unwrap(),
+        fp16.to_str().unwrap(),
+        "--calib",
+        ids.to_str().unwrap(),
+        "--no-null",
+        "--atol",
+        "1e-7",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "FAILED must exit 1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().last() == Some("FAILED"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("elements_failed"), "{stderr}");
+}
+
+#[test]
+fn a_model_with_another_interface_is_an_error_not_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = write_job(dir.path());
+    let bert = fixtures().join("bert/model.onnx");
+    let renamed = dir.path().join("renamed.onnx");
+    common::run_python(
+        "import onnx, sys\n\
+         m = onnx.load(sys.argv[1])\n\
+         old = m.graph.output[0].name\n\
+         m.graph.output[0].name = 'embeddings'\n\
+         for n in m.graph.node:\n\
+         \x20   n.output[:] = ['embeddings' if o == old else o for o in n.output]\n\
+         onnx.save(m, sys.argv[2])\n",
+        &[bert.to_str().unwrap(), renamed.to_str().unwrap()],
+    );
+    let out = skrr([
+        "compare",
+        bert.to_str().unwrap(),
+        renamed.to_str().unwrap(),
+        "--calib",
+        ids.to_str().unwrap(),
+        "--no-null",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a bad input, not a tolerance failure: {stderr}"
+    );
+    assert!(stderr.contains("not a drop-in replacement"), "{stderr}");
+    assert!(stderr.contains("embeddings"), "{stderr}");
+}
