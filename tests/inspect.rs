@@ -640,3 +640,20 @@ fn control_flow_inside_a_layer_is_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_fused_standard_attention_op_is_an_attention_sub_block() {
+    let mut m = toy_encoder(2, false);
+    let g = m.graph.as_mut().unwrap();
+    for l in 0..2 {
+        let p = |s: &str| format!("l{l}_{s}");
+        g.node
+            .retain(|n| ![p("kt"), p("s"), p("a")].contains(&n.output[0]));
+        let c = g.node.iter().position(|n| n.output[0] == p("c")).unwrap();
+        g.node[c] = node("Attention", "", &[&p("q"), &p("k"), &p("v")], &[&p("c")]);
+    }
+    let a = analyze(&m).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(a.layers, 2);
+    assert_eq!(a.sub_blocks[2].kind, Kind::Attention);
+    check_partition(&a);
+}

@@ -325,7 +325,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
 fn ends_with_norm(g: &Graph, output: &str) -> bool {
     g.producer(output).is_some_and(|p| {
         let node = g.node(p);
-        node.op_type().contains("LayerNormalization")
+        matches!(node.op_type(), "LayerNormalization" | "RMSNormalization")
             || node.input.iter().any(|v| g.initializer(v).is_some())
     })
 }

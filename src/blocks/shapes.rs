@@ -223,7 +223,8 @@ impl Shapes {
             | "Tanh" | "Sigmoid" | "Erf" | "Exp" | "Log" | "Abs" | "Softmax" | "LogSoftmax"
             | "Dropout" | "Clip" | "IsInf" | "IsNaN" | "Not" | "Sign" | "Floor" | "Ceil"
             | "Round" | "HardSigmoid" | "LeakyRelu" | "Elu" | "Softplus" | "Sin" | "Cos"
-            | "LayerNormalization" | "Trilu" | "CumSum" | "Mish" | "HardSwish" => {
+            | "LayerNormalization" | "RMSNormalization" | "Trilu" | "CumSum" | "Mish"
+            | "HardSwish" => {
                 let mut i = same(0);
                 if !matches!(
                     node.op_type(),

@@ -104,7 +104,8 @@ pub fn kind(g: &Graph, nodes: &[usize]) -> Kind {
     let inside: std::collections::HashSet<usize> = nodes.iter().copied().collect();
     let attention = nodes.iter().any(|&n| {
         let node = g.node(n);
-        node.op_type() == "Softmax"
+        // `Attention` is the fused standard op of opset 23.
+        matches!(node.op_type(), "Softmax" | "Attention")
             || (matches!(node.op_type(), "MatMul" | "Einsum")
                 && node
                     .input
