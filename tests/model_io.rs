@@ -111,12 +111,23 @@ fn rich_model_round_trips_inline_external_and_back() {
     let (kept, inline) = (d.join("kept.onnx"), d.join("inline.onnx"));
     convert(&ext, &kept, &[]);
     convert(&ext, &inline, &["--inline"]);
+    // onnx's other layout, one external file per tensor, gathered into one data file.
+    let multi = d.join("multi/rich.onnx");
+    assert!(
+        d.join("multi/W").is_file(),
+        "the oracle did not write per-tensor files"
+    );
+    let (gathered, multi_inline) = (d.join("gathered.onnx"), d.join("multi_inline.onnx"));
+    convert(&multi, &gathered, &[]);
+    convert(&multi, &multi_inline, &["--inline"]);
     assert_round_trips(&[
         (&orig, &same, None),
         (&orig, &ext, Some("ext.onnx.data")),
         (&orig, &named, Some("weights.bin")),
         (&orig, &kept, Some("kept.onnx.data")),
         (&orig, &inline, None),
+        (&orig, &gathered, Some("gathered.onnx.data")),
+        (&orig, &multi_inline, None),
     ]);
 }
 

@@ -17,6 +17,7 @@ mod visit;
 pub mod write;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -50,6 +51,8 @@ pub struct WeightStore {
     /// slices live in the file and copy them file-to-file instead of through memory.
     model: Option<(FileId, Bytes)>,
     files: Vec<ExternalFile>,
+    /// `files` by location, for models that keep one file per tensor.
+    index: HashMap<String, usize>,
 }
 
 /// Where a tensor's bytes can be streamed from.
@@ -160,7 +163,7 @@ impl WeightStore {
     /// The validated file, offset and length of an external tensor.
     fn external_range(&self, t: &TensorProto) -> Result<(&ExternalFile, u64, u64)> {
         let refs = external::ExternalRef::parse(t)?;
-        let Some(file) = self.files.iter().find(|f| f.location == refs.location) else {
+        let Some(file) = self.index.get(refs.location).map(|&i| &self.files[i]) else {
             bail!(
                 "tensor '{}': external data location '{}' is not one of the files of the model \
                  this weight store was read from",

@@ -64,6 +64,7 @@ pub fn read_model(path: &Path) -> Result<Model> {
         weights: WeightStore {
             model: Some((id, whole)),
             files,
+            index,
         },
         path,
     })

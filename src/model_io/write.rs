@@ -1,7 +1,6 @@
 //! Writing a model: relocate tensors (inline or into one external data file), stream their
 //! bytes file-to-file, encode the protobuf straight to disk, and rename into place.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -351,19 +350,20 @@ impl<'a> DataSink<'a> {
     }
 }
 
-/// Source files, opened once each (and only if still the files the model was read from).
+/// The source file last copied from, kept open for the next tensor (tensors usually come
+/// from one data file in order; a model with one file per tensor opens each once, without
+/// holding thousands of descriptors).
 #[derive(Default)]
-struct Sources(HashMap<PathBuf, File>);
+struct Sources(Option<(PathBuf, File)>);
 
 impl Sources {
     /// Copies `len` bytes at `offset` of `from` to the end of `out`; returns the bytes copied.
+    /// Files are reopened only if still the files the model was read from.
     fn copy(&mut self, from: &FileId, offset: u64, len: u64, mut out: &File) -> Result<u64> {
-        let path = from.path.as_path();
-        let src = match self.0.get(path) {
-            Some(f) => f,
-            None => self.0.entry(path.to_path_buf()).or_insert(from.open()?),
+        let mut src = match &self.0 {
+            Some((path, file)) if *path == from.path => file,
+            _ => &self.0.insert((from.path.clone(), from.open()?)).1,
         };
-        let mut src = src;
         src.seek(SeekFrom::Start(offset))?;
         // File to file: the standard library uses copy_file_range, so the bytes never pass
         // through this process's memory.

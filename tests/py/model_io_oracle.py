@@ -1,7 +1,9 @@
 """Oracle for tests/model_io.rs (Python `onnx` + ONNX Runtime, independent of skrr-onnx).
 
   make DIR            write DIR/rich.onnx: a small model using every storage form and every
-                      piece of model information a round trip must keep
+                      piece of model information a round trip must keep; and the same model
+                      with one external data file per tensor (onnx's other layout) in
+                      DIR/multi/rich.onnx
   edit MODEL TENSOR KEY=VALUE...
                       change a tensor in place for negative tests: dims=2,3 or an external
                       data entry (location=..., offset=..., length=...); the file is rewritten
@@ -85,8 +87,10 @@ def make(out_dir):
         functions=[gelu])
     helper.set_model_props(model, {"author": "tests", "purpose": "round trip"})
     onnx.checker.check_model(model, full_check=True)
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "multi"), exist_ok=True)
     onnx.save(model, os.path.join(out_dir, "rich.onnx"))
+    onnx.save(model, os.path.join(out_dir, "multi", "rich.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=False, size_threshold=1024)
 
 
 def all_tensors(model, with_role=False):
