@@ -249,3 +249,129 @@ fn constant(name: &str, v: &[i64]) -> NodeProto {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::tensor_shape_proto::{dimension::Value, Dimension};
+    use crate::onnx::{type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn input(name: &str, dims: &[&str]) -> ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(match d.parse::<i64>() {
+                    Ok(v) => Value::DimValue(v),
+                    Err(_) => Value::DimParam(d.to_string()),
+                }),
+                denotation: None,
+            })
+            .collect();
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(1),
+                    shape: Some(TensorShapeProto { dim }),
+                })),
+                denotation: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `h0 -> MatMul -> Reshape [b, s, 2, 4] -> Transpose [b, 2, s, 4]`, with shape reads of
+    /// the transposed value and of a same-shaped value.
+    fn graph() -> GraphProto {
+        let mut perm = int_attr("perm", 0);
+        perm.i = None;
+        perm.ints = vec![0, 2, 1, 3];
+        perm.r#type = Some(crate::onnx::attribute_type::INTS);
+        let mut transpose = node("Transpose", &["r"], &["t"]);
+        transpose.attribute.push(perm);
+        GraphProto {
+            node: vec![
+                node("Identity", &["x"], &["h0"]),
+                node("MatMul", &["h0", "w"], &["q"]),
+                constant("target", &[0, 0, 2, 4]),
+                node("Reshape", &["q", "target"], &["r"]),
+                transpose,
+                node("Shape", &["t"], &["st"]),
+                node("Relu", &["h0"], &["n"]),
+                node("Shape", &["n"], &["sn"]),
+            ],
+            input: vec![input("x", &["b", "s", "8"])],
+            output: vec![
+                ValueInfoProto {
+                    name: Some("st".into()),
+                    ..Default::default()
+                },
+                ValueInfoProto {
+                    name: Some("sn".into()),
+                    ..Default::default()
+                },
+            ],
+            initializer: vec![TensorProto {
+                name: Some("w".into()),
+                dims: vec![8, 8],
+                data_type: Some(1),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shape_reads_become_selections_from_the_stream_shape() {
+        let out = hoist_shapes(&graph(), "h0").unwrap();
+        graph::check(&out).unwrap();
+        let by_output = |v: &str| out.node.iter().find(|n| n.output[0] == v).unwrap();
+        // Same shape as h0: a plain redirect.
+        let sn = by_output("sn");
+        assert_eq!(
+            (sn.op_type(), sn.input.as_slice()),
+            ("Shape", &["h0".to_string()][..])
+        );
+        // [b, 2, s, 4] = [b, s, 8, 2, 4] picked at [0, 3, 1, 4].
+        let st = by_output("st");
+        assert_eq!(st.op_type(), "Gather");
+        let cat = by_output(&st.input[0]);
+        assert_eq!(cat.op_type(), "Concat");
+        let shape = by_output(&cat.input[0]);
+        assert_eq!((shape.op_type(), shape.input[0].as_str()), ("Shape", "h0"));
+        let ints = |v: &str| {
+            let t = by_output(v)
+                .attr("value")
+                .and_then(|a| a.t.clone())
+                .unwrap();
+            let raw = t.raw_data.unwrap();
+            raw.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ints(&cat.input[1]), vec![2, 4]);
+        assert_eq!(ints(&st.input[1]), vec![0, 3, 1, 4]);
+        // The transpose only fed the shape read: dropped as dead.
+        assert!(out.node.iter().all(|n| n.output[0] != "t"));
+    }
+
+    #[test]
+    fn unprovable_shape_reads_stay() {
+        let mut g = graph();
+        // A reshape to a target computed at run time: [b, s, 2, 4] is no longer provable.
+        g.input.push(input("target_in", &["4"]));
+        g.node[3].input[1] = "target_in".into();
+        let out = hoist_shapes(&g, "h0").unwrap();
+        let st = out.node.iter().find(|n| n.output[0] == "st").unwrap();
+        assert_eq!((st.op_type(), st.input[0].as_str()), ("Shape", "t"));
+    }
+}

@@ -60,8 +60,12 @@ pub struct SubBlock {
 pub struct Analysis {
     /// The graph the indices refer to: the input graph, topologically sorted, with reads of a
     /// stream value's *shape* redirected to the first stream value (all stream values have the
-    /// same shape) so that stream-independent work can live in the prologue. Semantically equal
-    /// to the input graph; initializers are the input's (external ones stay references).
+    /// same shape) so that stream-independent work can live in the prologue. A shape read of
+    /// another stream-derived value whose dimensions are provably the stream's or constants
+    /// (T5 reads the key length from `Shape(key_states)`) becomes a selection from the first
+    /// stream value's shape (a few nodes named `skrr/...`), and nodes left without readers are
+    /// dropped. Semantically equal to the input graph (tests compare both in ONNX Runtime);
+    /// initializers are the input's (external ones stay references).
     pub graph: GraphProto,
     pub sub_blocks: Vec<SubBlock>,
     /// Nodes that run before/independently of the sub-blocks (embeddings, mask, position bias).
