@@ -657,3 +657,63 @@ fn the_fused_standard_attention_op_is_an_attention_sub_block() {
     assert_eq!(a.sub_blocks[2].kind, Kind::Attention);
     check_partition(&a);
 }
+
+/// A toy post-norm encoder (BERT-like `h' = norm(h + f(h))`) whose norms' affine weights are
+/// one merged initializer read through per-layer `Identity` copies, as the legacy exporter
+/// writes default-initialized models; the norm is decomposed as at opset < 17.
+fn toy_post_norm_encoder(layers: usize) -> ModelProto {
+    let mut nodes = vec![node("Gather", "", &["emb", "input_ids"], &["h0"])];
+    let mut inits = vec![
+        weight("emb", &[100, 8]),
+        weight("g", &[8]),
+        weight("b", &[8]),
+    ];
+    let mut h = "h0".to_string();
+    for l in 0..layers {
+        for (branch, mixes) in [("att", true), ("ffn", false)] {
+            let p = |s: &str| format!("l{l}{branch}_{s}");
+            inits.push(weight(&p("w1"), &[8, 8]));
+            inits.push(weight(&p("w2"), &[8, 8]));
+            let mut steps: Vec<(&str, Vec<String>, String)> =
+                vec![("MatMul", vec![h.clone(), p("w1")], p("x"))];
+            if mixes {
+                steps.push(("MatMul", vec![p("x"), p("x")], p("s")));
+                steps.push(("Softmax", vec![p("s")], p("a")));
+            } else {
+                steps.push(("Relu", vec![p("x")], p("a")));
+            }
+            steps.extend([
+                ("MatMul", vec![p("a"), p("w2")], p("o")),
+                ("Add", vec![p("o"), h.clone()], p("sum")),
+                ("ReduceMean", vec![p("sum")], p("mean")),
+                ("Sub", vec![p("sum"), p("mean")], p("c")),
+                ("Identity", vec!["g".into()], p("g")),
+                ("Identity", vec!["b".into()], p("b")),
+                ("Mul", vec![p("c"), p("g")], p("scaled")),
+                ("Add", vec![p("scaled"), p("b")], p("out")),
+            ]);
+            for (op, ins, out) in steps {
+                let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+                nodes.push(node(op, "", &ins, &[&out]));
+            }
+            h = p("out");
+        }
+    }
+    nodes.push(node("Identity", "", &[&h], &["last"]));
+    let mut m = model(nodes, inits);
+    let g = m.graph.as_mut().unwrap();
+    g.input = vec![vi("input_ids")];
+    g.output = vec![vi("last")];
+    m
+}
+
+#[test]
+fn a_post_norm_encoder_with_merged_norm_weights_is_post_norm() {
+    let a = analyze(&toy_post_norm_encoder(3)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(a.layers, 3);
+    assert_eq!(blocks::norm_position(&a).unwrap(), "post");
+    // The last feed-forward sub-block keeps its norm, as the others do.
+    assert_eq!(a.sub_blocks[5].output, "l2ffn_out");
+    assert_eq!(a.shared_params, 16, "the merged norm weights");
+    check_partition(&a);
+}

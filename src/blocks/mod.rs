@@ -330,8 +330,29 @@ fn ends_with_norm(g: &Graph, output: &str) -> bool {
     g.producer(output).is_some_and(|p| {
         let node = g.node(p);
         matches!(node.op_type(), "LayerNormalization" | "RMSNormalization")
-            || node.input.iter().any(|v| g.initializer(v).is_some())
+            || node.input.iter().any(|v| is_weight(g, v))
     })
+}
+
+/// An initializer, or a value computed from initializers only (the legacy exporter reads a
+/// merged all-zeros bias through an `Identity` copy).
+fn is_weight(g: &Graph, v: &str) -> bool {
+    let mut todo = vec![v];
+    let mut seen = 0;
+    while let Some(v) = todo.pop() {
+        seen += 1;
+        if seen > 16 {
+            return false;
+        }
+        match g.source(v) {
+            Some(graph::Source::Initializer) => {}
+            Some(graph::Source::Node { node, .. }) if !g.reads(node).is_empty() => {
+                todo.extend(g.reads(node).iter().copied())
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// `"post"` for post-norm encoders (BERT), `"pre"` otherwise.
