@@ -52,6 +52,8 @@ pub enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Discrepancy D (D_c + D_null) of a plan on calibration prompts.
     Score(commands::score::ScoreArgs),
+    /// Search a Skrr plan (or a baseline's) for a target sparsity and write the plan file.
+    Plan(Box<commands::plan::PlanArgs>),
 }
 
 /// What a subcommand gets besides its own arguments.

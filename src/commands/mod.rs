@@ -9,6 +9,7 @@ pub mod convert;
 pub mod doctor;
 pub mod inspect;
 pub mod score;
+pub mod plan;
 
 pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
     match command {
@@ -17,5 +18,6 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
         Command::Doctor(args) => doctor::run(args, ctx),
         Command::Inspect(args) => inspect::run(args, ctx),
         Command::Score(args) => score::run(args, ctx),
+        Command::Plan(args) => plan::run(args, ctx),
     }
 }

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::onnx::{ModelProto, TensorProto};
 
+pub(crate) use atomic::same_file;
 pub use atomic::write_file;
 pub use external::ExternalFile;
 use external::FileId;

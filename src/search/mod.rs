@@ -6,6 +6,7 @@
 //! unit tests). Like an equality-saturation runner it is a driver with limits: it stops for a
 //! reason ([`StopReason`]) and leaves a [`Report`] of every step behind, whatever happened.
 
+pub mod methods;
 pub mod plot;
 pub mod reuse;
 pub mod shortgpt;

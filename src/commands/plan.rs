@@ -1,0 +1,211 @@
+//! `skrr-onnx plan MODEL -o plan.json --sparsity S`: search a plan and write the plan file of
+//! the method doc; `--sweep 0.1,0.2,...` writes one plan per level from a single search, plus a
+//! table and a plot of D against sparsity.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::blocks::analyze_at;
+use crate::calibrate::{CalibArgs, Part};
+use crate::cli::Context;
+use crate::error::SkrrError;
+use crate::model_io::{read_model, same_file, write_file};
+use crate::plan::Action;
+use crate::search::methods::{run_method, Method};
+use crate::search::{check_targets, plot, Config, Limits};
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The dense model (.onnx).
+    pub model: PathBuf,
+    /// Where to write the plan (JSON). With --sweep, plans go to STEM-LEVEL.json beside it and
+    /// the plot to STEM-sweep.png.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
+    #[arg(long, required_unless_present = "sweep", conflicts_with = "sweep")]
+    pub sparsity: Option<f64>,
+    /// Several target sparsities, comma-separated: one search up to the highest, a plan per level.
+    #[arg(long, value_delimiter = ',', value_name = "S,S,...")]
+    pub sweep: Option<Vec<f64>>,
+    /// Beam width of the skip phase (1 = greedy).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub beam: u32,
+    /// Search method; the baselines' plans are re-scored with the full Skrr D for comparison.
+    #[arg(long, value_enum, default_value_t = Method::Skrr)]
+    pub method: Method,
+    /// Skip phase only (no re-use pass).
+    #[arg(long)]
+    pub no_reuse: bool,
+    /// Stop the skip phase after this many seconds (an error if no target was reached).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+}
+
+/// SHA-256 of the model file, read in pieces (models can be many GB).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `plan.json` + 0.25 → `plan-0.25.json`.
+fn sibling(output: &Path, suffix: &str, ext: &str) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plan".into());
+    output.with_file_name(format!("{stem}-{suffix}.{ext}"))
+}
+
+pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
+    let usage = |m: String| -> anyhow::Error { SkrrError::Usage(m).into() };
+    let targets: Vec<f64> = match (&args.sweep, args.sparsity) {
+        (Some(levels), _) => levels.clone(),
+        (None, Some(s)) => vec![s],
+        (None, None) => return Err(usage("give --sparsity S or --sweep S,S,...".into())),
+    };
+    let mut sorted = targets.clone();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(usage(format!("--sweep lists a level twice: {targets:?}")));
+    }
+    let outputs: Vec<PathBuf> = if args.sweep.is_some() {
+        targets
+            .iter()
+            .map(|t| sibling(&args.output, &t.to_string(), "json"))
+            .collect()
+    } else {
+        vec![args.output.clone()]
+    };
+    for o in &outputs {
+        if same_file(o, &args.model).unwrap_or(false) {
+            return Err(SkrrError::Output {
+                path: o.clone(),
+                msg: "refusing to write the plan over the input model".into(),
+            }
+            .into());
+        }
+    }
+    let beam = args.beam as usize;
+    if args.method != Method::Skrr && (beam != 3 || args.no_reuse) {
+        log::warn!(
+            "--beam and --no-reuse apply to --method skrr only ({} has its own definition)",
+            args.method.name()
+        );
+    }
+
+    let model = read_model(&args.model)?;
+    let analysis = analyze_at(&model.proto, &args.model)?;
+    check_targets(&analysis, &targets)?;
+    crate::runtime::init(&ctx.runtime)?;
+    let sha256 = file_sha256(&args.model)?;
+    let vocab = model
+        .proto
+        .graph
+        .as_ref()
+        .and_then(crate::calibrate::inputs::model_vocab);
+    let calib = args.calib.calib_set(&args.model, vocab, Part::Calibration)?;
+    let opts = args.calib.engine_options()?;
+    let cfg = Config {
+        beam,
+        targets: targets.clone(),
+        reuse: !args.no_reuse,
+        limits: Limits {
+            time: args.time_limit.map(Duration::from_secs_f64),
+            steps: None,
+        },
+    };
+    let run = run_method(&model, &analysis, calib, opts, args.method, &cfg)?;
+
+    for (level, path) in run.levels.iter().zip(&outputs) {
+        let plan = level.plan_file(&analysis, args.method.name(), run.beam, &sha256);
+        let mut text = serde_json::to_string_pretty(&plan)?;
+        text.push('\n');
+        write_file(path, text.as_bytes())?;
+    }
+    let plot = if args.sweep.is_some() {
+        let p = sibling(&args.output, "sweep", "png");
+        plot::write_png(&run.levels, args.method.name(), &p)?;
+        Some(p)
+    } else {
+        None
+    };
+
+    if ctx.json {
+        let plans: Vec<_> = run
+            .levels
+            .iter()
+            .zip(&outputs)
+            .map(|(l, p)| json!({ "path": p, "level": l }))
+            .collect();
+        let out = json!({
+            "model": args.model, "sha256": sha256, "method": run.method, "beam": run.beam,
+            "plans": plans, "plot": plot, "criterion": run.criterion, "search": run.search,
+            "block_influence": run.block_influence, "engine": run.engine,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({} sub-blocks, {} parameters)",
+        args.method.name(),
+        args.model.display(),
+        analysis.sub_blocks.len(),
+        analysis.total_params
+    );
+    println!(
+        "{:>8} {:>9} {:>12} {:>6} {:>6} {:>12} {:>12}  plan",
+        "target", "achieved", "removed", "skips", "reuses", "D skip", "D final"
+    );
+    for (l, p) in run.levels.iter().zip(&outputs) {
+        let reuses = l
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Reuse(_)))
+            .count();
+        println!(
+            "{:>8} {:>9.4} {:>12} {:>6} {:>6} {:>12.5e} {:>12.5e}  {}",
+            l.target,
+            l.sparsity,
+            l.params_removed,
+            l.skip_order.len() - reuses,
+            reuses,
+            l.d_skip,
+            l.d_final,
+            p.display()
+        );
+    }
+    if let Some(r) = &run.search {
+        println!(
+            "search: {} steps, {} candidates scored, {} abandoned early, {:.2} s ({})",
+            r.steps.len(),
+            r.candidates_scored,
+            r.candidates_abandoned,
+            r.seconds,
+            r.stop
+        );
+    }
+    if let Some(p) = plot {
+        println!("plot: {}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The three methods `plan --method` offers, on the calibration engine.
+//!
+//! Skrr is the search of this module with the full D (D_c + D_null, through the projection if
+//! given). The baselines choose their plan by their own criterion (FinerCut: beam 1, D_c only,
+//! no projection; ShortGPT: Block Influence of whole layers) and the chosen plans are then
+//! re-scored with the full Skrr D, so every method's plan file reports D on the same scale and
+//! the numbers compare directly. Baselines have no re-use phase (it is part of Skrr).
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::{search, shortgpt_orders, Config, Level, Report, Scorer};
+use crate::blocks::Analysis;
+use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats, Outcome};
+use crate::model_io::Model;
+use crate::plan::Action;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Beam search over skips with the full D, then the re-use pass.
+    Skrr,
+    /// Greedy (beam 1) skips by D_c alone, no null term, no projection.
+    Finercut,
+    /// Whole layers with the lowest Block Influence.
+    Shortgpt,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Skrr => "skrr",
+            Method::Finercut => "finercut",
+            Method::Shortgpt => "shortgpt",
+        }
+    }
+}
+
+impl Scorer for Engine {
+    fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Result<Option<f64>> {
+        Ok(match Engine::score(self, actions, bound)? {
+            Outcome::Scored(s) => Some(s.d()),
+            Outcome::Abandoned { .. } => None,
+        })
+    }
+}
+
+/// What a method produced.
+#[derive(Debug, Serialize)]
+pub struct MethodRun {
+    pub method: Method,
+    /// Beam width actually used (`None` for ShortGPT).
+    pub beam: Option<usize>,
+    /// One per target, in target order; D is the full Skrr D.
+    pub levels: Vec<Level>,
+    /// D of each level by the method's own criterion (equal to the full D for Skrr; FinerCut's
+    /// D_c without projection; ShortGPT has none).
+    pub criterion: Vec<Option<f64>>,
+    /// The search report (Skrr and FinerCut).
+    pub search: Option<Report>,
+    /// Block Influence per layer (ShortGPT).
+    pub block_influence: Option<Vec<f64>>,
+    /// Statistics of the engine that scored with the full D.
+    pub engine: EngineStats,
+}
+
+/// The calibration engine on `model` (weights read through the model's store).
+fn engine(
+    model: &Model,
+    analysis: &Analysis,
+    calib: CalibSet,
+    opts: EngineOptions,
+) -> Result<Engine> {
+    fn owned<'t>(
+        model: &Model,
+        t: &'t crate::onnx::TensorProto,
+    ) -> Result<std::borrow::Cow<'t, [u8]>> {
+        Ok(std::borrow::Cow::Owned(model.weights.bytes(t)?.into_owned()))
+    }
+    Engine::from_parts(&model.proto, &|t| owned(model, t), analysis, calib, opts)
+}
+
+/// Full D of `actions`, never abandoned.
+fn full_d(engine: &mut Engine, actions: &[Action]) -> Result<f64> {
+    match engine.score(actions, None)? {
+        Outcome::Scored(s) => Ok(s.d()),
+        Outcome::Abandoned { .. } => bail!("the engine abandoned a plan scored without a bound"),
+    }
+}
+
+/// Runs `method` for `cfg.targets` (the caller has checked them with `check_targets`).
+pub fn run_method(
+    model: &Model,
+    analysis: &Analysis,
+    calib: CalibSet,
+    opts: EngineOptions,
+    method: Method,
+    cfg: &Config,
+) -> Result<MethodRun> {
+    match method {
+        Method::Skrr => {
+            let mut engine = engine(model, analysis, calib, opts)?;
+            let (levels, report) = search(analysis, &mut engine, cfg)?;
+            Ok(MethodRun {
+                method,
+                beam: Some(cfg.beam),
+                criterion: levels.iter().map(|l| Some(l.d_final)).collect(),
+                levels,
+                search: Some(report),
+                block_influence: None,
+                engine: engine.stats(),
+            })
+        }
+        Method::Finercut => {
+            let fc_opts = EngineOptions {
+                null: false,
+                projection: None,
+                ..opts.clone()
+            };
+            let same = !opts.null && opts.projection.is_none();
+            let fc_cfg = Config {
+                beam: 1,
+                reuse: false,
+                ..cfg.clone()
+            };
+            let mut fc = engine(model, analysis, calib.clone(), fc_opts)?;
+            let (mut levels, report) = search(analysis, &mut fc, &fc_cfg)?;
+            let criterion = levels.iter().map(|l| Some(l.d_skip)).collect();
+            let mut full = if same {
+                fc
+            } else {
+                drop(fc);
+                engine(model, analysis, calib, opts)?
+            };
+            for l in &mut levels {
+                l.d_skip = full_d(&mut full, &l.actions)?;
+                l.d_final = l.d_skip;
+            }
+            Ok(MethodRun {
+                method,
+                beam: Some(1),
+                levels,
+                criterion,
+                search: Some(report),
+                block_influence: None,
+                engine: full.stats(),
+            })
+        }
+        Method::Shortgpt => {
+            let mut engine = engine(model, analysis, calib, opts)?;
+            let bi = engine.block_influence()?;
+            log::info!("Block Influence per layer: {bi:?}");
+            let orders = shortgpt_orders(analysis, &bi, &cfg.targets)?;
+            let mut levels = Vec::new();
+            for (t, order) in cfg.targets.iter().zip(orders) {
+                let actions = super::skip_actions(analysis.sub_blocks.len(), &order);
+                let d = full_d(&mut engine, &actions)?;
+                levels.push(Level::skipping(analysis, *t, order, d));
+            }
+            Ok(MethodRun {
+                method,
+                beam: None,
+                criterion: vec![None; levels.len()],
+                levels,
+                search: None,
+                block_influence: Some(bi),
+                engine: engine.stats(),
+            })
+        }
+    }
+}
