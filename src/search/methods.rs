@@ -64,22 +64,6 @@ pub struct MethodRun {
     pub engine: EngineStats,
 }
 
-/// The calibration engine on `model` (weights read through the model's store).
-fn engine(
-    model: &Model,
-    analysis: &Analysis,
-    calib: CalibSet,
-    opts: EngineOptions,
-) -> Result<Engine> {
-    fn owned<'t>(
-        model: &Model,
-        t: &'t crate::onnx::TensorProto,
-    ) -> Result<std::borrow::Cow<'t, [u8]>> {
-        Ok(std::borrow::Cow::Owned(model.weights.bytes(t)?.into_owned()))
-    }
-    Engine::from_parts(&model.proto, &|t| owned(model, t), analysis, calib, opts)
-}
-
 /// Full D of `actions`, never abandoned.
 fn full_d(engine: &mut Engine, actions: &[Action]) -> Result<f64> {
     match engine.score(actions, None)? {
@@ -99,7 +83,7 @@ pub fn run_method(
 ) -> Result<MethodRun> {
     match method {
         Method::Skrr => {
-            let mut engine = engine(model, analysis, calib, opts)?;
+            let mut engine = Engine::new(model, analysis, calib, opts)?;
             let (levels, report) = search(analysis, &mut engine, cfg)?;
             Ok(MethodRun {
                 method,
@@ -123,14 +107,14 @@ pub fn run_method(
                 reuse: false,
                 ..cfg.clone()
             };
-            let mut fc = engine(model, analysis, calib.clone(), fc_opts)?;
+            let mut fc = Engine::new(model, analysis, calib.clone(), fc_opts)?;
             let (mut levels, report) = search(analysis, &mut fc, &fc_cfg)?;
             let criterion = levels.iter().map(|l| Some(l.d_skip)).collect();
             let mut full = if same {
                 fc
             } else {
                 drop(fc);
-                engine(model, analysis, calib, opts)?
+                Engine::new(model, analysis, calib, opts)?
             };
             for l in &mut levels {
                 l.d_skip = full_d(&mut full, &l.actions)?;
@@ -147,7 +131,7 @@ pub fn run_method(
             })
         }
         Method::Shortgpt => {
-            let mut engine = engine(model, analysis, calib, opts)?;
+            let mut engine = Engine::new(model, analysis, calib, opts)?;
             let bi = engine.block_influence()?;
             log::info!("Block Influence per layer: {bi:?}");
             let orders = shortgpt_orders(analysis, &bi, &cfg.targets)?;
