@@ -226,7 +226,9 @@ fn prompts(count: usize, vocab: i64, seed: u64) -> Vec<Vec<i64>> {
     (0..count)
         .map(|_| {
             let len = 3 + (next() % 10) as usize;
-            (0..len).map(|_| 1 + (next() % (vocab as u64 - 1)) as i64).collect()
+            (0..len)
+                .map(|_| 1 + (next() % (vocab as u64 - 1)) as i64)
+                .collect()
         })
         .collect()
 }
@@ -318,14 +320,33 @@ fn check_fixture(name: &str, target: f64, beam: usize, tol: f64, same_plan: bool
     let skips = nv.skips(p.skip_order.as_ref().unwrap());
     let (d_skip, removed_skip) = nv.score(&skips);
     let (d_final, removed) = nv.score(&actions);
-    assert!(rel(d.skip, d_skip) <= tol, "{name}: D skip {} vs {d_skip}", d.skip);
-    assert!(rel(d.final_, d_final) <= tol, "{name}: D final {} vs {d_final}", d.final_);
-    assert_eq!(p.params_removed, Some(removed), "{name}: parameters removed");
-    assert_eq!(removed, removed_skip, "{name}: re-use must not change the count");
+    assert!(
+        rel(d.skip, d_skip) <= tol,
+        "{name}: D skip {} vs {d_skip}",
+        d.skip
+    );
+    assert!(
+        rel(d.final_, d_final) <= tol,
+        "{name}: D final {} vs {d_final}",
+        d.final_
+    );
+    assert_eq!(
+        p.params_removed,
+        Some(removed),
+        "{name}: parameters removed"
+    );
+    assert_eq!(
+        removed, removed_skip,
+        "{name}: re-use must not change the count"
+    );
     assert!(p.achieved_sparsity.unwrap() >= target);
     if same_plan {
         let r = reference_search(&mut nv, beam, target, true);
-        assert_eq!(p.skip_order.as_ref(), Some(&r.skip_order), "{name}: skip order");
+        assert_eq!(
+            p.skip_order.as_ref(),
+            Some(&r.skip_order),
+            "{name}: skip order"
+        );
         assert_eq!(actions, r.actions, "{name}: final plan");
         assert!(rel(d.skip, r.d_skip) <= tol && rel(d.final_, r.d_final) <= tol);
         assert_eq!(p.params_removed, Some(r.removed));
@@ -364,7 +385,12 @@ fn gemma_equals_reference() {
 
 #[test]
 fn dynamo_exports_equal_reference() {
-    for name in ["t5_gated_dynamo", "bert_dynamo", "clip_dynamo", "llama_dynamo"] {
+    for name in [
+        "t5_gated_dynamo",
+        "bert_dynamo",
+        "clip_dynamo",
+        "llama_dynamo",
+    ] {
         check_fixture(name, 0.25, 1, 1e-5, true);
     }
 }
@@ -443,7 +469,13 @@ fn baselines_produce_valid_plans_rescored_with_full_d() {
     let mut nv = Naive::new(&model, &calib_ids, Some(&[1]));
     for method in ["finercut", "shortgpt"] {
         let out = dir.path().join(format!("{method}.json"));
-        let p = plan(&model, &out, &calib, &[1], &["--sparsity", "0.3", "--method", method]);
+        let p = plan(
+            &model,
+            &out,
+            &calib,
+            &[1],
+            &["--sparsity", "0.3", "--method", method],
+        );
         assert_eq!(p.method.as_deref(), Some(method));
         let actions = actions_of(&p);
         assert!(!actions.iter().any(|a| matches!(a, Action::Reuse(_))));
@@ -555,6 +587,8 @@ fn bench_minilm_search() {
     };
     let (calib, calib_ids) = read("SKRR_BENCH_CALIB");
     let (_, held_ids) = read("SKRR_BENCH_HELDOUT");
+    // Prompts per engine batch, also the granularity of early abandoning.
+    let chunk = std::env::var("SKRR_BENCH_CHUNK").unwrap_or_else(|_| "16".into());
     let null = [101i64, 102];
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("skrr.json");
@@ -574,6 +608,8 @@ fn bench_minilm_search() {
         "0.2",
         "--beam",
         "3",
+        "--chunk",
+        chunk.as_str(),
         "--json",
     ]))
     .unwrap();
@@ -581,6 +617,10 @@ fn bench_minilm_search() {
     let c_plan = cpu_seconds(libc::RUSAGE_CHILDREN) - c;
     let p = PlanFile::read(&out).unwrap();
     let search = &json["search"];
+    println!(
+        "MiniLM, {} calibration prompts, chunk {chunk}",
+        calib_ids.len()
+    );
     println!(
         "plan: {t_plan:.2} s wall, {c_plan:.2} s CPU; {} candidates scored, {} abandoned early; \
          engine {}",
@@ -625,7 +665,14 @@ fn bench_minilm_search() {
                 &out,
                 &calib,
                 &null,
-                &["--sparsity", &target.to_string(), "--method", method, "--chunk", "16"],
+                &[
+                    "--sparsity",
+                    &target.to_string(),
+                    "--method",
+                    method,
+                    "--chunk",
+                    chunk.as_str(),
+                ],
             );
             let (dh, _) = held.score(&actions_of(&p));
             println!(

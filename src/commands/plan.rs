@@ -123,7 +123,9 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         .graph
         .as_ref()
         .and_then(crate::calibrate::inputs::model_vocab);
-    let calib = args.calib.calib_set(&args.model, vocab, Part::Calibration)?;
+    let calib = args
+        .calib
+        .calib_set(&args.model, vocab, Part::Calibration)?;
     let opts = args.calib.engine_options()?;
     let cfg = Config {
         beam,
