@@ -40,8 +40,6 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-// Parsed once per process: the size of the largest variant does not matter.
-#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Fidelity of a pruned model vs its dense original on held-out prompts (PASSED/FAILED).
     Compare(Box<commands::compare::CompareArgs>),

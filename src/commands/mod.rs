@@ -8,8 +8,8 @@ pub mod compare;
 pub mod convert;
 pub mod doctor;
 pub mod inspect;
-pub mod score;
 pub mod plan;
+pub mod score;
 
 pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
     match command {
