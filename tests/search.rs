@@ -570,8 +570,7 @@ fn minilm_plan_d_equals_reference_when_available() {
 
 /// docs/benchmarks.md, "Search": `plan --sparsity 0.2` on MiniLM (64 prompts, beam 3) against
 /// the reference search in the same run, and the held-out comparison of the three methods.
-/// `SKRR_MINILM=... SKRR_BENCH_CALIB=calib.jsonl SKRR_BENCH_HELDOUT=heldout.jsonl
-///  cargo test --release --test search -- --ignored --nocapture bench_`
+/// Run by `bash benches/search.sh`, which makes the model and the prompt files.
 #[test]
 #[ignore]
 fn bench_minilm_search() {

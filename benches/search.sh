@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/benchmarks.md, "Search": `plan --sparsity 0.2` on the real all-MiniLM-L6-v2 (64 prompts,
 # beam 3) against the reference search of tests/search.rs in the same run, and the held-out
-# comparison of Skrr, FinerCut and ShortGPT. Usage: scripts/bench_search.sh [WORK_DIR]
+# comparison of Skrr, FinerCut and ShortGPT. Usage: bash benches/search.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SKRR_PYTHON:-.venv/bin/python}
