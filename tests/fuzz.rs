@@ -331,6 +331,8 @@ enum GraphMut {
         to: Index,
     },
     ClearInputs(Index),
+    /// Remove one input of a node (operators then see fewer inputs than they require).
+    DropInput(Index, Index),
     ChangeOp(Index, &'static str),
     SetAttrInt(Index, i64),
     DropInitializer(Index),
@@ -382,6 +384,7 @@ fn graph_mut() -> impl Strategy<Value = GraphMut> {
             .prop_map(|(node, input, to, ghost)| GraphMut::Rewire { node, input, to, ghost }),
         1 => (any::<Index>(), any::<Index>()).prop_map(|(node, to)| GraphMut::RenameOutput { node, to }),
         1 => any::<Index>().prop_map(GraphMut::ClearInputs),
+        2 => (any::<Index>(), any::<Index>()).prop_map(|(n, i)| GraphMut::DropInput(n, i)),
         1 => (any::<Index>(), proptest::sample::select(OPS)).prop_map(|(i, op)| GraphMut::ChangeOp(i, op)),
         1 => (any::<Index>(), prop_oneof![Just(-1i64), Just(0), Just(1 << 40), any::<i64>()])
             .prop_map(|(i, v)| GraphMut::SetAttrInt(i, v)),
@@ -436,6 +439,13 @@ fn apply_graph(g: &mut GraphProto, m: &GraphMut) {
             }
         }
         GraphMut::ClearInputs(i) => g.node[i.index(n)].input.clear(),
+        GraphMut::DropInput(node, input) => {
+            let node = &mut g.node[node.index(n)];
+            if !node.input.is_empty() {
+                let k = input.index(node.input.len());
+                node.input.remove(k);
+            }
+        }
         GraphMut::ChangeOp(i, op) => g.node[i.index(n)].op_type = Some(op.to_string()),
         GraphMut::SetAttrInt(i, v) => {
             let node = &mut g.node[i.index(n)];
@@ -873,6 +883,19 @@ fn regression_constant_dims_past_i64() {
             .unwrap();
         let t = c.attribute[0].t.as_mut().unwrap();
         t.dims = vec![1 << 62, 8];
+    });
+    if let Err(e) = skrr_onnx::blocks::analyze(&m) {
+        assert_ne!(exit_code_of(&e), exit::INTERNAL, "{e:#}");
+    }
+}
+
+/// Finding 4 (reader, seed 1105; reachable from `inspect`): a `Where` node left with two
+/// inputs by a deleted protobuf field made shape inference index its missing third input.
+#[test]
+fn regression_where_with_two_inputs() {
+    let m = t5_with(|g| {
+        let w = g.node.iter_mut().find(|n| n.op_type() == "Where").unwrap();
+        w.input.truncate(2);
     });
     if let Err(e) = skrr_onnx::blocks::analyze(&m) {
         assert_ne!(exit_code_of(&e), exit::INTERNAL, "{e:#}");

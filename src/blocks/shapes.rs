@@ -465,7 +465,11 @@ impl Shapes {
             if es.iter().any(|e| e.len() != len && e.len() != 1) {
                 return None;
             }
-            let at = |k: usize, i: usize| es[k][if es[k].len() == 1 { 0 } else { i }].clone();
+            // An input may be missing (a hostile `Where` with two inputs): unknown, not a panic.
+            let at = |k: usize, i: usize| -> Dim {
+                let e = es.get(k)?;
+                e.get(if e.len() == 1 { 0 } else { i }).cloned().flatten()
+            };
             (0..len)
                 .map(|i| -> Option<Dim> {
                     let a = at(0, i);
