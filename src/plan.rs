@@ -137,6 +137,14 @@ impl PlanFile {
         }
     }
 
+    /// Reads the plan file at `path` and maps it onto `analysis`; every error names the file
+    /// (a plan that does not fit the model is a user's mix-up of files).
+    pub fn load_actions(path: &std::path::Path, analysis: &Analysis) -> Result<Actions> {
+        Self::read(path)?
+            .to_actions(analysis)
+            .with_context(|| path.display().to_string())
+    }
+
     /// Validates the plan against `analysis` and returns one action per sub-block position.
     /// Informative fields, when present, must agree with the model.
     pub fn to_actions(&self, analysis: &Analysis) -> Result<Actions> {

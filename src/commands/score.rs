@@ -28,7 +28,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
     runtime::init(&ctx.runtime)?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
-    let actions = PlanFile::read(&args.plan)?.to_actions(&analysis)?;
+    let actions = PlanFile::load_actions(&args.plan, &analysis)?;
     let vocab = inputs::model_vocab(&analysis.graph);
     let calib = args
         .calib

@@ -558,6 +558,88 @@ def output_cases(t5_path):
     )
 
 
+def plan_json(n, **extra):
+    """An all-keep plan for n sub-blocks (the minimal hand-written form)."""
+    plan = {"format": "skrr-plan/1", "sub_blocks": [{"index": i, "action": "keep"} for i in range(n)]}
+    plan.update(extra)
+    return json.dumps(plan).encode()
+
+
+def calib_cases(fixtures):
+    """Calibration inputs and plans that do not fit the model (exit 4), through `score`."""
+    bert = os.path.join(fixtures, "bert", "model.onnx")
+    valid = ["{root}/valid"]
+
+    def score(name, what, files, extra, needles, exit=BAD_INPUT):
+        d = case_dir(name)
+        for fname, data in files.items():
+            write(os.path.join(d, fname), data)
+        if "plan.json" not in files:
+            write(os.path.join(d, "plan.json"), plan_json(8))
+        args = ["score", "{root}/valid/t5.onnx", "--plan", "{case}/plan.json"]
+        case(name, what, args + extra, exit, needles, inputs=valid)
+
+    ids = "{case}/ids.jsonl"
+    score("calib_bad_json", "line 2 is cut off", {"ids.jsonl": b"[5, 6, 7]\n[5, 6,\n"},
+          ["--calib", ids], [ids + ":2", "invalid JSON"])
+    score("calib_empty_line", "an empty line between sequences",
+          {"ids.jsonl": b"[5, 6, 7]\n\n[8, 9]\n"}, ["--calib", ids], [ids + ":2", "empty line"])
+    score("calib_only_empty_lines", "a file of empty lines", {"ids.jsonl": b"\n\n\n"},
+          ["--calib", ids], [ids + ":1", "empty line"])
+    score("calib_empty_file", "an empty file", {"ids.jsonl": b""}, ["--calib", ids],
+          [ids, "no sequences"])
+    score("calib_out_of_vocab", "token id 999999 with a vocabulary of 583",
+          {"ids.jsonl": b"[5, 999999, 1]\n"}, ["--calib", ids], [ids + ":1", "999999", "vocabulary"])
+    score("calib_negative_id", "a negative token id", {"ids.jsonl": b"[5, -3, 1]\n"},
+          ["--calib", ids], [ids + ":1", "-3"])
+    score("calib_float_ids", "token ids as floats", {"ids.jsonl": b"[5.5, 6, 1]\n"},
+          ["--calib", ids], [ids + ":1", "not an integer"])
+    score("calib_string_ids", "input_ids as a string", {"ids.jsonl": b'{"input_ids": "5 6 1"}\n'},
+          ["--calib", ids], [ids + ":1", "input_ids"])
+    score("calib_missing", "a calibration file that does not exist", {}, ["--calib", ids], [ids])
+    score("prompts_empty", "a prompt file of blank lines", {"prompts.txt": b"\n  \n\n"},
+          ["--prompts", "{case}/prompts.txt"], ["{case}/prompts.txt", "no prompts"])
+    score("tokenizer_garbage", "a tokenizer.json that is not a tokenizer",
+          {"prompts.txt": b"a red fox\n", "tokenizer.json": b'{"not": "a tokenizer"}'},
+          ["--prompts", "{case}/prompts.txt", "--tokenizer", "{case}/tokenizer.json"],
+          ["{case}/tokenizer.json"])
+    score("null_ids_out_of_vocab", "--null-ids beyond the vocabulary",
+          {"ids.jsonl": b"[5, 6, 1]\n"}, ["--calib", ids, "--null-ids", "1,70000"],
+          ["--null-ids", "70000"])
+
+    # Plans.
+    score("plan_bad_json", "a plan file that is not JSON", {"plan.json": b"{\"sub_blocks\": [",
+          "ids.jsonl": b"[5, 6, 1]\n"}, ["--calib", ids], ["{case}/plan.json"])
+    score("plan_other_model", "the plan of the 5-layer BERT fixture on the 4-layer T5",
+          {"plan.json": plan_json(10, model={"sha256": hashlib.sha256(open(bert, "rb").read()).hexdigest(), "layers": 5}),
+           "ids.jsonl": b"[5, 6, 1]\n"}, ["--calib", ids], ["{case}/plan.json", "5 layers"])
+    bad_reuse = json.loads(plan_json(8))
+    bad_reuse["sub_blocks"][2] = {"index": 2, "action": "reuse", "source": 1}
+    score("plan_reuse_other_kind", "attention sub-block 2 re-uses feed-forward sub-block 1",
+          {"plan.json": json.dumps(bad_reuse).encode(), "ids.jsonl": b"[5, 6, 1]\n"},
+          ["--calib", ids], ["{case}/plan.json", "re-use"])
+
+    # compare: the pruned model must be readable and a drop-in replacement.
+    case_dir("compare_pruned_broken")
+    case("compare_pruned_broken", "compare against a truncated pruned model",
+         ["compare", "{root}/valid/t5.onnx", "{root}/truncated_protobuf/model.onnx", "--calib",
+          "{root}/valid/ids.jsonl"], BAD_MODEL,
+         ["{root}/truncated_protobuf/model.onnx", "not a valid ONNX model"],
+         inputs=valid + ["{root}/truncated_protobuf"])
+    case_dir("compare_not_drop_in")
+    case("compare_not_drop_in", "compare against a model with other inputs and outputs",
+         ["compare", "{root}/valid/t5.onnx", "{root}/no_repeated_blocks/model.onnx", "--calib",
+          "{root}/valid/ids.jsonl"], BAD_INPUT,
+         ["{root}/no_repeated_blocks/model.onnx", "drop-in"],
+         inputs=valid + ["{root}/no_repeated_blocks"])
+
+    # ONNX Runtime missing when a command needs it.
+    score("score_ort_missing", "score with ORT_DYLIB_PATH naming a missing file",
+          {"ids.jsonl": b"[5, 6, 1]\n"}, ["--calib", ids],
+          ["{case}/libonnxruntime.so", "pip install onnxruntime"], exit=RUNTIME)
+    CASES[-1]["env"] = {"ORT_DYLIB_PATH": "{case}/libonnxruntime.so"}
+
+
 def runtime_cases():
     """ONNX Runtime missing (exit 5): a broken ORT_DYLIB_PATH, and no Python at all."""
     d = case_dir("ort_dylib_missing")
@@ -608,12 +690,15 @@ def main():
 
     valid = case_dir("valid")
     shutil.copy(t5_path, os.path.join(valid, "t5.onnx"))
+    shutil.copy(os.path.join(args.fixtures, "t5_gated", "tokenizer.json"), valid)
+    write(os.path.join(valid, "ids.jsonl"), b"[5, 6, 1]\n[7, 8, 9, 1]\n")
 
     model_cases(t5_path)
     external_cases()
     graph_cases(t5_path)
     output_cases(t5_path)
     runtime_cases()
+    calib_cases(args.fixtures)
 
     names = [c["name"] for c in CASES]
     assert len(names) == len(set(names)), "duplicate case names"
