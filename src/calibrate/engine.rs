@@ -145,8 +145,10 @@ impl Engine {
                 .unwrap_or(0)
                 .max(calib.max_length)
         });
+        // Longest prompts first: the first chunks then hold the most tokens, so a partial D
+        // approaches the full one sooner and bad candidates are abandoned earlier.
         let mut order: Vec<usize> = (0..calib.prompts.len()).collect();
-        order.sort_by_key(|&i| calib.prompts[i].len());
+        order.sort_by_key(|&i| std::cmp::Reverse(calib.prompts[i].len()));
         let mut groups: Vec<(bool, Vec<usize>)> = Vec::new();
         if opts.null {
             if let Some(_null) = &calib.null {

@@ -265,6 +265,7 @@ impl Partition {
             .with_context(|| format!("cannot write {}", path.display()))?;
         let mut builder = builder
             .with_prepacking(false)
+            .and_then(|b| b.with_intra_op_spinning(false))
             .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
         for name in &part.shared {
             builder = builder
