@@ -201,6 +201,23 @@ fn all_keep_reproduces_the_full_model() {
         let keep = vec![Action::Keep; n];
         let d = scored(engine.score(&keep, None).unwrap());
         assert_eq!(d.d(), 0.0, "{}: dense D", f.name);
+        // Weights are held once: shared values never exceed the model's initializer bytes, and
+        // in fp32 models they are most of them (fp16 weights are inlined, see partition.rs).
+        let total: u64 = model
+            .proto
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .map(|t| model.weights.bytes(t).unwrap().len() as u64)
+            .sum();
+        let shared = engine.stats().shared_weight_bytes;
+        assert!(
+            shared <= total && (f.fp16 || 2 * shared > total),
+            "{}: {shared} shared bytes of {total}",
+            f.name
+        );
         let mut full = runtime::session_from_file(&f.model).unwrap();
         let mut worst = 0.0f64;
         for c in 0..engine.chunks() {
