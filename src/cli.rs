@@ -45,6 +45,8 @@ pub enum Command {
     Compare(Box<commands::compare::CompareArgs>),
     /// Re-save a model: move weights into external data (--external-data) or inline (--inline).
     Convert(commands::convert::ConvertArgs),
+    /// Apply a plan file to a model: write the pruned model (atomic, weights streamed).
+    Apply(commands::apply::ApplyArgs),
     /// Show where ONNX Runtime was found, its version and execution providers.
     Doctor(commands::doctor::DoctorArgs),
     /// Show the encoder's layers and attention / feed-forward sub-blocks with their parameter

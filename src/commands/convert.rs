@@ -8,7 +8,8 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::Context;
-use crate::model_io::{read_model, write_model, ExternalData, WriteOptions};
+use crate::commands::ExternalDataArgs;
+use crate::model_io::{read_model, write_model};
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -16,29 +17,13 @@ pub struct ConvertArgs {
     pub input: PathBuf,
     /// Where to write the model (written whole or not at all; never over the input).
     pub output: PathBuf,
-    /// Store every tensor of 1 KiB or more in one external data file beside OUTPUT, named NAME
-    /// (default: OUTPUT's file name + ".data"). Without this flag or --inline, external data is
-    /// kept when the input had it or the model exceeds the 2 GB protobuf limit.
-    #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "", conflicts_with = "inline")]
-    pub external_data: Option<String>,
-    /// Store every tensor inside the model file (fails above the 2 GB protobuf limit).
-    #[arg(long)]
-    pub inline: bool,
+    #[command(flatten)]
+    pub data: ExternalDataArgs,
 }
 
 pub fn run(args: &ConvertArgs, ctx: &Context) -> Result<()> {
     let model = read_model(&args.input)?;
-    let external = match (&args.external_data, args.inline) {
-        (Some(name), _) => ExternalData::Always {
-            file: Some(name.clone()).filter(|n| !n.is_empty()),
-        },
-        (None, true) => ExternalData::Never,
-        (None, false) => ExternalData::Auto,
-    };
-    let opts = WriteOptions {
-        external,
-        ..WriteOptions::default()
-    };
+    let opts = args.data.write_options();
     let report = write_model(&model.proto, &model.weights, &args.output, &opts)?;
     if ctx.json {
         println!(

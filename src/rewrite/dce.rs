@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use crate::onnx::GraphProto;
 
-use super::edit::reads;
+use crate::graph::implicit_inputs;
 
 /// Removes nodes no graph output depends on, then initializers, value_info entries and
 /// quantization annotations of values that no longer exist. `graph.node` must be topologically
@@ -23,7 +23,8 @@ pub fn dce(graph: &mut GraphProto) {
             .any(|o| !o.is_empty() && needed.contains(o))
         {
             live[i] = true;
-            needed.extend(reads(node).into_iter().map(str::to_string));
+            needed.extend(node.input.iter().filter(|v| !v.is_empty()).cloned());
+            needed.extend(implicit_inputs(node).into_iter().map(str::to_string));
         }
     }
     let mut keep = live.into_iter();

@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 
 use crate::blocks::Analysis;
+use crate::graph;
 use crate::onnx::{GraphProto, NodeProto, TensorProto};
 use crate::plan::Action;
 
@@ -90,7 +91,7 @@ pub fn plan_edits(
                     let node = graph.node.get(i).ok_or_else(|| {
                         anyhow!("sub-block {q} names node {i}, which does not exist")
                     })?;
-                    if has_subgraph(node) {
+                    if graph::has_subgraph(node) {
                         bail!(
                             "sub-block {q} contains node {:?} ({}) with a subgraph; re-using it is not supported",
                             node.name(),
@@ -158,14 +159,16 @@ pub fn plan_edits(
     Ok(edits)
 }
 
-/// Applies `edits` to `graph` and returns the edited graph, topologically sorted, with graph
+/// Applies `edits` to `graph` and returns the edited graph, topologically sorted (stable: the
+/// file's order wherever it is valid, clones where the sub-block they replace was), with graph
 /// outputs that a bypass took away re-created by an `Identity` (output names are the model's
 /// interface). Dead code is not removed here (see `dce`).
 pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
     let n = graph.node.len();
     let mut removed = vec![false; n];
     let mut bypass: HashMap<&str, &str> = HashMap::new();
-    // Clones go where the sub-block they replace started; the final sort fixes any other order.
+    // Clones go where the sub-block they replace started; the final sort fixes any other order
+    // (a re-use of a later sub-block reads nothing that is not already computed there).
     let mut inserted: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
     let mut copies: Vec<TensorProto> = Vec::new();
     let mut cloned_info = Vec::new();
@@ -292,8 +295,7 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
     }
     out.initializer.extend(copies);
     out.value_info.extend(cloned_info);
-    out.node = toposort(out.node)?;
-    Ok(out)
+    crate::graph::sorted(&out)
 }
 
 /// Redirects a node's inputs (and the outer-scope reads of its subgraphs) through `resolve`.
@@ -309,88 +311,6 @@ fn rename_inputs(node: &mut NodeProto, resolve: &dyn Fn(&str) -> Result<String>)
         }
     }
     Ok(())
-}
-
-pub(crate) fn has_subgraph(node: &NodeProto) -> bool {
-    node.attribute
-        .iter()
-        .any(|a| a.g.is_some() || !a.graphs.is_empty())
-}
-
-/// Values a node reads, including outer-scope values its subgraphs read (conservatively: every
-/// input named inside them).
-pub(crate) fn reads(node: &NodeProto) -> Vec<&str> {
-    let mut out: Vec<&str> = node
-        .input
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .collect();
-    for a in &node.attribute {
-        for g in a.g.iter().map(|g| &**g).chain(a.graphs.iter()) {
-            for sub in &g.node {
-                out.extend(reads(sub));
-            }
-        }
-    }
-    out
-}
-
-/// Stable topological sort (Kahn, earliest original position first), so that an edited graph
-/// stays in the order the ONNX format requires. A cycle is an error.
-fn toposort(nodes: Vec<NodeProto>) -> Result<Vec<NodeProto>> {
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        for o in node.output.iter().filter(|o| !o.is_empty()) {
-            if let Some(prev) = producer.insert(o.as_str(), i) {
-                bail!(
-                    "value {o:?} is produced twice (nodes {:?} and {:?})",
-                    nodes[prev].name(),
-                    node.name()
-                );
-            }
-        }
-    }
-    let mut indegree = vec![0usize; nodes.len()];
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    for (i, node) in nodes.iter().enumerate() {
-        let deps: HashSet<usize> = reads(node)
-            .into_iter()
-            .filter_map(|v| producer.get(v).copied())
-            .collect();
-        indegree[i] = deps.len();
-        for d in deps {
-            users[d].push(i);
-        }
-    }
-    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..nodes.len())
-        .filter(|&i| indegree[i] == 0)
-        .map(std::cmp::Reverse)
-        .collect();
-    let mut order = Vec::with_capacity(nodes.len());
-    while let Some(std::cmp::Reverse(i)) = ready.pop() {
-        order.push(i);
-        for &u in &users[i] {
-            indegree[u] -= 1;
-            if indegree[u] == 0 {
-                ready.push(std::cmp::Reverse(u));
-            }
-        }
-    }
-    if order.len() != nodes.len() {
-        let stuck = (0..nodes.len())
-            .find(|&i| indegree[i] > 0)
-            .map(|i| nodes[i].name().to_string());
-        bail!(
-            "the edited graph has a cycle (through node {:?})",
-            stuck.unwrap_or_default()
-        );
-    }
-    let mut slots: Vec<Option<NodeProto>> = nodes.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .map(|i| slots[i].take().context("node placed twice"))
-        .collect()
 }
 
 /// Every value and node name in use, so that new names never collide with any of them

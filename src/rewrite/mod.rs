@@ -15,9 +15,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::Analysis;
-use crate::onnx::{
-    tensor_proto::data_type, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
-};
+use crate::model_io::{element_count, stored_len};
+use crate::onnx::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::plan::{Action, PlanFile};
 
 pub use edit::{apply_edits, plan_edits, Edit};
@@ -68,6 +67,9 @@ pub struct RewriteReport {
     /// Elements of the input's initializers that the output no longer has.
     pub params_removed: u64,
     pub bytes_removed: u64,
+    /// The value carrying the residual stream after each position in the output graph (a
+    /// skipped position carries its input on), so callers can tap the pruned model's stream.
+    pub stream_values: Vec<String>,
     /// Elements and bytes added by `--reuse-weights copy` (0 when sharing).
     pub params_copied: u64,
     pub bytes_copied: u64,
@@ -105,8 +107,27 @@ pub fn rewrite_graph(
         .initializer
         .iter()
         .filter(|t| copied.contains(t.name()));
+    let bypass: HashMap<&str, &str> = edits
+        .iter()
+        .filter_map(|e| match e {
+            Edit::Bypass { from, to } => Some((from.as_str(), to.as_str())),
+            _ => None,
+        })
+        .collect();
+    let stream_values = analysis
+        .sub_blocks
+        .iter()
+        .map(|sb| {
+            let mut v = sb.output.as_str();
+            while let Some(next) = bypass.get(v) {
+                v = next;
+            }
+            v.to_string()
+        })
+        .collect();
     let report = RewriteReport {
         edits: edits.len(),
+        stream_values,
         skipped: (0..actions.len())
             .filter(|&p| actions[p] == Action::Skip)
             .collect(),
@@ -122,14 +143,21 @@ pub fn rewrite_graph(
         nodes_after: graph.node.len(),
         initializers_before: before.initializer.len(),
         initializers_after: graph.initializer.len(),
-        params_before: before.initializer.iter().map(elements).sum(),
-        params_after: graph.initializer.iter().map(elements).sum(),
-        params_removed: gone.clone().map(elements).sum(),
-        bytes_removed: gone.map(bytes).sum(),
-        params_copied: copies.clone().map(elements).sum(),
-        bytes_copied: copies.map(bytes).sum(),
+        params_before: sum(before.initializer.iter(), element_count)?,
+        params_after: sum(graph.initializer.iter(), element_count)?,
+        params_removed: sum(gone.clone(), element_count)?,
+        bytes_removed: sum(gone, stored_len)?,
+        params_copied: sum(copies.clone(), element_count)?,
+        bytes_copied: sum(copies, stored_len)?,
     };
     Ok((graph, report))
+}
+
+fn sum<'a>(
+    tensors: impl Iterator<Item = &'a TensorProto>,
+    measure: fn(&TensorProto) -> Result<u64>,
+) -> Result<u64> {
+    tensors.map(measure).sum()
 }
 
 /// The library entry point of `apply` and of the end-to-end command: the rewritten model,
@@ -142,7 +170,10 @@ pub fn apply_plan(
     actions: &[Action],
     opts: &RewriteOptions,
 ) -> Result<(ModelProto, RewriteReport)> {
-    let (graph, report) = rewrite_graph(analysis, actions, opts)?;
+    let (graph, mut report) = rewrite_graph(analysis, actions, opts)?;
+    // The analysis graph may hold a few more nodes than the file (hoisted shape reads); users
+    // compare with the file they gave.
+    report.nodes_before = model.graph.as_ref().map_or(0, |g| g.node.len());
     let plan = opts
         .plan_record
         .clone()
@@ -178,80 +209,40 @@ pub fn apply_plan(
     Ok((out, report))
 }
 
-/// Structural validity of a rewritten graph: nodes in topological order with every input
-/// produced before use (hence acyclic), every value produced once, node names unique, every
-/// graph output produced, no value_info for a value that does not exist.
+/// Structural validity of a rewritten graph: `graph::check` (values defined once, every read
+/// defined, graph outputs defined, acyclic), plus what a written ONNX file further needs: nodes
+/// in topological order, node names unique, no value_info for a value that no longer exists.
 pub fn check(graph: &GraphProto) -> Result<()> {
-    let mut produced: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
-    for t in &graph.initializer {
-        // An initializer may also be listed as a graph input (IR < 4 style): one value.
-        if !produced.insert(t.name()) && !graph.input.iter().any(|v| v.name() == t.name()) {
-            bail!("initializer {:?} is defined twice", t.name());
-        }
-    }
+    crate::graph::check(graph)?;
+    let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
+    defined.extend(graph.initializer.iter().map(|t| t.name()));
     let mut node_names: HashMap<&str, usize> = HashMap::new();
     for (i, node) in graph.node.iter().enumerate() {
-        for v in node.input.iter().filter(|v| !v.is_empty()) {
-            if !produced.contains(v.as_str()) {
-                bail!(
-                    "node {i} ({:?}, {}) reads {v:?}, which no earlier node, input or initializer produces",
-                    node.name(),
-                    node.op_type()
-                );
-            }
+        if let Some(v) = node
+            .input
+            .iter()
+            .find(|v| !v.is_empty() && !defined.contains(v.as_str()))
+        {
+            bail!(
+                "node {} reads {v:?} before it is computed (nodes out of order)",
+                crate::graph::describe(node, i)
+            );
         }
-        for o in node.output.iter().filter(|o| !o.is_empty()) {
-            if !produced.insert(o.as_str()) {
-                bail!(
-                    "value {o:?} is produced twice (again by node {:?})",
-                    node.name()
-                );
-            }
-        }
+        defined.extend(node.output.iter().map(String::as_str));
         if let Some(name) = node.name.as_deref().filter(|n| !n.is_empty()) {
             if let Some(prev) = node_names.insert(name, i) {
                 bail!("node name {name:?} is used by nodes {prev} and {i}");
             }
         }
     }
-    for o in &graph.output {
-        if !produced.contains(o.name()) {
-            bail!("graph output {:?} is not produced by anything", o.name());
-        }
-    }
-    for v in &graph.value_info {
-        if !produced.contains(v.name()) {
-            bail!("value_info names {:?}, which does not exist", v.name());
-        }
+    if let Some(v) = graph
+        .value_info
+        .iter()
+        .find(|v| !defined.contains(v.name()))
+    {
+        bail!("value_info names {:?}, which does not exist", v.name());
     }
     Ok(())
-}
-
-/// Elements of a tensor (its parameter count).
-pub fn elements(t: &TensorProto) -> u64 {
-    t.dims.iter().map(|&d| d.max(0) as u64).product()
-}
-
-/// Bytes a tensor's data takes in a file.
-pub fn bytes(t: &TensorProto) -> u64 {
-    if let Some(raw) = &t.raw_data {
-        return raw.len() as u64;
-    }
-    if t.is_external() {
-        if let Some(len) = t.external_data.iter().find(|e| e.key() == "length") {
-            if let Ok(n) = len.value().parse() {
-                return n;
-            }
-        }
-    }
-    let size = match t.data_type() {
-        data_type::DOUBLE | data_type::INT64 | data_type::UINT64 | data_type::COMPLEX64 => 8,
-        data_type::COMPLEX128 => 16,
-        data_type::FLOAT | data_type::INT32 | data_type::UINT32 => 4,
-        data_type::FLOAT16 | data_type::BFLOAT16 | data_type::INT16 | data_type::UINT16 => 2,
-        _ => 1,
-    };
-    elements(t) * size
 }
 
 #[cfg(test)]
