@@ -4,7 +4,7 @@ that matters to users"), each in a fresh process so that nothing is shared or ca
 usage: rewrite_memory.py MODEL [MODEL ...] [--batch 8] [--seq 64] [--repeat 3] [--json]
 
 For every model: load an InferenceSession (default options, what users get), run one batch,
-read ru_maxrss of the child. A baseline child (numpy + onnxruntime imported, no model) is
+read the child's peak RSS (VmHWM). A baseline child (numpy + onnxruntime imported, no model) is
 measured the same way; `model_mb` = peak − baseline is the memory the model itself costs, the
 number the target (pruned/dense ≤ 1 − sparsity + 0.05) is about. The minimum over --repeat runs
 is reported (RSS only ever adds noise upwards).
@@ -16,8 +16,11 @@ import os
 import subprocess
 import sys
 
+# Peak RSS is read from VmHWM (the high-water mark of the child's own address space), not
+# ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child would report the parent's
+# size whenever the parent had grown (e.g. after loading a model to count its bytes).
 CHILD = r"""
-import resource, sys
+import sys
 import numpy as np
 import onnxruntime as ort
 path, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -33,7 +36,7 @@ if path != "-":
         else:
             feed[i.name] = np.ones((batch, seq), dtype=np.int64)
     s.run(None, feed)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
