@@ -344,7 +344,7 @@ fn a_plain_mlp_is_refused_with_what_was_found() {
     assert_eq!(exit_code_of(&e), exit::BAD_MODEL);
     let msg = e.to_string();
     assert!(
-        msg.contains("found 3 stream values but 0 residual branches"),
+        msg.contains("found 4 stream values but 0 residual branches"),
         "{msg}"
     );
 }
@@ -481,7 +481,7 @@ fn inspect_refuses_a_plain_mlp_and_says_what_it_found() {
     common::assert_error_contract(
         &["inspect".as_ref(), path.as_os_str()],
         exit::BAD_MODEL,
-        "found 3 stream values but 0 residual branches",
+        "found 4 stream values but 0 residual branches",
         None,
         &[&path],
     );
@@ -715,5 +715,19 @@ fn a_post_norm_encoder_with_merged_norm_weights_is_post_norm() {
     // The last feed-forward sub-block keeps its norm, as the others do.
     assert_eq!(a.sub_blocks[5].output, "l2ffn_out");
     assert_eq!(a.shared_params, 16, "the merged norm weights");
+    check_partition(&a);
+}
+
+#[test]
+fn a_model_fed_embeddings_directly_starts_its_stream_at_the_input() {
+    let mut m = toy_encoder(3, true);
+    let g = m.graph.as_mut().unwrap();
+    g.node.retain(|n| n.op_type() != "Gather");
+    g.initializer.retain(|t| t.name() != "emb");
+    g.input = vec![vi("h0")];
+    g.output.retain(|o| o.name() != "h0");
+    let a = analyze(&m).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(a.layers, 3);
+    assert_eq!(a.sub_blocks[0].input, "h0");
     check_partition(&a);
 }

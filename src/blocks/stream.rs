@@ -12,7 +12,7 @@ use petgraph::algo::dominators::simple_fast;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::Reversed;
 
-use crate::graph::Graph;
+use crate::graph::{Graph, Source};
 
 /// What pass 1 finds: the sub-block boundaries on the stream.
 #[derive(Debug, Clone)]
@@ -38,10 +38,21 @@ fn is_matmul(op: &str) -> bool {
 pub struct NotFound(pub String);
 
 pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
+    // Vertices: the nodes, then a virtual sink, then one vertex per graph input (so that a
+    // model fed embeddings directly has its first stream value on the chain).
     let n = g.len();
     let sink = n;
-    let mut dag: DiGraph<(), ()> = DiGraph::with_capacity(n + 1, g.dag.edge_count() + 4);
-    for _ in 0..=n {
+    let inputs: Vec<&str> = g
+        .proto
+        .input
+        .iter()
+        .map(|i| i.name())
+        .filter(|&i| g.source(i) == Some(Source::Input))
+        .collect();
+    let input_vertex = |name: &str| inputs.iter().position(|&i| i == name).map(|j| n + 1 + j);
+    let vertices = n + 1 + inputs.len();
+    let mut dag: DiGraph<(), ()> = DiGraph::with_capacity(vertices, g.dag.edge_count() + 4);
+    for _ in 0..vertices {
         dag.add_node(());
     }
     let data_edge = |c: usize| !is_shape_read(g.node(c).op_type());
@@ -49,6 +60,13 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         let (p, c) = (e.source().index(), e.target().index());
         if data_edge(c) {
             dag.add_edge(NodeIndex::new(p), NodeIndex::new(c), ());
+        }
+    }
+    for (j, &i) in inputs.iter().enumerate() {
+        for &c in g.consumers(i) {
+            if data_edge(c) {
+                dag.add_edge(NodeIndex::new(n + 1 + j), NodeIndex::new(c), ());
+            }
         }
     }
     // The sink follows the final outputs only: an output that is also read further on (SDXL
@@ -81,7 +99,7 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         finals
     };
     for o in finals {
-        if let Some(p) = g.producer(o) {
+        if let Some(p) = g.producer(o).or_else(|| input_vertex(o)) {
             dag.add_edge(NodeIndex::new(p), NodeIndex::new(sink), ());
         }
     }
@@ -94,23 +112,23 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
 
     // Depth in the post-dominator tree; the nodes come in reverse topological order so a node's
     // immediate post-dominator (always later) is done first.
-    let mut depth: Vec<Option<usize>> = vec![None; n + 1];
+    let mut depth: Vec<Option<usize>> = vec![None; vertices];
     depth[sink] = Some(0);
-    for &i in order.iter().rev() {
+    for i in order.iter().rev().copied().chain(n + 1..vertices) {
         depth[i] = ipdom(i).and_then(|p| depth[p]).map(|d| d + 1);
     }
     // The stream starts at the token-embedding lookup: a Gather from a 2-D weight table with
     // indices computed from a graph input. (Depth in the post-dominator tree alone would pick a
     // node inside layer 0's attention, whose single-path chain down to the next stream value is
     // longer than the embedding's.) Models without one (fed embeddings directly) start at the
-    // deepest node reading a graph input.
+    // deepest graph input.
     let mut from_input = vec![false; n];
     for &i in &order {
         from_input[i] = data_edge(i)
             && (g
                 .reads(i)
                 .iter()
-                .any(|v| g.source(v) == Some(crate::graph::Source::Input))
+                .any(|v| g.source(v) == Some(Source::Input))
                 || g.predecessors(i).any(|p| from_input[p]));
     }
     let is_embedding = |i: usize| {
@@ -122,26 +140,20 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
                 .and_then(|t| g.initializer(t))
                 .is_some_and(|t| t.dims.len() == 2)
             && node.input.get(1).is_some_and(|ix| {
-                g.source(ix) == Some(crate::graph::Source::Input)
-                    || g.producer(ix).is_some_and(|p| from_input[p])
+                g.source(ix) == Some(Source::Input) || g.producer(ix).is_some_and(|p| from_input[p])
             })
-    };
-    let reads_input = |i: usize| {
-        data_edge(i)
-            && g.reads(i)
-                .iter()
-                .any(|v| g.source(v) == Some(crate::graph::Source::Input))
     };
     let deepest_of = |pick: &dyn Fn(usize) -> bool| {
         order
             .iter()
             .copied()
+            .chain(n + 1..vertices)
             .filter(|&i| depth[i].is_some() && pick(i))
             .max_by_key(|&i| (depth[i], std::cmp::Reverse(i)))
     };
-    let Some(deepest) = deepest_of(&is_embedding)
-        .or_else(|| deepest_of(&reads_input))
-        .or_else(|| deepest_of(&|_| true))
+    let Some(deepest) = deepest_of(&|i| i < n && is_embedding(i))
+        .or_else(|| deepest_of(&|i| i > n))
+        .or_else(|| deepest_of(&|i| i < n))
     else {
         return Err(NotFound("no node reaches the graph outputs".into()));
     };
@@ -152,7 +164,7 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         }
         chain.push(p);
     }
-    let mut pos = vec![None; n];
+    let mut pos = vec![None; vertices];
     for (k, &c) in chain.iter().enumerate() {
         pos[c] = Some(k);
     }
@@ -163,7 +175,12 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         if !data_edge(i) {
             continue;
         }
-        anc[i] = g.predecessors(i).filter_map(|p| anc[p].max(pos[p])).max();
+        let from_inputs = g.reads(i).iter().filter_map(|v| pos[input_vertex(v)?]);
+        anc[i] = g
+            .predecessors(i)
+            .filter_map(|p| anc[p].max(pos[p]))
+            .chain(from_inputs)
+            .max();
     }
     let segments = chain.len().saturating_sub(1);
     let mut seg_nodes: Vec<Vec<usize>> = vec![Vec::new(); segments];
@@ -175,6 +192,9 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         }
     }
     let value_of = |k: usize| -> Option<&str> {
+        if chain[k] > n {
+            return Some(inputs[chain[k] - n - 1]);
+        }
         let c = g.node(chain[k]);
         let readers: &[usize] = seg_nodes.get(k).map_or(&[], |s| s.as_slice());
         c.output
@@ -223,7 +243,7 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         values.push(value_of(k));
         if i + 1 == heavy.len() {
             let end = k + 1 + trailing[i];
-            values.push(if end < chain.len() {
+            values.push(if end < chain.len() && chain[end] < n {
                 g.node(chain[end])
                     .output
                     .iter()
