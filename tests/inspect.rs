@@ -504,8 +504,9 @@ fn inspect_of_a_big_external_data_model_is_quick_and_small() {
     let secs = start.elapsed().as_secs_f64();
     let j: Value = serde_json::from_str(&out).unwrap();
     assert!(j["layers"].as_u64().unwrap() > 0);
-    // Peak RSS of the largest finished child of this test process (kilobytes on Linux); run
-    // this test alone (it is opt-in) so that no Python oracle is counted.
+    // Peak RSS of the largest finished child of this test process (kilobytes on Linux). An
+    // upper bound: it may include what the forked test process held before exec. Run this test
+    // alone (it is opt-in) so that no Python oracle is counted.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     assert_eq!(
         unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
