@@ -14,7 +14,7 @@ use crate::blocks::analyze_at;
 use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
-use crate::model_io::{read_model, same_file, write_file};
+use crate::model_io::{check_output, read_model, same_file, write_file};
 use crate::plan::Action;
 use crate::search::methods::{run_method, Method};
 use crate::search::{check_targets, plot, Config, Limits};
@@ -97,6 +97,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         vec![args.output.clone()]
     };
     for o in &outputs {
+        check_output(o)?;
         if same_file(o, &args.model).unwrap_or(false) {
             return Err(SkrrError::Output {
                 path: o.clone(),

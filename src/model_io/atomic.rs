@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
+use crate::error::SkrrError;
 use crate::interrupt::{self, Writing};
 
 /// A file being written, not yet visible under its destination name. Dropping it (on any
@@ -128,17 +129,46 @@ pub(crate) fn commit(data: Option<Staged>, model: Staged) -> Result<()> {
 /// Writes a small file (a plan, a report) whole or not at all, with the same staging as models.
 pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    check_output(dest)?;
     // A bare file name has an empty parent, which is no folder to stage in.
     let dest = match dest.parent() {
         Some(p) if p.as_os_str().is_empty() => Path::new(".").join(dest),
         _ => dest.to_path_buf(),
     };
-    let staged = Staged::new(&dest)?;
-    staged
-        .file()
-        .write_all(bytes)
-        .with_context(|| format!("cannot write {}", dest.display()))?;
-    commit(None, staged)
+    let refuse = |e: anyhow::Error| -> anyhow::Error {
+        SkrrError::Output {
+            path: dest.clone(),
+            msg: format!("{e:#}"),
+        }
+        .into()
+    };
+    let staged = Staged::new(&dest).map_err(refuse)?;
+    staged.file().write_all(bytes).map_err(|e| refuse(e.into()))?;
+    commit(None, staged).map_err(refuse)
+}
+
+/// Refuses an output path whose folder does not exist or that names a folder, so that a
+/// command can check its outputs before long work instead of failing at the end.
+pub fn check_output(dest: &Path) -> Result<()> {
+    let refuse = |msg: String| -> anyhow::Error {
+        SkrrError::Output {
+            path: dest.to_path_buf(),
+            msg,
+        }
+        .into()
+    };
+    let dir = match dest.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return Err(refuse("not a file path".into())),
+    };
+    if !dir.is_dir() {
+        return Err(refuse(format!("the folder {} does not exist", dir.display())));
+    }
+    if dest.is_dir() {
+        return Err(refuse("is a folder".into()));
+    }
+    Ok(())
 }
 
 /// Whether two paths name the same file (same device and inode, so hard links and symlinks

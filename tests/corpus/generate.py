@@ -640,6 +640,28 @@ def calib_cases(fixtures):
     CASES[-1]["env"] = {"ORT_DYLIB_PATH": "{case}/libonnxruntime.so"}
 
 
+def plan_cases():
+    """Targets `plan` must refuse before searching (exit 2), and outputs it must not write."""
+    valid = ["{root}/valid"]
+
+    def plan(name, what, sparsity, needles, out="{out}/plan.json", exit=USAGE):
+        case_dir(name)
+        args = ["plan", "{root}/valid/t5.onnx", "-o", out, f"--sparsity={sparsity}"]
+        case(name, what, args, exit, needles, inputs=valid)
+
+    plan("sparsity_zero", "--sparsity 0", "0", ["sparsity", "0"])
+    plan("sparsity_one", "--sparsity 1", "1", ["sparsity", "1"])
+    plan("sparsity_negative", "--sparsity -0.5", "-0.5", ["sparsity", "-0.5"])
+    plan("sparsity_above_one", "--sparsity 1.5", "1.5", ["sparsity", "1.5"])
+    plan("sparsity_nan", "--sparsity NaN", "NaN", ["sparsity", "NaN"])
+    plan("sparsity_unreachable", "--sparsity 0.95: more than all sub-blocks hold", "0.95",
+         ["0.95", "unreachable"])
+    plan("plan_output_is_input", "plan written over the model", "0.2",
+         ["{root}/valid/t5.onnx", "input"], out="{root}/valid/t5.onnx", exit=OUTPUT)
+    plan("plan_output_folder_missing", "plan written into a folder that does not exist", "0.2",
+         ["{out}/missing"], out="{out}/missing/plan.json", exit=OUTPUT)
+
+
 def runtime_cases():
     """ONNX Runtime missing (exit 5): a broken ORT_DYLIB_PATH, and no Python at all."""
     d = case_dir("ort_dylib_missing")
@@ -699,6 +721,7 @@ def main():
     output_cases(t5_path)
     runtime_cases()
     calib_cases(args.fixtures)
+    plan_cases()
 
     names = [c["name"] for c in CASES]
     assert len(names) == len(set(names)), "duplicate case names"
