@@ -143,7 +143,10 @@ pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<()> {
         .into()
     };
     let staged = Staged::new(&dest).map_err(refuse)?;
-    staged.file().write_all(bytes).map_err(|e| refuse(e.into()))?;
+    staged
+        .file()
+        .write_all(bytes)
+        .map_err(|e| refuse(e.into()))?;
     commit(None, staged).map_err(refuse)
 }
 
@@ -163,7 +166,10 @@ pub fn check_output(dest: &Path) -> Result<()> {
         None => return Err(refuse("not a file path".into())),
     };
     if !dir.is_dir() {
-        return Err(refuse(format!("the folder {} does not exist", dir.display())));
+        return Err(refuse(format!(
+            "the folder {} does not exist",
+            dir.display()
+        )));
     }
     if dest.is_dir() {
         return Err(refuse("is a folder".into()));
