@@ -1,4 +1,5 @@
-//! The command line: global flags and the list of subcommands.
+//! The command line: global flags, the main job (`skrr-onnx IN OUT --sparsity S`, run when no
+//! subcommand is given) and the list of subcommands.
 //!
 //! Adding a subcommand `foo`: write `src/commands/foo.rs` with `pub struct FooArgs` (clap
 //! `Args`) and `pub fn run(args: &FooArgs, ctx: &Context) -> anyhow::Result<()>`, then add one
@@ -13,13 +14,23 @@ use crate::runtime::{Provider, RuntimeConfig};
 #[command(
     name = "skrr-onnx",
     version,
-    about = "Skip and Re-use (Skrr) compiler for ONNX text encoders"
+    about = "Skip and Re-use (Skrr) compiler for ONNX text encoders",
+    long_about = "Skip and Re-use (Skrr) compiler for ONNX text encoders.\n\n\
+                  skrr-onnx IN OUT --sparsity S calibrates IN on prompts, searches which \
+                  sub-blocks to skip or re-use, writes the pruned model to OUT and compares it \
+                  with IN on held-out prompts. The subcommands run each step alone.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    subcommand_precedence_over_arg = true
 )]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// The main job, when no subcommand is given.
+    #[command(flatten)]
+    pub run: Box<crate::pipeline::RunArgs>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// Flags every subcommand accepts (before or after the subcommand name).

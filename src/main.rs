@@ -13,7 +13,11 @@ fn main() {
         .init();
     skrr_onnx::interrupt::install();
     let ctx = cli.global.context();
-    if let Err(err) = skrr_onnx::commands::dispatch(&cli.command, &ctx) {
+    let result = match &cli.command {
+        Some(command) => skrr_onnx::commands::dispatch(command, &ctx),
+        None => skrr_onnx::pipeline::run(&cli.run, &ctx),
+    };
+    if let Err(err) = result {
         // One line: the context chain joined with ": " (embedded newlines from ONNX Runtime
         // messages folded), so logs and scripts can grep it.
         let msg = format!("{err:#}").replace(['\n', '\r'], " ");

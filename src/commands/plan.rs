@@ -33,6 +33,15 @@ pub struct PlanArgs {
     /// Several target sparsities, comma-separated: one search up to the highest, a plan per level.
     #[arg(long, value_delimiter = ',', value_name = "S,S,...")]
     pub sweep: Option<Vec<f64>>,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+}
+
+/// How to search (shared by `plan` and the end-to-end command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SearchArgs {
     /// Beam width of the skip phase (1 = greedy).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub beam: u32,
@@ -45,8 +54,28 @@ pub struct PlanArgs {
     /// Stop the skip phase after this many seconds (an error if no target was reached).
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
-    #[command(flatten)]
-    pub calib: CalibArgs,
+}
+
+impl SearchArgs {
+    /// The search configuration for `targets`; warns about options the method ignores.
+    pub fn config(&self, targets: Vec<f64>) -> Config {
+        let beam = self.beam as usize;
+        if self.method != Method::Skrr && (beam != 3 || self.no_reuse) {
+            log::warn!(
+                "--beam and --no-reuse apply to --method skrr only ({} has its own definition)",
+                self.method.name()
+            );
+        }
+        Config {
+            beam,
+            targets,
+            reuse: !self.no_reuse,
+            limits: Limits {
+                time: self.time_limit.map(Duration::from_secs_f64),
+                steps: None,
+            },
+        }
+    }
 }
 
 /// SHA-256 of the model file, read in pieces (models can be many GB).
@@ -106,13 +135,6 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
             .into());
         }
     }
-    let beam = args.beam as usize;
-    if args.method != Method::Skrr && (beam != 3 || args.no_reuse) {
-        log::warn!(
-            "--beam and --no-reuse apply to --method skrr only ({} has its own definition)",
-            args.method.name()
-        );
-    }
 
     let model = read_model(&args.model)?;
     let analysis = analyze_at(&model.proto, &args.model)?;
@@ -128,26 +150,19 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         .calib
         .calib_set(&args.model, vocab, Part::Calibration)?;
     let opts = args.calib.engine_options()?;
-    let cfg = Config {
-        beam,
-        targets: targets.clone(),
-        reuse: !args.no_reuse,
-        limits: Limits {
-            time: args.time_limit.map(Duration::from_secs_f64),
-            steps: None,
-        },
-    };
-    let run = run_method(&model, &analysis, calib, opts, args.method, &cfg)?;
+    let cfg = args.search.config(targets.clone());
+    let method = args.search.method;
+    let run = run_method(&model, &analysis, calib, opts, method, &cfg)?;
 
     for (level, path) in run.levels.iter().zip(&outputs) {
-        let plan = level.plan_file(&analysis, args.method.name(), run.beam, &sha256);
+        let plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
         let mut text = serde_json::to_string_pretty(&plan)?;
         text.push('\n');
         write_file(path, text.as_bytes())?;
     }
     let plot = if args.sweep.is_some() {
         let p = sibling(&args.output, "sweep", "png");
-        plot::write_png(&run.levels, args.method.name(), &p)?;
+        plot::write_png(&run.levels, method.name(), &p)?;
         Some(p)
     } else {
         None
@@ -170,7 +185,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     }
     println!(
         "{} on {} ({} sub-blocks, {} parameters)",
-        args.method.name(),
+        method.name(),
         args.model.display(),
         analysis.sub_blocks.len(),
         analysis.total_params

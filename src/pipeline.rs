@@ -1,0 +1,334 @@
+//! The end-to-end job, `skrr-onnx IN OUT --sparsity S`: one short orchestrator running named
+//! phases in the order of the data flow (read → analyze → search → rewrite → write → compare),
+//! timing each, and a report that records everything (`--report report.json`).
+//!
+//! Everything that can be refused is refused before the search, which is the long phase: an
+//! output over the input, a missing output folder, an unreachable sparsity.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::blocks::analyze_at;
+use crate::calibrate::{inputs::model_vocab, CalibArgs, Part};
+use crate::cli::Context;
+use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs};
+use crate::commands::plan::{file_sha256, SearchArgs};
+use crate::error::SkrrError;
+use crate::fidelity::Fidelity;
+use crate::model_io::{read_model, same_file, write_file, write_model, WriteOptions, WriteReport};
+use crate::plan::PlanFile;
+use crate::rewrite::{apply_plan, ReuseWeights, RewriteOptions, RewriteReport};
+use crate::search::check_targets;
+use crate::search::methods::run_method;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The dense text encoder (.onnx; external data beside it is followed).
+    #[arg(required = true)]
+    pub input: Option<PathBuf>,
+    /// Where to write the pruned model (written whole or not at all; never over the input).
+    #[arg(required = true)]
+    pub output: Option<PathBuf>,
+    /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
+    #[arg(long, required = true)]
+    pub sparsity: Option<f64>,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// Also write the plan file here.
+    #[arg(long, value_name = "FILE")]
+    pub plan_out: Option<PathBuf>,
+    /// Share re-used weights (default) or copy them for engines that cannot share.
+    #[arg(long, value_enum, default_value_t = ReuseWeights::Share)]
+    pub reuse_weights: ReuseWeights,
+    /// Write a JSON report of the whole run (plan, timings, sizes, fidelity) here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Skip the held-out fidelity comparison.
+    #[arg(long)]
+    pub no_compare: bool,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    #[command(flatten)]
+    pub tolerances: ToleranceArgs,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    pub seconds: f64,
+}
+
+/// Everything the run did, as `--report` writes it and `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub family: Option<String>,
+    pub layers: usize,
+    pub sub_blocks: usize,
+    pub params_total: u64,
+    pub plan: PlanFile,
+    pub search: serde_json::Value,
+    pub rewrite: RewriteReport,
+    pub written: WriteReport,
+    pub fidelity: Option<Fidelity>,
+    pub phases: Vec<Phase>,
+    pub seconds: f64,
+    pub verdict: String,
+}
+
+/// Times phases as they run.
+struct Clock {
+    start: Instant,
+    phases: Vec<Phase>,
+}
+
+impl Clock {
+    fn phase<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        log::info!("phase {name}");
+        let t = Instant::now();
+        let out = f()?;
+        self.phases.push(Phase {
+            name,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        Ok(out)
+    }
+}
+
+/// Refuses an output that would overwrite the input or land in a missing folder, before any
+/// work is done.
+fn check_output(input: &Path, output: &Path) -> Result<()> {
+    let refuse = |msg: &str| -> anyhow::Error {
+        SkrrError::Output {
+            path: output.to_path_buf(),
+            msg: msg.to_string(),
+        }
+        .into()
+    };
+    if same_file(output, input).unwrap_or(false) {
+        return Err(refuse("refusing to write the pruned model over the input"));
+    }
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(refuse("the output folder does not exist"));
+    }
+    Ok(())
+}
+
+pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
+    let usage = |m: &str| -> anyhow::Error { SkrrError::Usage(m.to_string()).into() };
+    let (Some(input), Some(output), Some(sparsity)) =
+        (args.input.as_deref(), args.output.as_deref(), args.sparsity)
+    else {
+        return Err(usage(
+            "usage: skrr-onnx IN OUT --sparsity S (or a subcommand; see --help)",
+        ));
+    };
+    check_output(input, output)?;
+    if let Some(p) = &args.plan_out {
+        check_output(input, p)?;
+    }
+    if let Some(p) = &args.report {
+        check_output(input, p)?;
+    }
+    let mut clock = Clock {
+        start: Instant::now(),
+        phases: Vec::new(),
+    };
+
+    let model = clock.phase("read", || read_model(input))?;
+    let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
+    check_targets(&analysis, &[sparsity])?;
+    crate::runtime::init(&ctx.runtime)?;
+    let method = args.search.method;
+    let (level, plan, search) = clock.phase("search", || {
+        let sha256 = file_sha256(input)?;
+        let vocab = model.proto.graph.as_ref().and_then(model_vocab);
+        let calib = args.calib.calib_set(input, vocab, Part::Calibration)?;
+        let cfg = args.search.config(vec![sparsity]);
+        let run = run_method(
+            &model,
+            &analysis,
+            calib,
+            args.calib.engine_options()?,
+            method,
+            &cfg,
+        )?;
+        let level = run.levels.into_iter().next().ok_or_else(|| {
+            anyhow::anyhow!("the search returned no plan (a bug in skrr-onnx: please report it)")
+        })?;
+        let plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
+        let search = serde_json::json!({
+            "method": run.method, "beam": run.beam, "criterion": run.criterion,
+            "report": run.search, "block_influence": run.block_influence, "engine": run.engine,
+        });
+        Ok((level, plan, search))
+    })?;
+    if let Some(p) = &args.plan_out {
+        write_file(
+            p,
+            format!("{}\n", serde_json::to_string_pretty(&plan)?).as_bytes(),
+        )?;
+    }
+
+    let (pruned, rewrite) = clock.phase("rewrite", || {
+        let opts = RewriteOptions {
+            reuse_weights: args.reuse_weights,
+            plan_record: Some(plan.clone()),
+        };
+        apply_plan(&model.proto, &analysis, &level.actions, &opts)
+    })?;
+    let written = clock.phase("write", || {
+        write_model(&pruned, &model.weights, output, &WriteOptions::default())
+    })?;
+    drop(pruned);
+
+    let fidelity = if args.no_compare {
+        None
+    } else {
+        Some(clock.phase("compare", || {
+            held_out_fidelity(input, output, &args.calib, &args.tolerances.tolerances())
+        })?)
+    };
+
+    let seconds = clock.start.elapsed().as_secs_f64();
+    let checked = fidelity.as_ref().map(verdict).unwrap_or(Ok(()));
+    let verdict_line = one_line(
+        checked.is_ok(),
+        fidelity.is_some(),
+        &level_summary(&plan),
+        fidelity.as_ref(),
+        output,
+        written.model_bytes + written.data_bytes,
+        seconds,
+    );
+    let report = RunReport {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        family: analysis.family.clone(),
+        layers: analysis.layers,
+        sub_blocks: analysis.sub_blocks.len(),
+        params_total: analysis.total_params,
+        plan,
+        search,
+        rewrite,
+        written,
+        fidelity,
+        phases: clock.phases,
+        seconds,
+        verdict: verdict_line.clone(),
+    };
+    if let Some(p) = &args.report {
+        write_file(
+            p,
+            format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
+        )?;
+    }
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        eprintln!("{verdict_line}");
+    } else {
+        print!("{}", render_run(&report));
+        println!("{verdict_line}");
+    }
+    checked
+}
+
+/// "removed 0.503 of parameters (12 skips, 2 re-uses)".
+fn level_summary(plan: &PlanFile) -> String {
+    let count = |a: &str| plan.sub_blocks.iter().filter(|e| e.action == a).count();
+    format!(
+        "removed {:.1}% of parameters ({} skips, {} re-uses)",
+        100.0 * plan.achieved_sparsity.unwrap_or(0.0),
+        count("skip"),
+        count("reuse")
+    )
+}
+
+fn one_line(
+    passed: bool,
+    compared: bool,
+    summary: &str,
+    f: Option<&Fidelity>,
+    output: &Path,
+    bytes: u64,
+    seconds: f64,
+) -> String {
+    let head = match (compared, passed) {
+        (false, _) => "DONE",
+        (true, true) => "PASSED",
+        (true, false) => "FAILED",
+    };
+    let fid = f.map_or(String::new(), |f| {
+        format!(
+            ", held-out cosine {:.4} (min {:.4}), D {:.3e}",
+            f.cos_mean, f.cos_min, f.d
+        )
+    });
+    format!(
+        "{head}: {summary}{fid}; wrote {} ({:.2} MB) in {seconds:.1} s",
+        output.display(),
+        bytes as f64 / 1e6
+    )
+}
+
+/// The human-readable report printed before the verdict line.
+fn render_run(r: &RunReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "model   {}: {} layers, {} sub-blocks, {} parameters{}",
+        r.input.display(),
+        r.layers,
+        r.sub_blocks,
+        r.params_total,
+        r.family
+            .as_deref()
+            .map_or(String::new(), |f| format!(" ({f})"))
+    );
+    let order = r.plan.skip_order.clone().unwrap_or_default();
+    let reuses: Vec<String> = r
+        .plan
+        .sub_blocks
+        .iter()
+        .filter_map(|e| e.source.map(|q| format!("{}←{}", e.index, q)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "plan    {} sparsity {:.4} (target {}), skip order {:?}, re-use [{}], D {:.4e} → {:.4e}",
+        r.plan.method.as_deref().unwrap_or("?"),
+        r.plan.achieved_sparsity.unwrap_or(0.0),
+        r.plan.target_sparsity.unwrap_or(0.0),
+        order,
+        reuses.join(", "),
+        r.plan.discrepancy.as_ref().map_or(0.0, |d| d.skip),
+        r.plan.discrepancy.as_ref().map_or(0.0, |d| d.final_),
+    );
+    let _ = writeln!(
+        s,
+        "rewrite nodes {} → {}, parameters {} → {} ({} removed)",
+        r.rewrite.nodes_before,
+        r.rewrite.nodes_after,
+        r.rewrite.params_before,
+        r.rewrite.params_after,
+        r.rewrite.params_removed
+    );
+    if let Some(f) = &r.fidelity {
+        s.push_str(&render(f));
+    }
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.2} s", p.name, p.seconds))
+        .collect();
+    let _ = writeln!(s, "time    {}", phases.join(", "));
+    s
+}

@@ -1,0 +1,212 @@
+//! The end-to-end command `skrr-onnx IN OUT --sparsity S` on real fixtures: the output is a valid
+//! ONNX model, its parameters shrink by exactly the plan's count, its held-out D measured on the
+//! whole written file equals the engine's D of the same plan, and everything that can be
+//! refused is refused before any work, leaving nothing behind.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_error_contract, fixtures, run_python, skrr};
+
+/// Held-out ids within every fixture's vocabulary.
+const HELD_OUT: &[&[i64]] = &[
+    &[2, 70, 71, 72, 73, 3],
+    &[2, 300, 301, 302, 3],
+    &[2, 9, 8, 7, 6, 5, 4, 10, 11, 3],
+];
+
+fn ids_file(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("held_out.jsonl");
+    let lines: Vec<String> = HELD_OUT
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON on stdout ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn prunes_checks_and_agrees_with_the_engine() {
+    for (fixture, sparsity) in [("t5_gated", "0.3"), ("bert", "0.25"), ("llama", "0.3")] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = fixtures().join(fixture).join("model.onnx");
+        let out = dir.path().join("pruned.onnx");
+        let plan = dir.path().join("plan.json");
+        let report = dir.path().join("report.json");
+        let held = ids_file(dir.path());
+        let run = skrr([
+            "--json",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--sparsity",
+            sparsity,
+            "--num-prompts",
+            "12",
+            "--plan-out",
+            plan.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--min-cos=-1",
+            "--max-null-ratio",
+            "1e9",
+        ]);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let r = json_of(&run);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr
+                .trim()
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with("PASSED: "),
+            "{stderr}"
+        );
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(written["plan"], r["plan"]);
+        let achieved = r["plan"]["achieved_sparsity"].as_f64().unwrap();
+        assert!(
+            achieved >= sparsity.parse::<f64>().unwrap(),
+            "{fixture}: {achieved}"
+        );
+        let removed = r["plan"]["params_removed"].as_u64().unwrap();
+        assert_eq!(
+            r["rewrite"]["params_removed"].as_u64(),
+            Some(removed),
+            "{fixture}"
+        );
+
+        // The written file: valid, same interface, metadata recording the plan, fewer params.
+        let facts = run_python(
+            "import onnx, sys, json\n\
+             d, p = onnx.load(sys.argv[1]), onnx.load(sys.argv[2])\n\
+             onnx.checker.check_model(p, full_check=True)\n\
+             n = lambda m: sum(int(__import__('numpy').prod(t.dims)) for t in m.graph.initializer)\n\
+             io = lambda m: [str(v) for v in list(m.graph.input) + list(m.graph.output)]\n\
+             print(json.dumps({'removed': n(d) - n(p), 'same_io': io(d) == io(p),\n\
+               'ir': d.ir_version == p.ir_version, 'opsets': str(d.opset_import) == str(p.opset_import),\n\
+               'meta': [e.key for e in p.metadata_props]}))\n",
+            &[input.to_str().unwrap(), out.to_str().unwrap()],
+        );
+        let facts: serde_json::Value = serde_json::from_str(&facts).unwrap();
+        assert_eq!(
+            facts["removed"].as_u64(),
+            Some(removed),
+            "{fixture}: {facts}"
+        );
+        assert_eq!(facts["same_io"], true, "{fixture}");
+        assert_eq!(facts["ir"], true);
+        assert_eq!(facts["opsets"], true);
+        assert!(facts["meta"].to_string().contains("skrr.plan"));
+
+        // D of the written file (whole model, compare) = the engine's D of the plan (score).
+        let common_args = [
+            "--calib",
+            held.to_str().unwrap(),
+            "--null-ids",
+            "2,3",
+            "--json",
+        ];
+        let cmp = skrr(
+            [
+                "compare",
+                input.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "--min-cos=-1",
+                "--max-null-ratio",
+                "1e9",
+            ]
+            .into_iter()
+            .chain(common_args),
+        );
+        assert_eq!(
+            cmp.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&cmp.stderr)
+        );
+        let score = skrr(
+            [
+                "score",
+                input.to_str().unwrap(),
+                "--plan",
+                plan.to_str().unwrap(),
+            ]
+            .into_iter()
+            .chain(common_args),
+        );
+        assert_eq!(
+            score.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&score.stderr)
+        );
+        let (c, s) = (json_of(&cmp), json_of(&score));
+        let d_file = c["d"].as_f64().unwrap();
+        let d_engine = s["d"]
+            .as_f64()
+            .or_else(|| s["score"]["d"].as_f64())
+            .unwrap_or_else(|| panic!("no d in score output: {s}"));
+        assert!(
+            (d_file - d_engine).abs() <= 1e-5 * d_engine.abs().max(1e-12),
+            "{fixture}: D of the written model {d_file} vs engine {d_engine}"
+        );
+    }
+}
+
+#[test]
+fn refusals_come_before_any_work_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(fixtures().join("bert/model.onnx"), &model).unwrap();
+    std::fs::copy(
+        fixtures().join("bert/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    // Output over the input (the input must survive untouched).
+    assert_error_contract(
+        &[m, m, "--sparsity", "0.3"],
+        6,
+        "over the input",
+        None,
+        &[&model],
+    );
+    // Output in a missing folder.
+    let missing = dir.path().join("no/such/dir/out.onnx");
+    let ms = missing.to_str().unwrap();
+    assert_error_contract(
+        &[m, ms, "--sparsity", "0.3"],
+        6,
+        "does not exist",
+        Some(&missing),
+        &[&model],
+    );
+    // Sparsity outside (0, 1), and one no plan can reach.
+    let out = dir.path().join("out.onnx");
+    let o = out.to_str().unwrap();
+    for (s, needle) in [
+        ("1.5", "sparsity"),
+        ("0", "sparsity"),
+        ("0.99", "unreachable"),
+    ] {
+        assert_error_contract(&[m, o, "--sparsity", s], 2, needle, Some(&out), &[&model]);
+    }
+}
