@@ -13,4 +13,7 @@ rm -rf demo-out && mkdir demo-out
 set -x
 "$skrr" doctor
 "$skrr" inspect fixtures/t5_gated/model.onnx
-"$skrr" convert fixtures/t5_gated/model.onnx demo-out/t5_gated.onnx --external-data
+# The main job: calibrate on the built-in prompts, search, rewrite, write, compare on held-out
+# prompts, report. The fixture has random weights, so fidelity is judged with a loose --min-cos.
+"$skrr" fixtures/t5_gated/model.onnx demo-out/t5_gated-pruned.onnx --sparsity 0.25 \
+  --min-cos 0.7 --plan-out demo-out/plan.json --report demo-out/report.json
