@@ -19,7 +19,6 @@ use crate::runtime::{Provider, RuntimeConfig};
                   skrr-onnx IN OUT --sparsity S calibrates IN on prompts, searches which \
                   sub-blocks to skip or re-use, writes the pruned model to OUT and compares it \
                   with IN on held-out prompts. The subcommands run each step alone.",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     subcommand_precedence_over_arg = true
 )]
