@@ -7,4 +7,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 eval "$(bash scripts/setup.sh)"
 export SKRR_PYTHON ORT_DYLIB_PATH
-cargo test --release --locked "$@"
+cargo test --release --locked --no-fail-fast "$@"
