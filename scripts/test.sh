@@ -7,4 +7,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 eval "$(bash scripts/setup.sh)"
 export SKRR_PYTHON ORT_DYLIB_PATH
+# --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --release --locked --no-fail-fast "$@"
