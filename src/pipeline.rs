@@ -18,7 +18,9 @@ use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs
 use crate::commands::plan::{file_sha256, SearchArgs};
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
-use crate::model_io::{read_model, same_file, write_file, write_model, WriteOptions, WriteReport};
+use crate::model_io::{
+    self, read_model, same_file, write_file, write_model, WriteOptions, WriteReport,
+};
 use crate::plan::PlanFile;
 use crate::rewrite::{apply_plan, ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
@@ -102,24 +104,14 @@ impl Clock {
 /// Refuses an output that would overwrite the input or land in a missing folder, before any
 /// work is done.
 fn check_output(input: &Path, output: &Path) -> Result<()> {
-    let refuse = |msg: &str| -> anyhow::Error {
-        SkrrError::Output {
-            path: output.to_path_buf(),
-            msg: msg.to_string(),
-        }
-        .into()
-    };
     if same_file(output, input).unwrap_or(false) {
-        return Err(refuse("refusing to write the pruned model over the input"));
+        return Err(SkrrError::Output {
+            path: output.to_path_buf(),
+            msg: "refusing to write the pruned model over the input".into(),
+        }
+        .into());
     }
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        return Err(refuse("the output folder does not exist"));
-    }
-    Ok(())
+    model_io::check_output(output)
 }
 
 pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
