@@ -176,7 +176,7 @@ impl Engine {
             partition,
         };
         let dense = vec![Action::Keep; engine.blocks.len()];
-        let bar = progress(groups.len() as u64, "dense targets");
+        let bar = crate::progress::bar(groups.len() as u64, "dense targets", "chunks");
         for (null, prompts) in groups {
             let rows: Vec<&[i64]> = if null {
                 vec![calib.null.as_deref().unwrap_or_default()]
@@ -493,20 +493,6 @@ impl Engine {
             Some((session, input, ty)) => tensors::project(session, input, *ty, &output),
         }
     }
-}
-
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} chunks {elapsed}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_string());
-    bar
 }
 
 fn input_type(v: &DynValue) -> Result<InputType> {
