@@ -49,6 +49,8 @@ for r in $(seq "$runs"); do
 done
 "$bin" --json apply "$model" "$plan" "$out/apply/again.onnx" | "$py" -c '
 import json, sys
-r = json.load(sys.stdin); w = r["rewrite"]
-print(f"sparsity {r[\"sparsity\"]:.4f}: params {w[\"params_before\"]} -> {w[\"params_after\"]}, "
-      f"bytes {r[\"input_bytes\"]} -> {r[\"output_bytes\"]}, nodes {w[\"nodes_before\"]} -> {w[\"nodes_after\"]}")'
+r = json.load(sys.stdin)
+w = r["rewrite"]
+print("sparsity %.4f: params %d -> %d, bytes %d -> %d, nodes %d -> %d" % (
+    r["sparsity"], w["params_before"], w["params_after"], r["input_bytes"], r["output_bytes"],
+    w["nodes_before"], w["nodes_after"]))'

@@ -4,6 +4,7 @@
 //! (atomic, weights streamed) → report. `apply_to_file` is the same pipeline for callers that
 //! already hold the model, its analysis and the actions (the end-to-end command).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -140,41 +141,51 @@ fn file_len(path: &Path) -> Result<u64> {
         .len())
 }
 
+/// Writes the report to stdout; a closed pipe is an error, not a panic (`println!` panics).
 fn print_report(r: &ApplyReport, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
         return Ok(());
     }
     let rw = &r.rewrite;
-    println!("wrote {}", r.output.display());
+    writeln!(out, "wrote {}", r.output.display())?;
     let reused: Vec<String> = rw
         .reused
         .iter()
         .map(|u| format!("{}<-{}", u.at, u.source))
         .collect();
-    println!(
+    writeln!(
+        out,
         "  sub-blocks   {} : skipped {} {:?}, re-used {} [{}]",
         r.sub_blocks,
         rw.skipped.len(),
         rw.skipped,
         rw.reused.len(),
         reused.join(", ")
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  parameters   {} -> {}  (removed {}, sparsity {:.4})",
         rw.params_before, rw.params_after, rw.params_removed, r.sparsity
-    );
+    )?;
     if rw.params_copied > 0 {
-        println!(
+        writeln!(
+            out,
             "  copied       {} parameters, {} bytes (--reuse-weights copy)",
             rw.params_copied, rw.bytes_copied
-        );
+        )?;
     }
-    println!("  nodes        {} -> {}", rw.nodes_before, rw.nodes_after);
-    println!(
+    writeln!(
+        out,
+        "  nodes        {} -> {}",
+        rw.nodes_before, rw.nodes_after
+    )?;
+    writeln!(
+        out,
         "  initializers {} -> {}",
         rw.initializers_before, rw.initializers_after
-    );
+    )?;
     let data = match &r.write.data_path {
         Some(d) => format!(
             " (model {} + data {} in {})",
@@ -184,10 +195,11 @@ fn print_report(r: &ApplyReport, json: bool) -> Result<()> {
         ),
         None => String::new(),
     };
-    println!(
+    writeln!(
+        out,
         "  file bytes   {} -> {}{data}",
         r.input_bytes, r.output_bytes
-    );
-    println!("  time         {:.3} s", r.seconds);
+    )?;
+    writeln!(out, "  time         {:.3} s", r.seconds)?;
     Ok(())
 }
