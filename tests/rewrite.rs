@@ -339,3 +339,63 @@ fn a_plan_for_another_model_is_refused() {
         &[&t5, &plan],
     );
 }
+
+/// The calibration engine (`score`: the plan run as chained sub-block sessions on the dense
+/// model) and ONNX Runtime on the rewritten model (`compare`) give the same D on the same prompts.
+#[test]
+fn rewritten_model_equals_the_engines_execution_of_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "a red fox jumping over a frozen lake at dawn\nan astronaut riding a horse, oil painting\n\
+         minimalist poster of a lighthouse in fog\na bowl of ramen, studio lighting, 35mm\n",
+    )
+    .unwrap();
+    for (name, tol) in [("t5_gated", 1e-5), ("bert", 1e-5), ("t5_gated_fp16", 2e-3)] {
+        let dense = fixtures().join(name).join("model.onnx");
+        let tokenizer = fixtures().join(name).join("tokenizer.json");
+        let analysis = blocks::analyze(&read_model(&dense).unwrap().proto).unwrap();
+        let all = plans(&analysis);
+        for (tag, actions) in [&all[1], &all[3]] {
+            let ap = apply(
+                &dense,
+                &analysis,
+                actions,
+                dir.path(),
+                &format!("{name}_{tag}"),
+                &[],
+            );
+            let plan = dir.path().join(format!("{name}_{tag}.plan.json"));
+            let p = |s: &Path| s.to_str().unwrap().to_string();
+            let score: Value = serde_json::from_str(&skrr_ok([
+                "--json".into(),
+                "score".into(),
+                p(&dense),
+                "--plan".into(),
+                p(&plan),
+                "--prompts".into(),
+                p(&prompts),
+            ]))
+            .unwrap();
+            let compare = skrr([
+                "--json".into(),
+                "compare".into(),
+                p(&dense),
+                p(&ap.out),
+                "--prompts".into(),
+                p(&prompts),
+                "--tokenizer".into(),
+                p(&tokenizer),
+            ]);
+            let compare: Value = serde_json::from_slice(&compare.stdout).expect("compare --json");
+            for key in ["d_c", "d_null", "d"] {
+                let (a, b) = (score[key].as_f64().unwrap(), compare[key].as_f64().unwrap());
+                assert!(
+                    (a - b).abs() <= tol * a.abs().max(1e-12),
+                    "{name}/{tag}: {key} engine {a} vs rewritten {b}"
+                );
+            }
+        }
+    }
+}
