@@ -1,5 +1,5 @@
 //! The end-to-end job, `skrr-onnx IN OUT --sparsity S`: one short orchestrator running named
-//! phases in the order of the data flow (read → analyze → search → rewrite → write → compare),
+//! phases in the order of the data flow (read → analyze → search → rewrite+write → compare),
 //! timing each, and a report that records everything (`--report report.json`).
 //!
 //! Everything that can be refused is refused before the search, which is the long phase: an
@@ -14,15 +14,14 @@ use serde::Serialize;
 use crate::blocks::analyze_at;
 use crate::calibrate::{inputs::model_vocab, CalibArgs, Part};
 use crate::cli::Context;
+use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs};
 use crate::commands::plan::{file_sha256, SearchArgs};
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
-use crate::model_io::{
-    self, read_model, same_file, write_file, write_model, WriteOptions, WriteReport,
-};
+use crate::model_io::{self, read_model, same_file, write_file, WriteOptions, WriteReport};
 use crate::plan::PlanFile;
-use crate::rewrite::{apply_plan, ReuseWeights, RewriteOptions, RewriteReport};
+use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
 use crate::search::methods::run_method;
 
@@ -170,17 +169,20 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         )?;
     }
 
-    let (pruned, rewrite) = clock.phase("rewrite", || {
+    let applied = clock.phase("rewrite+write", || {
         let opts = RewriteOptions {
             reuse_weights: args.reuse_weights,
             plan_record: Some(plan.clone()),
         };
-        apply_plan(&model.proto, &analysis, &level.actions, &opts)
+        apply_to_file(
+            &model,
+            &analysis,
+            &level.actions,
+            &opts,
+            output,
+            &WriteOptions::default(),
+        )
     })?;
-    let written = clock.phase("write", || {
-        write_model(&pruned, &model.weights, output, &WriteOptions::default())
-    })?;
-    drop(pruned);
 
     let fidelity = if args.no_compare {
         None
@@ -198,7 +200,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         &level_summary(&plan),
         fidelity.as_ref(),
         output,
-        written.model_bytes + written.data_bytes,
+        applied.output_bytes,
         seconds,
     );
     let report = RunReport {
@@ -210,8 +212,8 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         params_total: analysis.total_params,
         plan,
         search,
-        rewrite,
-        written,
+        rewrite: applied.rewrite,
+        written: applied.write,
         fidelity,
         phases: clock.phases,
         seconds,

@@ -56,6 +56,8 @@ pub struct ApplyReport {
 
 pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
     let start = Instant::now();
+    // A missing output folder is known before reading and rewriting anything.
+    model_io::check_output(&args.output)?;
     let model = model_io::read_model(&args.input)?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
     let plan = PlanFile::read(&args.plan)?;
