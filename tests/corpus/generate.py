@@ -662,6 +662,38 @@ def plan_cases():
          ["{out}/missing"], out="{out}/missing/plan.json", exit=OUTPUT)
 
 
+def main_job_cases():
+    """The end-to-end command and `apply`: refused before any work, nothing written."""
+    valid = ["{root}/valid"]
+    t5 = "{root}/valid/t5.onnx"
+
+    def run(name, what, args, exit, needles, plan=None):
+        d = case_dir(name)
+        if plan is not None:
+            write(os.path.join(d, "plan.json"), plan)
+        case(name, what, args, exit, needles, inputs=valid + (["{case}"] if plan else []))
+
+    def job(out, sparsity):
+        return [t5, out, f"--sparsity={sparsity}"]
+
+    run("main_sparsity_zero", "main job with --sparsity 0", job("{out}/p.onnx", "0"), USAGE,
+        ["sparsity", "0"])
+    run("main_sparsity_unreachable", "main job with --sparsity 0.95: more than all sub-blocks hold",
+        job("{out}/p.onnx", "0.95"), USAGE, ["0.95", "unreachable"])
+    run("main_output_is_input", "main job writing over its input", job(t5, "0.2"), OUTPUT,
+        [t5, "over the input"])
+    run("main_output_folder_missing", "main job writing into a folder that does not exist",
+        job("{out}/missing/p.onnx", "0.2"), OUTPUT, ["{out}/missing"])
+    run("apply_output_folder_missing", "apply into a folder that does not exist",
+        ["apply", t5, "{case}/plan.json", "{out}/missing/p.onnx"], OUTPUT, ["{out}/missing"],
+        plan=plan_json(8))
+    run("apply_output_is_input", "apply writing over its input",
+        ["apply", t5, "{case}/plan.json", t5], OUTPUT, [t5], plan=plan_json(8))
+    run("apply_plan_other_model", "apply a 10-sub-block plan to the 8-sub-block T5",
+        ["apply", t5, "{case}/plan.json", "{out}/p.onnx"], BAD_INPUT, ["{case}/plan.json"],
+        plan=plan_json(10))
+
+
 def runtime_cases():
     """ONNX Runtime missing (exit 5): a broken ORT_DYLIB_PATH, and no Python at all."""
     d = case_dir("ort_dylib_missing")
@@ -722,6 +754,7 @@ def main():
     runtime_cases()
     calib_cases(args.fixtures)
     plan_cases()
+    main_job_cases()
 
     names = [c["name"] for c in CASES]
     assert len(names) == len(set(names)), "duplicate case names"
