@@ -19,7 +19,7 @@ use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs
 use crate::commands::plan::{file_sha256, SearchArgs};
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
-use crate::model_io::{self, read_model, same_file, write_file, WriteOptions, WriteReport};
+use crate::model_io::{check_output_not_input, read_model, write_file, WriteOptions, WriteReport};
 use crate::plan::PlanFile;
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
@@ -100,19 +100,6 @@ impl Clock {
     }
 }
 
-/// Refuses an output that would overwrite the input or land in a missing folder, before any
-/// work is done.
-fn check_output(input: &Path, output: &Path) -> Result<()> {
-    if same_file(output, input).unwrap_or(false) {
-        return Err(SkrrError::Output {
-            path: output.to_path_buf(),
-            msg: "refusing to write the pruned model over the input".into(),
-        }
-        .into());
-    }
-    model_io::check_output(output)
-}
-
 pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     let usage = |m: &str| -> anyhow::Error { SkrrError::Usage(m.to_string()).into() };
     let (Some(input), Some(output), Some(sparsity)) =
@@ -122,12 +109,13 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             "usage: skrr-onnx IN OUT --sparsity S (or a subcommand; see --help)",
         ));
     };
-    check_output(input, output)?;
+    // Everything that can be refused without the search is refused before it.
+    check_output_not_input(output, input, "pruned model")?;
     if let Some(p) = &args.plan_out {
-        check_output(input, p)?;
+        check_output_not_input(p, input, "plan")?;
     }
     if let Some(p) = &args.report {
-        check_output(input, p)?;
+        check_output_not_input(p, input, "report")?;
     }
     let mut clock = Clock {
         start: Instant::now(),

@@ -14,7 +14,7 @@ use crate::blocks::analyze_at;
 use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
-use crate::model_io::{check_output, read_model, same_file, write_file};
+use crate::model_io::{check_output_not_input, read_model, write_file};
 use crate::plan::Action;
 use crate::search::methods::{run_method, Method};
 use crate::search::{check_targets, plot, Config, Limits};
@@ -126,14 +126,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         vec![args.output.clone()]
     };
     for o in &outputs {
-        check_output(o)?;
-        if same_file(o, &args.model).unwrap_or(false) {
-            return Err(SkrrError::Output {
-                path: o.clone(),
-                msg: "refusing to write the plan over the input model".into(),
-            }
-            .into());
-        }
+        check_output_not_input(o, &args.model, "plan")?;
     }
 
     let model = read_model(&args.model)?;

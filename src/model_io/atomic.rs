@@ -177,6 +177,21 @@ pub fn check_output(dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// [`check_output`] for an output derived from `input` (a plan, a report, a pruned model):
+/// also refuses `dest` when it names the input model itself (`what` names the output in the
+/// message).
+pub fn check_output_not_input(dest: &Path, input: &Path, what: &str) -> Result<()> {
+    check_output(dest)?;
+    if same_file(dest, input).unwrap_or(false) {
+        return Err(SkrrError::Output {
+            path: dest.to_path_buf(),
+            msg: format!("refusing to write the {what} over the input model"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Whether two paths name the same file (same device and inode, so hard links and symlinks
 /// count). A path that does not exist is the same as nothing.
 pub(crate) fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
