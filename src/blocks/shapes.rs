@@ -268,10 +268,7 @@ impl Shapes {
                 let axes = self.const_ints(node, 1, "axes");
                 let shape = self.in_shape(node, 0).and_then(|mut d| {
                     let r = (d.len() + axes.as_ref()?.len()) as i64;
-                    let mut axes: Vec<usize> = axes?
-                        .iter()
-                        .map(|&a| (if a < 0 { a + r } else { a }) as usize)
-                        .collect();
+                    let mut axes = axis_indices(&axes?, r);
                     axes.sort_unstable();
                     for a in axes {
                         if a > d.len() {
@@ -292,10 +289,7 @@ impl Shapes {
                     let r = d.len() as i64;
                     match axes {
                         Some(axes) if !axes.is_empty() => {
-                            let axes: Vec<usize> = axes
-                                .iter()
-                                .map(|&a| (if a < 0 { a + r } else { a }) as usize)
-                                .collect();
+                            let axes = axis_indices(&axes, r);
                             Some(
                                 d.iter()
                                     .enumerate()
@@ -419,10 +413,7 @@ impl Shapes {
                             _ => return None,
                         }
                     };
-                    let axes: Vec<usize> = axes
-                        .iter()
-                        .map(|&a| (if a < 0 { a + r } else { a }) as usize)
-                        .collect();
+                    let axes = axis_indices(&axes, r);
                     Some(
                         d.iter()
                             .enumerate()
@@ -821,6 +812,14 @@ fn constant_info(a: &AttributeProto) -> Info {
         },
         _ => Info::default(),
     }
+}
+
+/// ONNX axes (negative counts from the end) as indices into a shape of rank `rank`. An axis out
+/// of range maps to an index no shape has, so it matches nothing (hostile input never panics).
+fn axis_indices(axes: &[i64], rank: i64) -> Vec<usize> {
+    axes.iter()
+        .map(|&a| (if a < 0 { a + rank } else { a }) as usize)
+        .collect()
 }
 
 #[cfg(test)]
