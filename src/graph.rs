@@ -304,11 +304,12 @@ fn collect_outer_reads<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::onnx::{AttributeProto, ValueInfoProto};
 
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    /// A node with an op type and value names, nothing else (shared by graph-level unit tests).
+    pub(crate) fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto {
             op_type: Some(op.into()),
             input: inputs.iter().map(|s| s.to_string()).collect(),

@@ -253,17 +253,9 @@ fn constant(name: &str, v: &[i64]) -> NodeProto {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::tests::node;
     use crate::onnx::tensor_shape_proto::{dimension::Value, Dimension};
     use crate::onnx::{type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
-
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-        NodeProto {
-            op_type: Some(op.into()),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outputs.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
-    }
 
     fn input(name: &str, dims: &[&str]) -> ValueInfoProto {
         let dim = dims
