@@ -210,3 +210,119 @@ fn interrupted_writes_leave_previous_or_complete_output() {
         }
     }
 }
+
+/// ONNX Runtime's (Python's) outputs of a fixture-shaped text encoder on one fixed sequence.
+fn ort_outputs(model: &Path) -> BTreeMap<String, ndarray::ArrayD<f32>> {
+    let ids = ndarray::array![[5i64, 6, 7, 8, 9, 1]].into_dyn();
+    let mask = ndarray::ArrayD::<i64>::ones(ids.raw_dim());
+    ort_reference(model, &[("input_ids", ids), ("attention_mask", mask)])
+}
+
+/// `convert SRC OUT --external-data`, killed by SIGKILL at `crash` (the test-only crash points
+/// of `model_io::atomic::crash_point`) when given.
+fn convert_external(src: &Path, out: &Path, crash: Option<&str>) -> std::process::ExitStatus {
+    let mut cmd = skrr_cmd(["convert"]);
+    cmd.arg(src).arg(out).arg("--external-data");
+    if let Some(point) = crash {
+        cmd.env("SKRR_ONNX_TEST_CRASH", format!("sigkill-{point}"));
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+/// The folder holds exactly one model and its data file, nothing hidden or stale.
+fn assert_clean_pair(dir: &Path) {
+    let names: Vec<String> = listing(dir).into_keys().collect();
+    assert!(
+        names.len() == 2 && names[0] == "model.onnx" && names[1].starts_with("model.onnx."),
+        "expected the model and its data file only: {names:?}"
+    );
+}
+
+/// A model with external data is two files, replaced by two renames. SIGKILL between them
+/// (after the new data file is in place, before the model's rename) leaves the previous output
+/// whole: same bytes, same ONNX Runtime outputs. SIGKILL after the model's rename, before the
+/// old data file is deleted, leaves the new output whole and the old data file unreferenced.
+/// Either way the next write to the same output removes what the killed run left.
+#[test]
+fn sigkill_between_the_renames_leaves_a_whole_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let (t5, bert) = (
+        fixtures().join("t5_gated/model.onnx"),
+        fixtures().join("bert/model.onnx"),
+    );
+    let (t5_ref, bert_ref) = (ort_outputs(&t5), ort_outputs(&bert));
+    assert_ne!(t5_ref, bert_ref);
+
+    assert!(convert_external(&t5, &out, None).success());
+    assert_clean_pair(dir.path());
+    let previous = listing(dir.path());
+    assert_eq!(ort_outputs(&out), t5_ref);
+
+    let st = convert_external(&bert, &out, Some("before-model-rename"));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
+    let now = listing(dir.path());
+    for (name, hash) in &previous {
+        assert_eq!(now.get(name), Some(hash), "{name} changed: {now:?}");
+    }
+    let placed: Vec<&String> = now
+        .keys()
+        .filter(|n| !previous.contains_key(*n) && !n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        placed.len(),
+        1,
+        "the new data file is not in place: {now:?}"
+    );
+    assert_eq!(
+        ort_outputs(&out),
+        t5_ref,
+        "the previous output does not run"
+    );
+
+    assert!(convert_external(&t5, &out, None).success());
+    assert_clean_pair(dir.path());
+    assert_eq!(ort_outputs(&out), t5_ref);
+
+    let previous = listing(dir.path());
+    let st = convert_external(&bert, &out, Some("after-model-rename"));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
+    let now = listing(dir.path());
+    assert_ne!(now.get("model.onnx"), previous.get("model.onnx"));
+    for (name, hash) in previous.iter().filter(|(n, _)| *n != "model.onnx") {
+        assert_eq!(now.get(name), Some(hash), "old data {name} gone early");
+    }
+    assert_eq!(ort_outputs(&out), bert_ref, "the new output does not run");
+
+    assert!(convert_external(&bert, &out, None).success());
+    assert_clean_pair(dir.path());
+    assert_eq!(ort_outputs(&out), bert_ref);
+}
+
+/// The previous output's data file is deleted only when no model in the folder reads it: a
+/// copy of the previous model beside it keeps its data, and keeps running; the two files of
+/// each later output replace each other.
+#[test]
+fn replaced_data_still_read_by_another_model_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let copy = dir.path().join("copy.onnx");
+    let t5 = fixtures().join("t5_gated/model.onnx");
+    let bert = fixtures().join("bert/model.onnx");
+    assert!(convert_external(&t5, &out, None).success());
+    std::fs::copy(&out, &copy).unwrap();
+    let data = dir.path().join("model.onnx.data");
+    let data_hash = sha256_file(&data);
+
+    assert!(convert_external(&bert, &out, None).success());
+    assert_eq!(sha256_file(&data), data_hash);
+    assert_eq!(ort_outputs(&copy), ort_outputs(&t5));
+    assert_eq!(ort_outputs(&out), ort_outputs(&bert));
+    // The copy's data now belongs to the copy: later replacements leave it alone.
+    assert!(convert_external(&t5, &out, None).success());
+    assert_eq!(sha256_file(&data), data_hash);
+    assert_eq!(listing(dir.path()).len(), 4, "{:?}", listing(dir.path()));
+}

@@ -29,8 +29,11 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExternalDataArgs {
     /// Store every tensor of 1 KiB or more in one external data file beside OUTPUT, named NAME
-    /// (default: OUTPUT's file name + ".data"). Without this flag or --inline, external data is
-    /// kept when the input had it or the model exceeds the 2 GB protobuf limit.
+    /// (default: OUTPUT's file name + ".data"), or NAME with a random tag before its extension
+    /// when a file of that name exists (the data of the output being replaced stays whole until
+    /// the new model is in place, and is then deleted if no other model in the folder reads it).
+    /// Without this flag or --inline, external data is kept when the input had it or the model
+    /// exceeds the 2 GB protobuf limit.
     #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "", conflicts_with = "inline")]
     pub external_data: Option<String>,
     /// Store every tensor inside the model file (fails above the 2 GB protobuf limit).

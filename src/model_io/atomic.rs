@@ -24,11 +24,19 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
-    /// Starts a temporary file in `dest`'s folder (same filesystem, so the rename is atomic).
+    /// Starts a temporary file in `dest`'s folder (same filesystem, so the rename is atomic),
+    /// named `.<dest's name>.XXXXXX.tmp`.
     pub fn new(dest: &Path) -> Result<Self> {
-        let dir = dest.parent().context("output path has no folder")?;
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
-        let prefix = format!(".{name}.");
+        Self::named(dest, &name)
+    }
+
+    /// Like [`new`](Self::new), with the temporary named `.<base>.XXXXXX.tmp`: a model's data
+    /// file, whatever its final name, is staged as `.<model>.data.XXXXXX.tmp`, so the stale
+    /// cleanup of the next write to that model finds it.
+    pub fn named(dest: &Path, base: &str) -> Result<Self> {
+        let dir = dest.parent().context("output path has no folder")?;
+        let prefix = format!(".{base}.");
         remove_stale(dir, &prefix);
         let writing = Writing::begin();
         let tmp = tempfile::Builder::new()
@@ -91,22 +99,33 @@ fn remove_stale(dir: &Path, prefix: &str) {
     }
 }
 
-/// Renames the data file (if any) and then the model into place: a model never points at data
-/// that is not there yet. If the model cannot be placed, the data file placed a moment before is
-/// removed again.
+/// Places the data file (if any) and then the model: a model never points at data that is not
+/// there yet. The data file goes to a name nothing has (`persist_noclobber`: the caller chose a
+/// free name, and a file that appeared there since is never overwritten), so the model's
+/// rename is the one switch from the previous output to the new one. If the model cannot be
+/// placed, the data file placed a moment before is removed again.
 pub(crate) fn commit(data: Option<Staged>, model: Staged) -> Result<()> {
     if let Some(d) = &data {
         d.finish()?;
     }
     model.finish()?;
     interrupt::check()?;
+    let dir = model.dest.parent().map(Path::to_path_buf);
+    let sync_dir = || {
+        if let Some(dir) = &dir {
+            File::open(dir).and_then(|d| d.sync_all()).ok();
+        }
+    };
     let placed = match data {
         Some(d) => {
             let dest = d.dest.clone();
             d.tmp
-                .persist(&dest)
+                .persist_noclobber(&dest)
                 .map_err(|e| e.error)
                 .with_context(|| format!("cannot rename the data file into {}", dest.display()))?;
+            // The data's name is durable before the model that reads it can be.
+            sync_dir();
+            crash_point("before-model-rename");
             Some(dest)
         }
         None => None,
@@ -119,11 +138,24 @@ pub(crate) fn commit(data: Option<Staged>, model: Staged) -> Result<()> {
         return Err(e.error)
             .with_context(|| format!("cannot rename the model into {}", dest.display()));
     }
-    // Make the renames themselves durable.
-    if let Some(dir) = dest.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).ok();
-    }
+    sync_dir();
     Ok(())
+}
+
+/// The variable naming a test-only crash point (docs/reliability.md).
+const CRASH_VAR: &str = "SKRR_ONNX_TEST_CRASH";
+
+/// Test-only fault injection: when `SKRR_ONNX_TEST_CRASH` is `sigkill-<point>`, the process
+/// kills itself with SIGKILL at `point`, as `kill -9` or a power cut would, so that tests can
+/// check the folder between the steps of a commit. Any other value does nothing.
+pub(crate) fn crash_point(point: &str) {
+    let Some(v) = std::env::var_os(CRASH_VAR) else {
+        return;
+    };
+    if v.to_str().and_then(|v| v.strip_prefix("sigkill-")) == Some(point) {
+        // SAFETY: plain syscalls on our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// Writes a small file (a plan, a report) whole or not at all, with the same staging as models.

@@ -12,6 +12,7 @@
 mod atomic;
 mod external;
 pub mod read;
+mod replace;
 mod tensor;
 mod visit;
 pub mod write;

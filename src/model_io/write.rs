@@ -11,6 +11,7 @@ use bytes::BufMut;
 use prost::Message;
 
 use super::atomic::{self, same_file, Staged};
+use super::replace::{fresh_data_name, Replacement};
 use super::tensor::stored_len;
 use super::visit::{self, Role};
 use super::{FileId, Source, WeightStore};
@@ -73,6 +74,11 @@ pub struct WriteReport {
 ///
 /// Refuses ([`SkrrError::Output`]) an output in a missing folder, and an output model or data
 /// file that is the input model or one of its data files. On any error no output is left.
+///
+/// The data file gets the name asked for (default `<model>.data`) when no file has it, and a
+/// tagged variant otherwise, so that the previous output stays whole until the model's rename
+/// replaces it; the previous output's data file is then deleted if nothing else reads it (see
+/// `replace`). The report names the data file actually written.
 pub fn write_model(
     proto: &ModelProto,
     weights: &WeightStore,
@@ -158,10 +164,15 @@ pub fn write_model(
             ));
         }
         refuse_input(&path, "external data")?;
+        // Never the name of a file a model may still read (the previous output's data, say):
+        // see `replace`.
+        let file = fresh_data_name(&dir, &file);
+        let path = dir.join(&file);
         Some((file, path))
     } else {
         None
     };
+    let replacement = Replacement::new(&out, data.as_ref().map(|(file, _)| file.as_str()), &inputs);
 
     let mut report = WriteReport {
         model_path: out.clone(),
@@ -172,7 +183,10 @@ pub fn write_model(
         inline_tensors: 0,
     };
     let data_stage = match &data {
-        Some((_, path)) => Some(Staged::new(path).map_err(|e| refuse(path, format!("{e:#}")))?),
+        Some((_, path)) => Some(
+            Staged::named(path, &format!("{name}.data"))
+                .map_err(|e| refuse(path, format!("{e:#}")))?,
+        ),
         None => None,
     };
     let mut sink = data_stage
@@ -209,7 +223,15 @@ pub fn write_model(
     let model_stage = Staged::new(&out).map_err(|e| refuse(&out, format!("{e:#}")))?;
     report.model_bytes = encode_to(&model, weights, model_stage.file())
         .map_err(|e| refuse(&out, format!("{e:#}")))?;
-    atomic::commit(data_stage, model_stage).map_err(|e| refuse(&out, format!("{e:#}")))?;
+    replacement
+        .record()
+        .map_err(|e| refuse(&out, format!("{e:#}")))?;
+    let committed = atomic::commit(data_stage, model_stage);
+    if committed.is_ok() {
+        atomic::crash_point("after-model-rename");
+    }
+    replacement.finish();
+    committed.map_err(|e| refuse(&out, format!("{e:#}")))?;
     log::info!(
         "wrote {} ({} bytes, {} inline tensors){}",
         out.display(),
