@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -122,14 +122,10 @@ fn is_complete_big(out: &Path, big: &Path) -> bool {
             .all(|(x, y)| a.weights.bytes(x).ok().as_deref() == b.weights.bytes(y).ok().as_deref())
 }
 
-/// Starts `convert big OUT`, waits until its temporary output holds at least 32 MB, sends
-/// `sig` and returns how the process ended.
-fn kill_mid_write(big: &Path, out: &Path, flags: &[&str], sig: i32) -> std::process::ExitStatus {
-    let dir = out.parent().unwrap();
-    let mut child = skrr_cmd(["convert"])
-        .arg(big)
-        .arg(out)
-        .args(flags)
+/// Starts `cmd` (which writes a big model into `dir`), waits until its temporary output holds
+/// at least 32 MB, sends `sig` and returns how the process ended.
+fn kill_mid_write(mut cmd: Command, dir: &Path, sig: i32) -> std::process::ExitStatus {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -144,7 +140,7 @@ fn kill_mid_write(big: &Path, out: &Path, flags: &[&str], sig: i32) -> std::proc
             break;
         }
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("convert finished ({st}) before it could be interrupted mid-write");
+            panic!("{cmd:?} finished ({st}) before it could be interrupted mid-write");
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -182,7 +178,9 @@ fn interrupted_writes_leave_previous_or_complete_output() {
             skrr_ok(&prev_args);
             let previous = listing(&out_dir);
 
-            let status = kill_mid_write(&big, &out, flags, sig);
+            let mut cmd = skrr_cmd(["convert"]);
+            cmd.arg(&big).arg(&out).args(flags);
+            let status = kill_mid_write(cmd, &out_dir, sig);
             assert_eq!(
                 status.signal(),
                 Some(sig),
@@ -325,4 +323,143 @@ fn replaced_data_still_read_by_another_model_is_kept() {
     assert!(convert_external(&t5, &out, None).success());
     assert_eq!(sha256_file(&data), data_hash);
     assert_eq!(listing(dir.path()).len(), 4, "{:?}", listing(dir.path()));
+}
+
+/// The T5 fixture with its token embedding grown to 2^20 rows (the fixture's 583 rows first),
+/// stored in `model.onnx.data` (256 MB), its tokenizer beside it: a real encoder whose blocks
+/// `apply` and the main job rewrite, with a data file large enough to be caught mid-write.
+fn big_t5(dir: &Path) -> PathBuf {
+    const HIDDEN: usize = 64;
+    let rows = TENSORS * TENSOR_BYTES / (HIDDEN * 4);
+    let fixture = fixtures().join("t5_gated");
+    let small = read_model(&fixture.join("model.onnx")).unwrap();
+    let name = "model.shared.weight";
+    let find = |g: &GraphProto| g.initializer.iter().position(|t| t.name() == name);
+    let graph = small.proto.graph.as_ref().unwrap();
+    let at = find(graph).expect("the T5 fixture's embedding");
+    let head = small.weights.bytes(&graph.initializer[at]).unwrap();
+    assert_eq!(graph.initializer[at].dims, [583, HIDDEN as i64]);
+
+    let mut data =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("model.onnx.data")).unwrap());
+    data.write_all(&head).unwrap();
+    let pattern: Vec<u8> = (0..1 << 20)
+        .flat_map(|j: u32| (((j % 251) as f32 - 125.0) / 1000.0).to_le_bytes())
+        .collect();
+    let mut left = rows * HIDDEN * 4 - head.len();
+    while left > 0 {
+        let n = left.min(pattern.len());
+        data.write_all(&pattern[..n]).unwrap();
+        left -= n;
+    }
+    data.flush().unwrap();
+
+    let mut proto = small.proto.clone();
+    let t = &mut proto.graph.as_mut().unwrap().initializer[at];
+    t.dims = vec![rows as i64, HIDDEN as i64];
+    t.raw_data = None;
+    t.data_location = Some(data_location::EXTERNAL);
+    t.external_data = vec![
+        StringStringEntryProto::new("location", "model.onnx.data"),
+        StringStringEntryProto::new("offset", "0"),
+        StringStringEntryProto::new("length", (rows * HIDDEN * 4).to_string()),
+    ];
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    std::fs::copy(fixture.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    path
+}
+
+/// A plan for the 8 sub-blocks of the T5 fixture skipping the given ones.
+fn plan_skipping(path: &Path, skip: &[usize]) -> PathBuf {
+    let subs: Vec<_> = (0..8)
+        .map(|i| {
+            let action = if skip.contains(&i) { "skip" } else { "keep" };
+            serde_json::json!({"index": i, "action": action})
+        })
+        .collect();
+    let plan = serde_json::json!({"format": "skrr-plan/1", "sub_blocks": subs});
+    std::fs::write(path, plan.to_string()).unwrap();
+    path.to_path_buf()
+}
+
+/// `apply` and the main job (`skrr-onnx IN OUT --sparsity S`), killed by SIGINT, SIGTERM or
+/// SIGKILL while they write a 256 MB pruned model over a previous output with external data:
+/// the target is still the previous output, byte for byte, and ONNX Runtime runs it with the
+/// same outputs (or, had the kill come after the switch, the complete new output runs); no
+/// temporary remains after SIGINT/SIGTERM, the next write removes those SIGKILL left; the input
+/// model and its data file are byte-identical throughout.
+#[test]
+fn interrupted_apply_and_main_job_leave_the_previous_output() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let big = big_t5(&src);
+    let input = listing(&src);
+    let plan = plan_skipping(&work.path().join("plan.json"), &[1, 3]);
+    let keep = plan_skipping(&work.path().join("keep.json"), &[]);
+    let small = fixtures().join("t5_gated/model.onnx");
+    let mut previous_outputs = None;
+
+    for what in ["apply", "main job"] {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+            let case = format!("{what}, signal {sig}");
+            let out_dir = work
+                .path()
+                .join(format!("out-{}-{sig}", what.replace(' ', "-")));
+            std::fs::create_dir(&out_dir).unwrap();
+            let out = out_dir.join("model.onnx");
+            // The previous output: the T5 fixture through `apply` with nothing removed.
+            let mut previous_cmd = skrr_cmd(["apply"]);
+            previous_cmd
+                .arg(&small)
+                .arg(&keep)
+                .arg(&out)
+                .arg("--external-data");
+            let write_previous = |cmd: &mut Command| {
+                let st = cmd.stdout(Stdio::null()).status().unwrap();
+                assert!(st.success(), "{case}: writing the previous output: {st}");
+            };
+            write_previous(&mut previous_cmd);
+            let previous = listing(&out_dir);
+            let reference = previous_outputs.get_or_insert_with(|| ort_outputs(&out));
+
+            let (b, o) = (big.as_os_str(), out.as_os_str());
+            let args: Vec<&std::ffi::OsStr> = match what {
+                "apply" => vec!["apply".as_ref(), b, plan.as_os_str(), o],
+                _ => [b, o]
+                    .into_iter()
+                    .chain(
+                        ["--sparsity", "0.001", "--num-prompts", "8", "--no-compare"]
+                            .map(AsRef::as_ref),
+                    )
+                    .collect(),
+            };
+            let cmd = skrr_cmd(args);
+            let status = kill_mid_write(cmd, &out_dir, sig);
+            assert_eq!(status.signal(), Some(sig), "{case}: ended with {status}");
+
+            let (temps, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = listing(&out_dir)
+                .into_iter()
+                .partition(|(n, _)| is_temporary(n));
+            if kept == previous {
+                assert_eq!(&ort_outputs(&out), reference, "{case}: previous output");
+            } else {
+                // Killed after the switch: the new output must be whole.
+                read_model(&out).unwrap_or_else(|e| panic!("{case}: {kept:?}: {e:#}"));
+                ort_outputs(&out);
+            }
+            if sig == libc::SIGKILL {
+                write_previous(&mut previous_cmd);
+                let after = listing(&out_dir);
+                assert!(
+                    after.keys().all(|n| !n.starts_with('.')),
+                    "{case}: stale files {temps:?} not removed by the next run: {after:?}"
+                );
+            } else {
+                assert!(temps.is_empty(), "{case}: left {temps:?}");
+            }
+            assert_eq!(listing(&src), input, "{case}: the input folder changed");
+        }
+    }
 }
