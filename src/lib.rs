@@ -14,6 +14,7 @@ pub mod graph;
 pub mod interrupt;
 pub mod model_io;
 pub mod onnx;
+pub mod ops;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

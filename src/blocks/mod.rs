@@ -89,8 +89,8 @@ pub struct Analysis {
 /// The newest default-domain opset whose operators the analysis knows (ONNX 1.23).
 pub const MAX_OPSET: i64 = 28;
 
-/// What the analysis can reason about: standard ONNX operators of a known opset, and tensor
-/// sizes that fit in 63 bits (they come from the file; checked once here so that the
+/// What the analysis can reason about: standard ONNX operators of a known opset with as many
+/// inputs and outputs as their schemas allow (`crate::ops`), and tensor sizes that fit in 63 bits (they come from the file; checked once here so that the
 /// parameter accounting cannot overflow).
 fn check_supported(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
     let opset = model
@@ -115,6 +115,7 @@ fn check_supported(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
             n.op_domain()
         ));
     }
+    crate::ops::check_graph(g, opset.unwrap_or(MAX_OPSET))?;
     let mut total = 0u64;
     for t in &g.initializer {
         let n = crate::model_io::element_count(t).map_err(|e| format!("{e:#}"))?;

@@ -503,6 +503,77 @@ def graph_cases(t5_path):
     )
 
 
+def arity_cases(fixtures):
+    """Nodes of standard operators with too few or too many inputs or outputs, or a required one
+    without a name: refused by the arity check (src/ops.rs) before block detection, shape logic
+    or rewriting index into them (exit 3), naming the node and its operator."""
+    models = {
+        "t5": onnx.load(os.path.join(fixtures, "t5_gated", "model.onnx")),
+        "bert": onnx.load(os.path.join(fixtures, "bert", "model.onnx")),
+    }
+
+    def arity(name, what, base, op, nth, edit, needle, op_after=None):
+        m = copy.deepcopy(models[base])
+        n = [n for n in m.graph.node if n.op_type == op][nth]
+        edit(n)
+        d = case_dir(name)
+        save(m, os.path.join(d, "model.onnx"))
+        needles = ["{case}/model.onnx", f'"{n.name}" ({op_after or op})', needle]
+        case(name, what, ["inspect", "{case}/model.onnx"], BAD_MODEL, needles)
+        return needles
+
+    def keep(k):
+        def edit(n):
+            del n.input[k:]
+        return edit
+
+    def no_outputs(n):
+        del n.output[:]
+
+    def unnamed_first_input(n):
+        n.input[0] = ""
+
+    first = arity("arity_matmul_one_input", "a MatMul (layer 0's query) without its weight", "t5",
+                  "MatMul", 0, keep(1), "has 1 input; MatMul takes 2 inputs at opset 17")
+    write(os.path.join(ROOT, "arity_matmul_one_input", "plan.json"), plan_json(8))
+    case("arity_matmul_one_input.apply", "apply on a model with a one-input MatMul",
+         ["apply", "{case}/model.onnx", "{case}/plan.json", "{out}/p.onnx"], BAD_MODEL, first,
+         dir="arity_matmul_one_input")
+    case("arity_matmul_one_input.main", "the main job on a model with a one-input MatMul",
+         ["{case}/model.onnx", "{out}/p.onnx", "--sparsity=0.2"], BAD_MODEL, first,
+         dir="arity_matmul_one_input")
+    arity("arity_add_three_inputs", "an Add with a third input", "t5", "Add", 5,
+          lambda n: n.input.append(n.input[0]), "has 3 inputs; Add takes 2 inputs")
+    arity("arity_mul_no_output", "a Mul with no output", "t5", "Mul", 4,
+          no_outputs, "has 0 outputs; Mul takes 1 output")
+    arity("arity_softmax_two_outputs", "a Softmax with a second output", "t5", "Softmax", 1,
+          lambda n: n.output.append("softmax_extra"), "has 2 outputs; Softmax takes 1 output")
+    arity("arity_layernorm_one_input", "a LayerNormalization without its scale", "bert",
+          "LayerNormalization", 2, keep(1), "LayerNormalization takes 2 to 3 inputs")
+    arity("arity_layernorm_four_outputs", "a LayerNormalization with four outputs", "bert",
+          "LayerNormalization", 3, lambda n: n.output.extend(["m", "s", "x"]),
+          "has 4 outputs; LayerNormalization takes 1 to 3 outputs")
+    arity("arity_gather_unnamed_data", "the embedding Gather's table input named ''", "t5",
+          "Gather", 0, unnamed_first_input, "required input 0 has no name")
+    arity("arity_reshape_one_input", "a Reshape without its shape input (opset 17)", "t5",
+          "Reshape", 2, keep(1), "has 1 input; Reshape takes 2 inputs at opset 17")
+    arity("arity_transpose_two_inputs", "a Transpose with a second input", "bert", "Transpose", 0,
+          lambda n: n.input.append(n.input[0]), "Transpose takes 1 input")
+    arity("arity_where_two_inputs", "a Where without its third input (fuzz finding 4)", "t5",
+          "Where", 0, keep(2), "has 2 inputs; Where takes 3 inputs")
+    arity("arity_constant_with_input", "a Constant reading a value", "t5", "Constant", 3,
+          lambda n: n.input.append("input_ids"), "has 1 input; Constant takes 0 inputs")
+    arity("arity_concat_no_inputs", "a Concat with no inputs", "t5", "Concat", 0, keep(0),
+          "has 0 inputs; Concat takes at least 1 input")
+
+    def to_gemm(n):
+        n.op_type = "Gemm"
+        n.input.extend([n.input[1], n.input[0]])
+
+    arity("arity_gemm_four_inputs", "a Gemm (was a MatMul) with four inputs", "bert", "MatMul", 2,
+          to_gemm, "has 4 inputs; Gemm takes 2 to 3 inputs", op_after="Gemm")
+
+
 def output_cases(t5_path):
     """Outputs the writer must refuse, leaving the input alone (exit 6)."""
     d = case_dir("output_is_input")
@@ -750,6 +821,7 @@ def main():
     model_cases(t5_path)
     external_cases()
     graph_cases(t5_path)
+    arity_cases(args.fixtures)
     output_cases(t5_path)
     runtime_cases()
     calib_cases(args.fixtures)
