@@ -207,4 +207,49 @@ mod tests {
         assert!(fresh_data_name(d, "weights").starts_with("weights."));
         assert!(!is_plain_name("../x") && !is_plain_name("a/b") && is_plain_name("a.data"));
     }
+
+    /// A model file whose one tensor reads external data from `location` (or none).
+    fn model_reading(path: &Path, location: Option<&str>) {
+        use crate::onnx::tensor_proto::data_location::EXTERNAL;
+        use crate::onnx::{GraphProto, StringStringEntryProto, TensorProto};
+        let t = TensorProto {
+            name: Some("w".into()),
+            data_location: location.map(|_| EXTERNAL),
+            external_data: location
+                .map(|l| vec![StringStringEntryProto::new("location", l)])
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let m = ModelProto {
+            graph: Some(GraphProto {
+                initializer: vec![t],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        std::fs::write(path, m.encode_to_vec()).unwrap();
+    }
+
+    /// The old output read the input's data file (the input is not a `*.onnx` file, so no
+    /// folder scan sees it): after the switch, that file is kept only because it is protected;
+    /// an unprotected one is deleted, as is the journal.
+    #[test]
+    fn input_files_are_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (input, data, out) = (d.join("in.pb"), d.join("in.data"), d.join("out.onnx"));
+        model_reading(&input, Some("in.data"));
+        for protect in [true, false] {
+            std::fs::write(&data, b"weights").unwrap();
+            model_reading(&out, Some("in.data"));
+            let protected: Vec<&Path> = if protect { vec![&input, &data] } else { vec![] };
+            let r = Replacement::new(&out, None, &protected);
+            r.record().unwrap();
+            assert!(d.join(".out.onnx.replaced").is_file());
+            model_reading(&out, None);
+            r.finish();
+            assert_eq!(data.exists(), protect);
+            assert!(!d.join(".out.onnx.replaced").exists());
+        }
+    }
 }
