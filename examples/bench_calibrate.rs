@@ -17,10 +17,10 @@ use anyhow::{anyhow, Context, Result};
 use prost::Message;
 use skrr_onnx::blocks::{self, Analysis};
 use skrr_onnx::calibrate::tensors::{self, Dense};
-use skrr_onnx::calibrate::{inputs, CalibArgs, CalibSet, Engine, Outcome, Part};
+use skrr_onnx::calibrate::{inputs, CalibArgs, CalibSet, Engine, Part};
 use skrr_onnx::onnx::{GraphProto, ModelProto};
 use skrr_onnx::plan::Action;
-use skrr_onnx::search::{self, Limits};
+use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
 
 #[derive(clap::Parser)]
@@ -36,6 +36,35 @@ struct Args {
 struct Candidate {
     actions: Vec<Action>,
     d: Option<f64>,
+}
+
+/// The engine, recording every plan the search starts and the D of those it finishes.
+struct Recording<'a> {
+    engine: &'a mut Engine,
+    cands: Vec<Candidate>,
+    index: HashMap<Vec<Action>, usize>,
+}
+
+impl Scorer for Recording<'_> {
+    fn stages(&self) -> usize {
+        self.engine.chunks()
+    }
+
+    fn advance(&mut self, actions: &[Action], stage: usize, terms: &mut Vec<f64>) -> Result<f64> {
+        let d = self.engine.advance(actions, stage, terms)?;
+        let cands = &mut self.cands;
+        let i = *self.index.entry(actions.to_vec()).or_insert_with(|| {
+            cands.push(Candidate {
+                actions: actions.to_vec(),
+                d: None,
+            });
+            cands.len() - 1
+        });
+        if stage + 1 == self.engine.chunks() {
+            cands[i].d = Some(d);
+        }
+        Ok(d)
+    }
 }
 
 fn main() -> Result<()> {
@@ -61,18 +90,11 @@ fn main() -> Result<()> {
     let mut engine = Engine::new(&model, &analysis, calib.clone(), opts.clone())?;
     let engine_setup = t.elapsed().as_secs_f64();
     let rss_engine = peak_rss_mib();
-    let mut cands: Vec<Candidate> = Vec::new();
     let t = Instant::now();
-    let mut scorer = |actions: &[Action], bound: Option<f64>| -> Result<Option<f64>> {
-        let d = match engine.score(actions, bound)? {
-            Outcome::Scored(s) => Some(s.d()),
-            Outcome::Abandoned { .. } => None,
-        };
-        cands.push(Candidate {
-            actions: actions.to_vec(),
-            d,
-        });
-        Ok(d)
+    let mut scorer = Recording {
+        engine: &mut engine,
+        cands: Vec::new(),
+        index: HashMap::new(),
     };
     let limits = Limits {
         steps: Some(args.steps),
@@ -86,6 +108,7 @@ fn main() -> Result<()> {
         &limits,
     )?;
     let engine_search = t.elapsed().as_secs_f64();
+    let cands = scorer.cands;
     let stats = engine.stats();
     let rss_search = peak_rss_mib();
 

@@ -39,6 +39,30 @@ pub struct EngineOptions {
     pub cache_mem: u64,
     /// Projection model applied to the final output of dense and candidate alike.
     pub projection: Option<PathBuf>,
+    /// Whether ONNX Runtime may keep packed copies of the weights.
+    pub prepack: Prepack,
+}
+
+/// Pre-packing trades memory (a packed copy of every MatMul weight) for speed (no re-packing on
+/// each run). `Auto` takes it when the weights take at most a quarter of the available memory,
+/// the share the stream cache gets by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prepack {
+    Auto,
+    On,
+    Off,
+}
+
+impl Prepack {
+    fn decide(self, weight_bytes: u64) -> bool {
+        match self {
+            Prepack::On => true,
+            Prepack::Off => false,
+            Prepack::Auto => {
+                super::available_memory().is_some_and(|avail| weight_bytes <= avail / 4)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -64,8 +88,8 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EngineStats {
+    /// Plans run to their last chunk (abandoning is the caller's: see the search report).
     pub plans_scored: u64,
-    pub plans_abandoned: u64,
     /// Chunks run through a plan (dense targets included).
     pub chunk_runs: u64,
     /// Sub-block session runs.
@@ -79,6 +103,8 @@ pub struct EngineStats {
     pub cache_bytes: u64,
     /// Bytes of weights the partition sessions share (held once).
     pub shared_weight_bytes: u64,
+    /// Whether the sessions keep packed copies of the weights (`EngineOptions::prepack`).
+    pub prepacked: bool,
 }
 
 /// One batch of prompts (or the null input) with everything that does not depend on the plan.
@@ -110,6 +136,7 @@ pub struct Engine {
     denom_c: f64,
     denom_null: f64,
     cache: StreamCache,
+    prepack: bool,
     stats: EngineStats,
 }
 
@@ -129,6 +156,12 @@ impl Engine {
             return Err(SkrrError::BadInput("no calibration prompts".into()).into());
         }
         let partition = Partition::build(&model.proto, analysis, &model.weights)?;
+        let prepack = opts.prepack.decide(partition.shared_bytes);
+        log::info!(
+            "{} MiB of shared weights, pre-packing {}",
+            partition.shared_bytes >> 20,
+            if prepack { "on" } else { "off" }
+        );
         let projection = match &opts.projection {
             None => None,
             Some(path) => Some(projection_session(path)?),
@@ -169,8 +202,10 @@ impl Engine {
             denom_c: 0.0,
             denom_null: 0.0,
             cache: StreamCache::new(opts.cache_mem),
+            prepack,
             stats: EngineStats {
                 shared_weight_bytes: partition.shared_bytes,
+                prepacked: prepack,
                 ..Default::default()
             },
             partition,
@@ -221,6 +256,24 @@ impl Engine {
     /// D of a plan; with `bound`, may stop early once the partial D exceeds it (D only grows as
     /// prompts are added).
     pub fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Result<Outcome> {
+        let mut terms = Vec::new();
+        let last = self.chunks.len() - 1;
+        for c in 0..last {
+            let partial = self.advance(actions, c, &mut terms)?;
+            if bound.is_some_and(|b| partial > b) {
+                return Ok(Outcome::Abandoned { partial });
+            }
+        }
+        self.advance(actions, last, &mut terms)?;
+        Ok(Outcome::Scored(self.split(&terms)))
+    }
+
+    /// Runs chunk `c` of `actions` and stores its error terms in `terms` (a squared error per
+    /// prompt, then the null input's; zero until its chunk has run). Returns the D of the terms
+    /// so far: a lower bound on the plan's D that only grows, and its D once every chunk has
+    /// run, in any order. Terms are summed in prompt order, so D does not depend on chunking or
+    /// on the order chunks ran in.
+    pub fn advance(&mut self, actions: &[Action], c: usize, terms: &mut Vec<f64>) -> Result<f64> {
         if actions.len() != self.blocks.len() {
             return Err(anyhow!(
                 "plan has {} actions, the model has {} sub-blocks",
@@ -228,31 +281,37 @@ impl Engine {
                 self.blocks.len()
             ));
         }
+        if c >= self.chunks.len() {
+            return Err(anyhow!("chunk {c} of {}", self.chunks.len()));
+        }
         self.validate(actions)?;
-        let mut per_prompt = vec![0.0f64; self.prompts];
-        let (mut partial_c, mut d_null) = (0.0f64, 0.0f64);
-        let last = self.chunks.len() - 1;
-        for c in 0..self.chunks.len() {
-            let out = self.forward(c, actions)?;
-            let chunk = &self.chunks[c];
-            let sse = tensors::row_sse(&out, &chunk.target, &chunk.counted)?;
-            if chunk.null {
-                d_null = sse[0] / self.denom_null;
-            } else {
-                for (&i, s) in chunk.prompts.iter().zip(&sse) {
-                    per_prompt[i] = *s;
-                    partial_c += s;
-                }
-            }
-            let partial = d_null + partial_c / self.denom_c;
-            if c < last && bound.is_some_and(|b| partial > b) {
-                self.stats.plans_abandoned += 1;
-                return Ok(Outcome::Abandoned { partial });
+        terms.resize(self.prompts + 1, 0.0);
+        let out = self.forward(c, actions)?;
+        let chunk = &self.chunks[c];
+        let sse = tensors::row_sse(&out, &chunk.target, &chunk.counted)?;
+        if chunk.null {
+            terms[self.prompts] = sse[0];
+        } else {
+            for (&i, s) in chunk.prompts.iter().zip(&sse) {
+                terms[i] = *s;
             }
         }
-        self.stats.plans_scored += 1;
-        let d_c = per_prompt.iter().sum::<f64>() / self.denom_c;
-        Ok(Outcome::Scored(Score { d_c, d_null }))
+        if c + 1 == self.chunks.len() {
+            self.stats.plans_scored += 1;
+        }
+        Ok(self.split(terms).d())
+    }
+
+    fn split(&self, terms: &[f64]) -> Score {
+        let null = self.chunks.first().is_some_and(|c| c.null);
+        Score {
+            d_c: terms[..self.prompts].iter().sum::<f64>() / self.denom_c,
+            d_null: if null {
+                terms[self.prompts] / self.denom_null
+            } else {
+                0.0
+            },
+        }
     }
 
     /// ShortGPT Block Influence per layer on the dense model: 1 − mean over valid tokens of
@@ -348,11 +407,7 @@ impl Engine {
                         .and_then(input_type)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.prologue = Some(self.partition.session(
-                part,
-                &types,
-                crate::runtime::session_builder()?,
-            )?);
+            self.prologue = Some(self.partition.session(part, &types, self.prepack)?);
         }
         let inputs = part
             .inputs
@@ -412,9 +467,7 @@ impl Engine {
                 .iter()
                 .map(|v| input_type(v))
                 .collect::<Result<Vec<_>>>()?;
-            let session =
-                self.partition
-                    .session(part_q, &types, crate::runtime::session_builder()?)?;
+            let session = self.partition.session(part_q, &types, self.prepack)?;
             self.blocks[q] = Some(session);
         }
         let session = self.blocks[q].as_mut().expect("built above");
@@ -466,11 +519,7 @@ impl Engine {
                             || anyhow!("the epilogue reads {name}, which is not available"),
                         )?)?);
                     }
-                    self.epilogue = Some(self.partition.session(
-                        &part,
-                        &types,
-                        crate::runtime::session_builder()?,
-                    )?);
+                    self.epilogue = Some(self.partition.session(&part, &types, self.prepack)?);
                 }
                 let env = &self.chunks[c].env;
                 let mut inputs: Vec<(&str, SessionInputValue)> =

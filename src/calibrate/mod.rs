@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Score};
+pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Prepack, Score};
 pub use inputs::{CalibSet, Part};
 
 use crate::error::SkrrError;
@@ -63,6 +63,11 @@ pub struct CalibArgs {
     /// available memory).
     #[arg(long, value_name = "BYTES")]
     pub cache_mem: Option<String>,
+    /// Let ONNX Runtime keep pre-packed copies of the weights: faster runs for the weights'
+    /// size in memory again. auto: when the weights take at most a quarter of the available
+    /// memory.
+    #[arg(long, value_enum, default_value_t = Prepack::Auto)]
+    pub prepack: Prepack,
 }
 
 impl CalibArgs {
@@ -148,6 +153,7 @@ impl CalibArgs {
             chunk: self.chunk,
             cache_mem,
             projection: self.projection.clone(),
+            prepack: self.prepack,
         })
     }
 }
@@ -168,15 +174,18 @@ fn parse_bytes(text: &str) -> Option<u64> {
 /// A quarter of MemAvailable: the machine is shared with ONNX Runtime's own buffers and the
 /// weights; 1 GiB when /proc/meminfo is not readable.
 fn default_cache_mem() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(1 << 30, |kb| kb * 1024 / 4)
+    available_memory().map_or(1 << 30, |b| b / 4)
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+pub(crate) fn available_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    })
 }
 
 #[cfg(test)]

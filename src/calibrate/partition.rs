@@ -7,7 +7,8 @@
 //! them shares through `AddInitializer` (`SessionBuilder::with_initializer`). Measured with ONNX
 //! Runtime 1.32: this is the one initializer API that does not copy — the external-initializer and
 //! in-memory-external-file APIs both copy the bytes into each session — and it stops copying only
-//! with pre-packing disabled (pre-packing makes a packed copy per session). The partition model
+//! with pre-packing disabled (pre-packing makes a packed copy per session, which the engine
+//! accepts only when the copies fit in memory: `Prepack`). The partition model
 //! must still declare the initializer, so large ones are written as external data pointing at a
 //! sparse placeholder file that ONNX Runtime validates but never reads because the shared value
 //! replaces it. Small initializers (scalars, shape constants) are inlined: graph optimizers
@@ -253,22 +254,18 @@ impl Partition {
 
     /// Builds the session of `part`, its inputs declared with `types` (graph inputs keep the
     /// model's own declaration). `builder` comes configured (provider, threads).
-    pub fn session(
-        &self,
-        part: &Part,
-        types: &[InputType],
-        builder: SessionBuilder,
-    ) -> Result<Session> {
+    pub fn session(&self, part: &Part, types: &[InputType], prepack: bool) -> Result<Session> {
         let proto = self.part_model(part, types)?;
         let path = self.dir.path().join(format!("{}.onnx", part.label));
         std::fs::write(&path, proto.encode_to_vec())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        // Pre-packing would copy each shared weight per session; spinning intra-op threads of
-        // one part's session starve the next part's run (measured: 2.4× vs 8.3× in the
-        // calibration benchmark).
+        // Without pre-packing every MatMul re-packs its weight on every run (about 15 % of the
+        // search's CPU on MiniLM), with it each shared weight gets a packed copy. Spinning
+        // intra-op threads of one part's session starve the next part's run (measured: 2.4× vs
+        // 8.3× in the calibration benchmark).
         let ort_err = |e: ort::Error<SessionBuilder>| anyhow!("ONNX Runtime: {e}");
-        let mut builder = builder
-            .with_prepacking(false)
+        let mut builder = crate::runtime::session_builder()?
+            .with_prepacking(prepack)
             .map_err(ort_err)?
             .with_intra_op_spinning(false)
             .map_err(ort_err)?;

@@ -36,12 +36,14 @@ impl Method {
     }
 }
 
+/// One stage per prompt chunk.
 impl Scorer for Engine {
-    fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Result<Option<f64>> {
-        Ok(match Engine::score(self, actions, bound)? {
-            Outcome::Scored(s) => Some(s.d()),
-            Outcome::Abandoned { .. } => None,
-        })
+    fn stages(&self) -> usize {
+        self.chunks()
+    }
+
+    fn advance(&mut self, actions: &[Action], stage: usize, terms: &mut Vec<f64>) -> Result<f64> {
+        Engine::advance(self, actions, stage, terms)
     }
 }
 

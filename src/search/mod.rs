@@ -25,21 +25,34 @@ pub use reuse::{reuse_pass, ReuseReport};
 pub use shortgpt::shortgpt_orders;
 pub use skip::{skip_search, Entry, Found, SkipOutcome, StepReport};
 
-/// The discrepancy oracle the search runs on.
+/// The discrepancy oracle the search runs on. D is a sum of non-negative error terms computed
+/// in stages (the engine: one stage per prompt chunk), so the D of the stages run so far is a
+/// lower bound that only grows; the skip phase schedules stages across candidates with it.
 pub trait Scorer {
-    /// D of `actions`, or `None` when scoring was abandoned because the partial sum over the
-    /// calibration prompts already exceeded `bound` (strictly; D only grows as prompts are
-    /// added, so an abandoned plan is strictly worse than `bound`). Without a bound the plan is
-    /// always scored fully.
-    fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Result<Option<f64>>;
-}
+    /// Stages in a full evaluation (at least one).
+    fn stages(&self) -> usize;
 
-impl<F> Scorer for F
-where
-    F: FnMut(&[Action], Option<f64>) -> Result<Option<f64>>,
-{
+    /// Runs stage `stage` (stages run in order, starting from 0) of `actions`, storing its error
+    /// terms in `terms` (the scorer's layout; empty before stage 0). Returns the D of the terms
+    /// stored so far: a lower bound on the plan's D, and its D once the last stage has run.
+    fn advance(&mut self, actions: &[Action], stage: usize, terms: &mut Vec<f64>) -> Result<f64>;
+
+    /// D of `actions`, or `None` when scoring was abandoned because the partial D already
+    /// exceeded `bound` (strictly: an abandoned plan is strictly worse than `bound`). Without a
+    /// bound the plan is always scored fully.
     fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Result<Option<f64>> {
-        self(actions, bound)
+        let mut terms = Vec::new();
+        let last = self.stages() - 1;
+        for stage in 0..=last {
+            let partial = self.advance(actions, stage, &mut terms)?;
+            if stage == last {
+                return Ok(Some(partial));
+            }
+            if bound.is_some_and(|b| partial > b) {
+                return Ok(None);
+            }
+        }
+        unreachable!("the last stage returns")
     }
 }
 
@@ -262,6 +275,9 @@ pub fn search(
 pub(crate) mod testutil {
     //! A synthetic model and a synthetic D for the search logic's unit tests.
 
+    use anyhow::Result;
+
+    use super::Scorer;
     use crate::blocks::{Analysis, Kind, SubBlock};
     use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
     use crate::plan::Action;
@@ -343,13 +359,14 @@ pub(crate) mod testutil {
 
     /// A synthetic D over `prompts` prompts: per prompt, a cost per skipped sub-block, a cost per
     /// pair of skipped sub-blocks (so the order of greedy removal matters) and a cost per
-    /// re-use (source, position). Summed prompt by prompt with early abandoning, like the engine.
+    /// re-use (source, position).
     pub struct SyntheticD {
         pub skip: Vec<Vec<f64>>,
         pub pair: Vec<Vec<Vec<f64>>>,
         pub reuse: Vec<Vec<Vec<f64>>>,
+        /// Plans scored to the last stage, and stages run in all.
         pub scored: usize,
-        pub abandoned: usize,
+        pub stages_run: usize,
     }
 
     impl SyntheticD {
@@ -371,11 +388,12 @@ pub(crate) mod testutil {
                 pair,
                 reuse,
                 scored: 0,
-                abandoned: 0,
+                stages_run: 0,
             }
         }
 
-        fn prompt(&self, j: usize, actions: &[Action]) -> f64 {
+        /// Prompt `j`'s term of D.
+        pub fn prompt(&self, j: usize, actions: &[Action]) -> f64 {
             let mut d = 0.0;
             for (p, a) in actions.iter().enumerate() {
                 match *a {
@@ -394,17 +412,44 @@ pub(crate) mod testutil {
             d
         }
 
-        pub fn score(&mut self, actions: &[Action], bound: Option<f64>) -> Option<f64> {
-            let mut d = 0.0;
-            for j in 0..self.skip.len() {
-                d += self.prompt(j, actions);
-                if bound.is_some_and(|b| d > b) {
-                    self.abandoned += 1;
-                    return None;
-                }
+        /// Full D, computed without the scorer interface (for reference implementations).
+        pub fn d(&self, actions: &[Action]) -> f64 {
+            (0..self.skip.len()).map(|j| self.prompt(j, actions)).sum()
+        }
+    }
+
+    /// One stage per prompt, summed in prompt order like the engine's terms.
+    impl Scorer for SyntheticD {
+        fn stages(&self) -> usize {
+            self.skip.len()
+        }
+
+        fn advance(
+            &mut self,
+            actions: &[Action],
+            stage: usize,
+            terms: &mut Vec<f64>,
+        ) -> Result<f64> {
+            terms.resize(self.skip.len(), 0.0);
+            terms[stage] = self.prompt(stage, actions);
+            self.stages_run += 1;
+            if stage + 1 == self.skip.len() {
+                self.scored += 1;
             }
-            self.scored += 1;
-            Some(d)
+            Ok(terms.iter().sum())
+        }
+    }
+
+    /// A scorer from a closure giving the full D in one stage (bounds are then never used).
+    pub struct Whole<F>(pub F);
+
+    impl<F: FnMut(&[Action]) -> f64> Scorer for Whole<F> {
+        fn stages(&self) -> usize {
+            1
+        }
+
+        fn advance(&mut self, actions: &[Action], _: usize, _: &mut Vec<f64>) -> Result<f64> {
+            Ok((self.0)(actions))
         }
     }
 }
@@ -413,26 +458,24 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::{analysis, SyntheticD};
     use super::*;
-    use std::cell::RefCell;
 
     #[test]
     fn search_runs_both_phases_and_fills_the_plan_file() {
         let a = analysis(&[10, 20, 10, 20, 10, 20, 10, 20], 20);
-        let d = RefCell::new(SyntheticD::new(8, 3, 11));
-        let mut s = |act: &[Action], b: Option<f64>| Ok(d.borrow_mut().score(act, b));
+        let mut d = SyntheticD::new(8, 3, 11);
         let cfg = Config {
             beam: 3,
             targets: vec![0.3, 0.1],
             reuse: true,
             limits: Limits::default(),
         };
-        let (levels, report) = search(&a, &mut s, &cfg).unwrap();
+        let (levels, report) = search(&a, &mut d, &cfg).unwrap();
         assert_eq!(levels.len(), 2);
         assert_eq!(report.reuse.len(), 2);
         for l in &levels {
             assert!(l.sparsity >= l.target);
             assert!(l.d_final <= l.d_skip);
-            assert_eq!(d.borrow_mut().score(&l.actions, None), Some(l.d_final));
+            assert_eq!(d.d(&l.actions), l.d_final);
             let plan = l.plan_file(&a, "skrr", Some(3), "abc");
             assert_eq!(plan.to_actions(&a).unwrap(), l.actions);
             assert_eq!(plan.achieved_sparsity, Some(l.sparsity));
@@ -446,7 +489,7 @@ mod tests {
             },
             ..cfg
         };
-        let e = search(&a, &mut s, &cfg).unwrap_err();
+        let e = search(&a, &mut d, &cfg).unwrap_err();
         assert!(e.to_string().contains("step limit"), "{e}");
     }
 }

@@ -90,14 +90,13 @@ pub fn reuse_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::testutil::{analysis, SyntheticD};
-    use std::cell::RefCell;
+    use crate::search::testutil::{analysis, SyntheticD, Whole};
 
     /// The pass as the method doc states it, with every plan scored fully.
     fn reference(a: &Analysis, d: &mut SyntheticD, order: &[usize]) -> (Actions, f64) {
         let n = a.sub_blocks.len();
         let mut act = skip_actions(n, order);
-        let mut cur = d.score(&act, None).unwrap();
+        let mut cur = d.d(&act);
         for &i in order {
             let kind = a.sub_blocks[i].kind;
             let kept =
@@ -108,7 +107,7 @@ mod tests {
             for q in [l, r].into_iter().flatten() {
                 let mut t = act.clone();
                 t[i] = Action::Reuse(q);
-                opts.push((d.score(&t, None).unwrap(), Some(q)));
+                opts.push((d.d(&t), Some(q)));
             }
             // lowest D; on ties the earlier option (current, then below, then above)
             let (bd, bq) = opts
@@ -137,13 +136,9 @@ mod tests {
                 v.truncate(2 + seed as usize % 5);
                 v
             };
-            let d = RefCell::new(SyntheticD::new(n, 3, seed));
-            let d0 = d
-                .borrow_mut()
-                .score(&skip_actions(n, &order), None)
-                .unwrap();
-            let mut s = |act: &[Action], b: Option<f64>| Ok(d.borrow_mut().score(act, b));
-            let (act, rep) = reuse_pass(&a, &mut s, &order, d0).unwrap();
+            let mut d = SyntheticD::new(n, 3, seed);
+            let d0 = d.d(&skip_actions(n, &order));
+            let (act, rep) = reuse_pass(&a, &mut d, &order, d0).unwrap();
             let (ract, rd) = reference(&a, &mut SyntheticD::new(n, 3, seed), &order);
             assert_eq!(act, ract, "seed {seed}");
             assert_eq!(rep.d_after, rd);
@@ -155,7 +150,7 @@ mod tests {
                 "re-use removes nothing more and adds nothing back"
             );
             // the final D is the scorer's D of the final plan
-            assert_eq!(d.borrow_mut().score(&act, None), Some(rep.d_after));
+            assert_eq!(d.d(&act), rep.d_after);
         }
     }
 
@@ -163,11 +158,8 @@ mod tests {
     fn only_strict_improvements_are_adopted() {
         let a = analysis(&[10; 6], 10);
         // re-use never helps: D counts non-kept positions only
-        let mut s = |act: &[Action], _: Option<f64>| -> Result<Option<f64>> {
-            Ok(Some(
-                act.iter().filter(|x| **x != Action::Keep).count() as f64
-            ))
-        };
+        let mut s =
+            Whole(|act: &[Action]| act.iter().filter(|x| **x != Action::Keep).count() as f64);
         let (act, rep) = reuse_pass(&a, &mut s, &[2, 3], 2.0).unwrap();
         assert_eq!(act, skip_actions(6, &[2, 3]));
         assert!(rep.adopted.is_empty());
@@ -178,17 +170,15 @@ mod tests {
     fn a_reuse_target_is_not_a_source_and_ties_prefer_below() {
         let a = analysis(&[10; 8], 10);
         // attention positions 0 2 4 6; skip 2 and 4; any re-use halves the cost of its position
-        let mut s = |act: &[Action], _: Option<f64>| -> Result<Option<f64>> {
-            Ok(Some(
-                act.iter()
-                    .map(|x| match x {
-                        Action::Keep => 0.0,
-                        Action::Skip => 1.0,
-                        Action::Reuse(_) => 0.5,
-                    })
-                    .sum(),
-            ))
-        };
+        let mut s = Whole(|act: &[Action]| {
+            act.iter()
+                .map(|x| match x {
+                    Action::Keep => 0.0,
+                    Action::Skip => 1.0,
+                    Action::Reuse(_) => 0.5,
+                })
+                .sum()
+        });
         let (act, rep) = reuse_pass(&a, &mut s, &[4, 2], 2.0).unwrap();
         // 4: below 2 is skipped, so 0 is the nearest kept below; above is 6; tie → below (0).
         // 2: below 0, above 4 is now a re-use target (not kept) → 6; tie → 0.

@@ -5,13 +5,13 @@
 //!   reached first when the beam is walked best entry first and sub-blocks in index order
 //!   (i.e. the order whose prefix had the lowest D), so the skip order is deterministic;
 //! - ranking is by D, ties by the list itself (lexicographic), so runs are deterministic;
-//! - the bound handed to the scorer for early abandoning is the k-th best *full* D among this
-//!   step's candidates so far, so it exists only once k candidates are fully scored. A candidate
-//!   abandoned against it has D strictly above the final k-th best and could never be kept;
-//!   the scoring order (best guesses first, for tight bounds early) therefore changes no result.
+//! - a candidate is left unfinished only when its partial D (a lower bound) is strictly above the
+//!   k-th best *full* D of the step, so it could never be kept; which candidate runs its next
+//!   stage when (`select`: lowest lower bound first, best guess on ties) changes the work done,
+//!   never the result.
 
-use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashSet};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
@@ -126,51 +126,33 @@ pub fn skip_search(
         }
         cands.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
 
-        let bar = ProgressBar::new(cands.len() as u64).with_style(
-            ProgressStyle::with_template("step {msg} [{bar:30}] {pos}/{len} candidates, {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(step.to_string());
-        // Ascending full Ds of the best `beam` candidates scored so far.
-        let mut top: Vec<f64> = Vec::with_capacity(beam + 1);
+        let lists: Vec<&[usize]> = cands.iter().map(|(l, _)| l.as_slice()).collect();
+        let Some(results) = select(analysis, scorer, &lists, beam, step, limits, start)? else {
+            stop = Some(StopReason::TimeLimit {
+                seconds: limits.time.unwrap_or_default().as_secs_f64(),
+            });
+            break 'steps;
+        };
         let mut scored = Vec::new();
         let mut abandoned = 0;
-        for (list, _) in cands.iter() {
-            if let Some(t) = limits.time.filter(|&t| start.elapsed() > t) {
-                bar.finish_and_clear();
-                stop = Some(StopReason::TimeLimit {
-                    seconds: t.as_secs_f64(),
-                });
-                break 'steps;
-            }
-            let bound = (top.len() >= beam).then(|| top[beam - 1]);
-            let actions = skip_actions(n, list);
-            match scorer.score(&actions, bound)? {
-                Some(d) => {
-                    let at = top.partition_point(|&x| x <= rank(d));
-                    top.insert(at, rank(d));
-                    top.truncate(beam);
-                    if step == 1 {
-                        single[list[0]] = rank(d);
-                    }
+        for (list, r) in lists.iter().zip(results) {
+            let d = match r {
+                Decided::Scored(d) => {
                     scored.push(Entry {
-                        list: list.clone(),
+                        list: list.to_vec(),
                         d,
                     });
+                    rank(d)
                 }
-                None => {
-                    let Some(b) = bound else {
-                        bail!("the scorer abandoned a candidate although no bound was given");
-                    };
+                Decided::Abandoned(lower) => {
                     abandoned += 1;
-                    if step == 1 {
-                        single[list[0]] = b;
-                    }
+                    rank(lower)
                 }
+            };
+            if step == 1 {
+                single[list[0]] = d;
             }
-            bar.inc(1);
         }
-        bar.finish_and_clear();
 
         scored.sort_by(by_rank);
         scored.truncate(beam);
@@ -232,24 +214,104 @@ pub fn skip_search(
     })
 }
 
+/// What scheduling left of a candidate: its D, or the lower bound it was abandoned at.
+enum Decided {
+    Scored(f64),
+    Abandoned(f64),
+}
+
+/// Scores one step's candidates (given best guess first) just far enough to know the `keep`
+/// best: always the candidate with the lowest partial D (a lower bound on its D) runs its next
+/// stage, ties going to the better guess. The `keep` best are therefore finished before any
+/// candidate is run past the final keep-th best D, and every candidate left unfinished has a
+/// lower bound strictly above it, so it could never be kept (a tie is finished: lists break
+/// ties). Returns `None` when the time limit hits.
+fn select(
+    analysis: &Analysis,
+    scorer: &mut dyn Scorer,
+    lists: &[&[usize]],
+    keep: usize,
+    step: usize,
+    limits: &Limits,
+    start: Instant,
+) -> Result<Option<Vec<Decided>>> {
+    let n = analysis.sub_blocks.len();
+    let stages = scorer.stages();
+    ensure!(stages >= 1, "the scorer has no stages");
+    let bar = ProgressBar::new((lists.len() * stages) as u64).with_style(
+        ProgressStyle::with_template("step {msg} [{bar:30}] {pos}/{len} candidate chunks, {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(step.to_string());
+    let mut terms = vec![Vec::new(); lists.len()];
+    let mut done = vec![0usize; lists.len()];
+    let mut lower = vec![0.0f64; lists.len()];
+    // Min-heap of (rank of the lower bound, guess order) over unfinished candidates.
+    let mut queue: BinaryHeap<Reverse<(Key, usize)>> =
+        (0..lists.len()).map(|i| Reverse((Key(0.0), i))).collect();
+    // Ascending full Ds of the best `keep` candidates finished so far.
+    let mut top: Vec<f64> = Vec::with_capacity(keep + 1);
+    while let Some(Reverse((Key(bound), i))) = queue.pop() {
+        if top.len() >= keep && bound > top[keep - 1] {
+            break;
+        }
+        if limits.time.is_some_and(|t| start.elapsed() > t) {
+            bar.finish_and_clear();
+            return Ok(None);
+        }
+        let actions = skip_actions(n, lists[i]);
+        lower[i] = scorer.advance(&actions, done[i], &mut terms[i])?;
+        done[i] += 1;
+        bar.inc(1);
+        if done[i] == stages {
+            let at = top.partition_point(|&x| x <= rank(lower[i]));
+            top.insert(at, rank(lower[i]));
+            top.truncate(keep);
+            terms[i] = Vec::new();
+        } else {
+            queue.push(Reverse((Key(rank(lower[i])), i)));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Some(
+        (0..lists.len())
+            .map(|i| {
+                if done[i] == stages {
+                    Decided::Scored(lower[i])
+                } else {
+                    Decided::Abandoned(lower[i])
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// Total order on ranked (never NaN) lower bounds, for the scheduling heap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key(f64);
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::Action;
-    use crate::search::testutil::{analysis, SyntheticD};
-    use std::cell::RefCell;
+    use crate::search::testutil::{analysis, SyntheticD, Whole};
 
-    fn run(
-        a: &Analysis,
-        d: &RefCell<SyntheticD>,
-        beam: usize,
-        targets: &[f64],
-        abandon: bool,
-    ) -> SkipOutcome {
-        let mut scorer = |act: &[Action], bound: Option<f64>| -> Result<Option<f64>> {
-            Ok(d.borrow_mut().score(act, bound.filter(|_| abandon)))
-        };
-        skip_search(a, &mut scorer, beam, targets, &Limits::default()).unwrap()
+    fn run(a: &Analysis, d: &mut SyntheticD, beam: usize, targets: &[f64]) -> SkipOutcome {
+        skip_search(a, d, beam, targets, &Limits::default()).unwrap()
     }
 
     /// The method doc written as plainly as possible: no bounds, candidates from every ordered
@@ -278,7 +340,7 @@ mod tests {
                     }) {
                         continue;
                     }
-                    let dd = d.score(&skip_actions(n, &list), None).unwrap();
+                    let dd = d.d(&skip_actions(n, &list));
                     all.push(Entry { list, d: dd });
                 }
             }
@@ -300,26 +362,18 @@ mod tests {
     }
 
     #[test]
-    fn equals_reference_and_abandoning_changes_nothing() {
+    fn equals_reference() {
         for seed in 1..=12u64 {
             let n = 6 + (seed as usize % 3) * 2;
             let a = analysis(&params(n, seed), 40);
             for beam in [1, 2, 3, 5] {
                 for target in [0.2, 0.45, 0.7] {
-                    let with = RefCell::new(SyntheticD::new(n, 4, seed));
-                    let without = RefCell::new(SyntheticD::new(n, 4, seed));
-                    let o1 = run(&a, &with, beam, &[target], true);
-                    let o2 = run(&a, &without, beam, &[target], false);
+                    let mut d = SyntheticD::new(n, 4, seed);
+                    let o = run(&a, &mut d, beam, &[target]);
                     let r = reference(&a, &mut SyntheticD::new(n, 4, seed), beam, target);
-                    assert_eq!(o1.found[0].entry, r, "seed {seed} beam {beam} t {target}");
-                    assert_eq!(o2.found[0].entry, r);
-                    assert!(o1.found[0].sparsity >= target);
-                    assert_eq!(without.borrow().abandoned, 0);
-                    let w = with.borrow();
-                    assert_eq!(
-                        w.scored + w.abandoned,
-                        o1.steps.iter().map(|s| s.candidates).sum::<usize>()
-                    );
+                    assert_eq!(o.found[0].entry, r, "seed {seed} beam {beam} t {target}");
+                    assert!(o.found[0].sparsity >= target);
+                    assert_eq!(d.scored, o.steps.iter().map(|s| s.scored).sum::<usize>());
                 }
             }
         }
@@ -328,17 +382,87 @@ mod tests {
     #[test]
     fn abandoning_happens_and_is_reported() {
         let a = analysis(&params(12, 3), 40);
-        let d = RefCell::new(SyntheticD::new(12, 8, 3));
-        let o = run(&a, &d, 3, &[0.5], true);
+        let mut d = SyntheticD::new(12, 8, 3);
+        let o = run(&a, &mut d, 3, &[0.5]);
         let abandoned: usize = o.steps.iter().map(|s| s.abandoned).sum();
+        let candidates: usize = o.steps.iter().map(|s| s.candidates).sum();
         assert!(abandoned > 0);
-        assert_eq!(abandoned, d.borrow().abandoned);
+        assert_eq!(d.scored, candidates - abandoned);
+        assert!(d.stages_run < candidates * 8);
         assert_eq!(
             o.stop,
             StopReason::Reached {
                 step: o.found[0].step
             }
         );
+    }
+
+    /// `select` runs exactly the stages an oracle knowing the final k-th best D would: the kept
+    /// candidates to the end, every other one until its partial D exceeds that k-th best.
+    #[test]
+    fn select_does_the_least_work_and_keeps_the_best() {
+        for seed in 1..=20u64 {
+            let n = 10;
+            let a = analysis(&[10; 10], 10);
+            let mut r = crate::search::testutil::Rng(seed);
+            let lists: Vec<Vec<usize>> = (0..25)
+                .map(|_| {
+                    let mut l: Vec<usize> = (0..n).filter(|_| r.next() < 0.3).collect();
+                    l.push(((r.next() * n as f64) as usize).min(n - 1));
+                    l.sort();
+                    l.dedup();
+                    l
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let refs: Vec<&[usize]> = lists.iter().map(|l| l.as_slice()).collect();
+            for keep in [1, 3] {
+                let stages = 6;
+                let mut d = SyntheticD::new(n, stages, seed);
+                let got = select(
+                    &a,
+                    &mut d,
+                    &refs,
+                    keep,
+                    1,
+                    &Limits::default(),
+                    Instant::now(),
+                )
+                .unwrap()
+                .unwrap();
+                let full: Vec<f64> = lists.iter().map(|l| d.d(&skip_actions(n, l))).collect();
+                let mut sorted = full.clone();
+                sorted.sort_by(f64::total_cmp);
+                let kth = sorted[keep - 1];
+                let mut oracle = 0;
+                for l in &lists {
+                    let act = skip_actions(n, l);
+                    let mut partial = 0.0;
+                    for j in 0..stages {
+                        oracle += 1;
+                        partial += d.prompt(j, &act);
+                        if j + 1 < stages && partial > kth {
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(d.stages_run, oracle, "seed {seed} keep {keep}");
+                for (g, dd) in got.iter().zip(&full) {
+                    match g {
+                        Decided::Scored(x) => assert_eq!(x, dd),
+                        Decided::Abandoned(lb) => {
+                            assert!(*lb > kth && *lb <= *dd, "seed {seed}: {lb} {kth} {dd}")
+                        }
+                    }
+                }
+                let kept = got
+                    .iter()
+                    .filter(|g| matches!(g, Decided::Scored(x) if *x <= kth))
+                    .count();
+                assert_eq!(kept, keep);
+            }
+        }
     }
 
     #[test]
@@ -348,15 +472,9 @@ mod tests {
         let n = 6;
         let p = params(n, 9);
         let a = analysis(&p, 100);
-        let mut d = SyntheticD::new(n, 3, 9);
+        let d = SyntheticD::new(n, 3, 9);
         let target = 0.4;
-        let o = run(
-            &a,
-            &RefCell::new(SyntheticD::new(n, 3, 9)),
-            1000,
-            &[target],
-            true,
-        );
+        let o = run(&a, &mut SyntheticD::new(n, 3, 9), 1000, &[target]);
         let mut best: Option<(usize, f64)> = None;
         for mask in 1u32..(1 << n) {
             let set: Vec<usize> = (0..n).filter(|i| mask >> i & 1 == 1).collect();
@@ -364,7 +482,7 @@ mod tests {
             if sparsity(&a, &act) < target {
                 continue;
             }
-            let dd = d.score(&act, None).unwrap();
+            let dd = d.d(&act);
             let cand = (set.len(), dd);
             if best.is_none_or(|b| cand.0 < b.0 || (cand.0 == b.0 && cand.1 < b.1)) {
                 best = Some(cand);
@@ -379,8 +497,7 @@ mod tests {
     fn duplicates_are_merged_and_counted() {
         let n = 8;
         let a = analysis(&[10; 8], 10);
-        let d = RefCell::new(SyntheticD::new(n, 2, 5));
-        let o = run(&a, &d, 3, &[0.5], true);
+        let o = run(&a, &mut SyntheticD::new(n, 2, 5), 3, &[0.5]);
         // Step 2: 3 parents × 7 extensions = 21 ordered lists; the pairs among the 3 parents'
         // own sub-blocks are reached twice (3 pairs), so 18 distinct sets.
         assert_eq!(o.steps[1].candidates + o.steps[1].duplicates, 21);
@@ -391,11 +508,8 @@ mod tests {
     #[test]
     fn ties_are_broken_by_the_list() {
         let a = analysis(&[10; 6], 10);
-        let mut flat = |act: &[Action], _: Option<f64>| -> Result<Option<f64>> {
-            Ok(Some(
-                act.iter().filter(|x| **x == Action::Skip).count() as f64
-            ))
-        };
+        let mut flat =
+            Whole(|act: &[Action]| act.iter().filter(|x| **x == Action::Skip).count() as f64);
         let o = skip_search(&a, &mut flat, 2, &[0.4], &Limits::default()).unwrap();
         // 3 skips × 10 params = 30 of 70 ≥ 0.4; lexicographically first list of size 3.
         assert_eq!(o.found[0].entry.list, vec![0, 1, 2]);
@@ -406,16 +520,10 @@ mod tests {
         let n = 10;
         let a = analysis(&params(n, 4), 60);
         let targets = [0.5, 0.1, 0.3];
-        let sweep = run(
-            &a,
-            &RefCell::new(SyntheticD::new(n, 3, 4)),
-            3,
-            &targets,
-            true,
-        );
+        let sweep = run(&a, &mut SyntheticD::new(n, 3, 4), 3, &targets);
         assert_eq!(sweep.found.len(), 3);
         for (t, f) in targets.iter().zip(&sweep.found) {
-            let alone = run(&a, &RefCell::new(SyntheticD::new(n, 3, 4)), 3, &[*t], true);
+            let alone = run(&a, &mut SyntheticD::new(n, 3, 4), 3, &[*t]);
             assert_eq!(f.target, *t);
             assert_eq!(f.entry, alone.found[0].entry);
         }
@@ -425,22 +533,22 @@ mod tests {
     fn unreachable_and_invalid_targets_fail_before_scoring() {
         let a = analysis(&[10; 4], 60); // sub-blocks hold 40 of 100
         for t in [0.41, 0.0, 1.0, -0.1, f64::NAN] {
-            let mut never = |_: &[Action], _: Option<f64>| -> Result<Option<f64>> {
-                panic!("scored before the target was checked")
-            };
+            let mut never =
+                Whole(|_: &[Action]| -> f64 { panic!("scored before the target was checked") });
             let e = skip_search(&a, &mut never, 3, &[t], &Limits::default()).unwrap_err();
             let code = crate::error::exit_code_of(&e);
             assert_eq!(code, crate::error::exit::USAGE, "{e}");
         }
-        let d = RefCell::new(SyntheticD::new(4, 2, 1));
-        assert_eq!(run(&a, &d, 3, &[0.4], true).found[0].step, 4);
+        assert_eq!(
+            run(&a, &mut SyntheticD::new(4, 2, 1), 3, &[0.4]).found[0].step,
+            4
+        );
     }
 
     #[test]
     fn limits_stop_the_search_with_a_reason() {
         let a = analysis(&params(8, 2), 10);
-        let d = RefCell::new(SyntheticD::new(8, 2, 2));
-        let mut s = |act: &[Action], b: Option<f64>| Ok(d.borrow_mut().score(act, b));
+        let mut s = SyntheticD::new(8, 2, 2);
         let lim = Limits {
             steps: Some(2),
             time: None,
