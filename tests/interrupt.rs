@@ -125,9 +125,11 @@ fn is_complete_big(out: &Path, big: &Path) -> bool {
 /// Starts `cmd` (which writes a big model into `dir`), waits until its temporary output holds
 /// at least 32 MB, sends `sig` and returns how the process ended.
 fn kill_mid_write(mut cmd: Command, dir: &Path, sig: i32) -> std::process::ExitStatus {
+    // A file, not a pipe, so the child never blocks on it; read if it ends on its own.
+    let stderr = tempfile::tempfile().unwrap();
     let mut child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr.try_clone().unwrap())
         .spawn()
         .unwrap();
     let start = Instant::now();
@@ -140,7 +142,11 @@ fn kill_mid_write(mut cmd: Command, dir: &Path, sig: i32) -> std::process::ExitS
             break;
         }
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("{cmd:?} finished ({st}) before it could be interrupted mid-write");
+            let mut said = String::new();
+            let mut f = &stderr;
+            std::io::Seek::rewind(&mut f).unwrap();
+            std::io::Read::read_to_string(&mut f, &mut said).unwrap();
+            panic!("{cmd:?} finished ({st}) before it could be interrupted mid-write: {said}");
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),

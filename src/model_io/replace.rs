@@ -69,7 +69,14 @@ impl Replacement {
         let dir = model.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = model.file_name().unwrap_or_default().to_string_lossy();
         let journal = dir.join(format!(".{name}.replaced"));
-        let mut candidates = locations(model);
+        // A symlink at the output path is replaced, not followed: what its target reads lives
+        // beside the target, not here.
+        let regular = std::fs::symlink_metadata(model).is_ok_and(|m| m.is_file());
+        let mut candidates = if regular {
+            locations(model)
+        } else {
+            Vec::new()
+        };
         if let Ok(text) = std::fs::read_to_string(&journal) {
             candidates.extend(text.lines().map(str::to_string));
         }
