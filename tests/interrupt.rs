@@ -169,6 +169,9 @@ fn interrupted_writes_leave_previous_or_complete_output() {
 
     for (flags, what) in [
         (&["--external-data"][..], "external"),
+        // A named data file is staged under the model's name too (`.model.onnx.data.*.tmp`),
+        // so the cleanup after SIGKILL finds it whatever the final name.
+        (&["--external-data=weights.bin"][..], "named"),
         (&["--inline"][..], "inline"),
     ] {
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
