@@ -8,7 +8,7 @@
 //! Prints both wall times, their ratio, and the largest relative D difference over the candidates
 //! the engine scored fully.
 //!
-//! cargo run --release --example bench_calibrate -- MODEL [--steps 6] [--prompts 64] [--chunk 16]
+//! cargo run --release --example bench_calibrate -- MODEL [--steps 6] [--prompts 64] [--chunk 8]
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;

@@ -587,7 +587,7 @@ fn bench_minilm_search() {
     let (calib, calib_ids) = read("SKRR_BENCH_CALIB");
     let (_, held_ids) = read("SKRR_BENCH_HELDOUT");
     // Prompts per engine batch, also the granularity of early abandoning.
-    let chunk = std::env::var("SKRR_BENCH_CHUNK").unwrap_or_else(|_| "16".into());
+    let chunk = std::env::var("SKRR_BENCH_CHUNK").unwrap_or_else(|_| "8".into());
     let null = [101i64, 102];
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("skrr.json");

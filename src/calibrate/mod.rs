@@ -57,7 +57,7 @@ pub struct CalibArgs {
     #[arg(long, value_name = "FILE")]
     pub projection: Option<PathBuf>,
     /// Prompts per ONNX Runtime batch (also the granularity of early abandoning).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub chunk: usize,
     /// Memory bound for cached stream values, e.g. 512M or 4G (default: a quarter of the
     /// available memory).
