@@ -17,9 +17,10 @@ use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs};
 use crate::commands::plan::{file_sha256, SearchArgs};
+use crate::commands::ExternalDataArgs;
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
-use crate::model_io::{check_output_not_input, read_model, write_file, WriteOptions, WriteReport};
+use crate::model_io::{check_output_not_input, read_model, write_file, WriteReport};
 use crate::plan::PlanFile;
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
@@ -50,6 +51,8 @@ pub struct RunArgs {
     /// Skip the held-out fidelity comparison.
     #[arg(long)]
     pub no_compare: bool,
+    #[command(flatten)]
+    pub data: ExternalDataArgs,
     #[command(flatten)]
     pub calib: CalibArgs,
     #[command(flatten)]
@@ -168,7 +171,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             &level.actions,
             &opts,
             output,
-            &WriteOptions::default(),
+            &args.data.write_options(),
         )
     })?;
 

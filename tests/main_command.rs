@@ -37,29 +37,38 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn prunes_checks_and_agrees_with_the_engine() {
-    for (fixture, sparsity) in [("t5_gated", "0.3"), ("bert", "0.25"), ("llama", "0.3")] {
+    // (fixture, sparsity, write the output with external data)
+    for (fixture, sparsity, external) in [
+        ("t5_gated", "0.3", false),
+        ("bert", "0.25", false),
+        ("llama", "0.3", true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let input = fixtures().join(fixture).join("model.onnx");
         let out = dir.path().join("pruned.onnx");
         let plan = dir.path().join("plan.json");
         let report = dir.path().join("report.json");
         let held = ids_file(dir.path());
-        let run = skrr([
-            "--json",
-            input.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--sparsity",
-            sparsity,
-            "--num-prompts",
-            "12",
-            "--plan-out",
-            plan.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--min-cos=-1",
-            "--max-null-ratio",
-            "1e9",
-        ]);
+        let run = skrr(
+            [
+                "--json",
+                input.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "--sparsity",
+                sparsity,
+                "--num-prompts",
+                "12",
+                "--plan-out",
+                plan.to_str().unwrap(),
+                "--report",
+                report.to_str().unwrap(),
+                "--min-cos=-1",
+                "--max-null-ratio",
+                "1e9",
+            ]
+            .into_iter()
+            .chain(external.then_some("--external-data")),
+        );
         assert_eq!(
             run.status.code(),
             Some(0),
@@ -67,6 +76,8 @@ fn prunes_checks_and_agrees_with_the_engine() {
             String::from_utf8_lossy(&run.stderr)
         );
         let r = json_of(&run);
+        let data = dir.path().join("pruned.onnx.data");
+        assert_eq!(data.exists(), external, "{fixture}: external data file");
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(
             stderr
