@@ -56,8 +56,9 @@ pub struct ApplyReport {
 
 pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
     let start = Instant::now();
-    // A missing output folder is known before reading and rewriting anything.
-    model_io::check_output(&args.output)?;
+    // A missing output folder or an output over the input is known before reading and
+    // rewriting anything (the writer checks the input's data files too, when it knows them).
+    model_io::check_output_not_input(&args.output, &args.input, "pruned model")?;
     let model = model_io::read_model(&args.input)?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
     let plan = PlanFile::read(&args.plan)?;
