@@ -15,7 +15,6 @@ use std::collections::{BinaryHeap, HashSet};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{check_targets, skip_actions, sparsity, Limits, Scorer, StopReason};
@@ -238,11 +237,11 @@ fn select(
     let n = analysis.sub_blocks.len();
     let stages = scorer.stages();
     ensure!(stages >= 1, "the scorer has no stages");
-    let bar = ProgressBar::new((lists.len() * stages) as u64).with_style(
-        ProgressStyle::with_template("step {msg} [{bar:30}] {pos}/{len} candidate chunks, {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = crate::progress::bar(
+        (lists.len() * stages) as u64,
+        &format!("step {step}"),
+        "candidate chunks",
     );
-    bar.set_message(step.to_string());
     let mut terms = vec![Vec::new(); lists.len()];
     let mut done = vec![0usize; lists.len()];
     let mut lower = vec![0.0f64; lists.len()];
