@@ -313,12 +313,7 @@ struct DataSink<'a> {
 
 impl<'a> DataSink<'a> {
     fn new(file: &'a File, location: &str, path: &'a Path, align: u64) -> Self {
-        let progress = indicatif::ProgressBar::new(0).with_style(
-            indicatif::ProgressStyle::with_template(
-                "writing {bytes}/{total_bytes} {wide_bar} {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let progress = crate::progress::bytes("writing");
         DataSink {
             file,
             location: location.to_string(),
