@@ -101,7 +101,8 @@ pub struct EngineStats {
     pub cache_evictions: u64,
     pub cache_entries: usize,
     pub cache_bytes: u64,
-    /// Bytes of weights the partition sessions share (held once).
+    /// Bytes of large weights the partition sessions read from the input's files (each counted
+    /// once; never copied by this process).
     pub shared_weight_bytes: u64,
     /// Whether the sessions keep packed copies of the weights (`EngineOptions::prepack`).
     pub prepacked: bool,
@@ -158,7 +159,7 @@ impl Engine {
         let partition = Partition::build(&model.proto, analysis, &model.weights)?;
         let prepack = opts.prepack.decide(partition.shared_bytes);
         log::info!(
-            "{} MiB of shared weights, pre-packing {}",
+            "{} MiB of weights read from the model's files, pre-packing {}",
             partition.shared_bytes >> 20,
             if prepack { "on" } else { "off" }
         );

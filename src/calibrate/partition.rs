@@ -3,33 +3,32 @@
 //! sub-block (stream in + side inputs → stream out) and the epilogue (last stream value → the
 //! output D is measured on).
 //!
-//! Weights are held once, in this process, as ONNX Runtime values that every session which reads
-//! them shares through `AddInitializer` (`SessionBuilder::with_initializer`). Measured with ONNX
-//! Runtime 1.32: this is the one initializer API that does not copy — the external-initializer and
-//! in-memory-external-file APIs both copy the bytes into each session — and it stops copying only
-//! with pre-packing disabled (pre-packing makes a packed copy per session, which the engine
-//! accepts only when the copies fit in memory: `Prepack`). The partition model
-//! must still declare the initializer, so large ones are written as external data pointing at a
-//! sparse placeholder file that ONNX Runtime validates but never reads because the shared value
-//! replaces it. Small initializers (scalars, shape constants) are inlined: graph optimizers
-//! read their values (e.g. to recognise Gelu or a norm's epsilon), and copying them costs nothing.
-//! Weights of element types the CPU kernels do not read directly (float16, ...) are inlined too
-//! (see `shareable`). A shared initializer read by several parts (exporters merge all-ones
-//! norms) is held once; an inlined one is copied into each part that reads it.
+//! Each part model reads its large initializers straight from the input's files: it declares
+//! them as external data at their place in the model's data file, or inside the model file itself
+//! for inline weights, and its session is built from memory with the model's folder as the
+//! external-data folder. So this process never copies a weight. ONNX Runtime memory-maps
+//! page-aligned ranges (the usual layout of large external data, and what `model_io` writes):
+//! the weights then live in the page cache, shared by every session and by other processes,
+//! and can be evicted. It copies unaligned ranges, once, into the one session that reads them.
+//! With pre-packing (`Prepack`) it packs each MatMul weight and drops the unpacked bytes. Measured
+//! with ONNX Runtime 1.32 on a 1 GiB external-data T5, pre-packing off: 32 MiB anonymous memory
+//! and 1.1 GiB of mapped file after a run. The earlier design shared one copy of each weight
+//! through `AddInitializer`, plus the packed copies, so it held the weights twice.
+//! Small initializers (scalars, shape constants) are inlined: graph optimizers read their values
+//! (e.g. to recognise Gelu or a norm's epsilon), and copying them costs nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use ort::session::builder::SessionBuilder;
 use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorElementType};
+use ort::value::TensorElementType;
 use prost::Message;
 
 use crate::blocks::Analysis;
 use crate::error::SkrrError;
-use crate::model_io::WeightStore;
+use crate::model_io::{Source, WeightStore};
 use crate::onnx::proto::tensor_proto::{data_location, data_type};
 use crate::onnx::proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx::proto::type_proto;
@@ -40,7 +39,6 @@ use crate::onnx::{
 
 /// Initializers up to this size are inlined into each part that reads them.
 const INLINE_BYTES: usize = 1024;
-const PLACEHOLDER: &str = "skrr-shared-weights.bin";
 
 /// One standalone model of the partition.
 #[derive(Debug, Clone)]
@@ -51,7 +49,7 @@ pub struct Part {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     nodes: Vec<usize>,
-    /// Large initializers it reads (shared values).
+    /// Large initializers it reads (from the input's files).
     shared: Vec<String>,
     /// Small initializers it reads (inlined).
     inline: Vec<String>,
@@ -66,7 +64,8 @@ pub struct InputType {
 
 /// The parts of one model and the weights they share.
 pub struct Partition {
-    dir: tempfile::TempDir,
+    /// The input model's folder: where the part models' external data locations point.
+    folder: PathBuf,
     model_meta: ModelProto,
     graph: GraphProto,
     pub prologue: Part,
@@ -77,8 +76,7 @@ pub struct Partition {
     pub output: String,
     /// Graph inputs, as declared by the model (the prologue and side inputs read them).
     pub graph_inputs: Vec<ValueInfoProto>,
-    shared: HashMap<String, Arc<DynValue>>,
-    /// Bytes held by shared initializers (each once).
+    /// Bytes of the large initializers the parts read from the input's files (each once).
     pub shared_bytes: u64,
     /// Bytes of small initializers inlined, summed over the parts that inline them.
     pub inlined_bytes: u64,
@@ -189,12 +187,25 @@ impl Partition {
             ))
         };
 
-        // Shared weights: one value per initializer, whichever parts read it. The kept copy of
-        // the graph holds only what the part models need: small initializers with their data,
-        // placeholders for the shared ones.
-        let mut shared = HashMap::new();
+        // Large initializers: declared where their bytes are in the input's files (each once,
+        // whichever parts read it). The kept copy of the graph holds only what the part models
+        // need: those references, and small initializers with their data.
+        let model_path = weights
+            .model_path()
+            .ok_or_else(|| anyhow!("the weight store has no model file"))?;
+        let model_name = model_path
+            .file_name()
+            .ok_or_else(|| anyhow!("{} has no file name", model_path.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let folder = match model_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let folder = folder
+            .canonicalize()
+            .with_context(|| format!("cannot resolve the folder of {}", model_path.display()))?;
         let mut shared_bytes = 0u64;
-        let mut max_len = 0usize;
         let mut inlined_bytes = 0u64;
         let mut kept: HashMap<String, TensorProto> = HashMap::new();
         for part in std::iter::once(&prologue)
@@ -202,15 +213,26 @@ impl Partition {
             .chain(epilogue.as_ref())
         {
             for name in &part.shared {
-                if shared.contains_key(name) {
+                if kept.contains_key(name) {
                     continue;
                 }
                 let t = inits[name.as_str()];
-                let bytes = weights.bytes(t)?;
-                max_len = max_len.max(bytes.len());
-                shared_bytes += bytes.len() as u64;
-                shared.insert(name.clone(), Arc::new(ort_value(t, &bytes)?));
-                kept.insert(name.clone(), placeholder(t));
+                let declared = match weights.source(t)? {
+                    Source::File { offset, len, .. } => {
+                        shared_bytes += len;
+                        let location = match external_location(t) {
+                            Some(l) => l.to_string(),
+                            None => model_name.clone(),
+                        };
+                        reference(t, &location, offset, len)
+                    }
+                    // Typed fields (float_data, ...) have no bytes in a file.
+                    Source::Mem(bytes) => TensorProto {
+                        raw_data: Some(bytes::Bytes::copy_from_slice(&bytes)),
+                        ..plain(t)
+                    },
+                };
+                kept.insert(name.clone(), declared);
             }
             for name in &part.inline {
                 let t = inits[name.as_str()];
@@ -220,21 +242,13 @@ impl Partition {
                 }
             }
         }
-        let dir = tempfile::Builder::new()
-            .prefix("skrr-partition-")
-            .tempdir()
-            .context("cannot create a temporary folder for the partition models")?;
-        // Sparse: validated by ONNX Runtime, never read, costs no disk.
-        std::fs::File::create(dir.path().join(PLACEHOLDER))
-            .and_then(|f| f.set_len(max_len as u64))
-            .context("cannot create the partition's placeholder weight file")?;
 
         let model_meta = ModelProto {
             graph: None,
             ..model.clone()
         };
         Ok(Partition {
-            dir,
+            folder,
             model_meta,
             graph: GraphProto {
                 node: graph.node.clone(),
@@ -246,7 +260,6 @@ impl Partition {
             epilogue,
             output,
             graph_inputs: graph.input.clone(),
-            shared,
             shared_bytes,
             inlined_bytes,
         })
@@ -255,32 +268,31 @@ impl Partition {
     /// Builds the session of `part`, its inputs declared with `types` (graph inputs keep the
     /// model's own declaration). `builder` comes configured (provider, threads).
     pub fn session(&self, part: &Part, types: &[InputType], prepack: bool) -> Result<Session> {
-        let proto = self.part_model(part, types)?;
-        let path = self.dir.path().join(format!("{}.onnx", part.label));
-        std::fs::write(&path, proto.encode_to_vec())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let proto = self.part_model(part, types)?.encode_to_vec();
         // Without pre-packing every MatMul re-packs its weight on every run (about 15 % of the
-        // search's CPU on MiniLM), with it each shared weight gets a packed copy. Spinning
-        // intra-op threads of one part's session starve the next part's run (measured: 2.4× vs
-        // 8.3× in the calibration benchmark).
+        // search's CPU on MiniLM), with it each weight gets a packed copy. Spinning intra-op
+        // threads of one part's session starve the next part's run (measured: 2.4× vs 8.3× in
+        // the calibration benchmark).
         let ort_err = |e: ort::Error<SessionBuilder>| anyhow!("ONNX Runtime: {e}");
-        let mut builder = crate::runtime::session_builder()?
+        let folder = self.folder.to_string_lossy();
+        crate::runtime::session_builder()?
             .with_prepacking(prepack)
             .map_err(ort_err)?
             .with_intra_op_spinning(false)
-            .map_err(ort_err)?;
-        for name in &part.shared {
-            builder = builder
-                .with_initializer(name, self.shared[name].clone())
-                .map_err(|e| anyhow!("ONNX Runtime: sharing initializer {name}: {e}"))?;
-        }
-        builder.commit_from_file(&path).map_err(|e| {
-            SkrrError::Runtime(format!(
-                "ONNX Runtime refused the {} part of the model: {e}",
-                part.label
-            ))
-            .into()
-        })
+            .map_err(ort_err)?
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                folder.as_ref(),
+            )
+            .map_err(ort_err)?
+            .commit_from_memory(&proto)
+            .map_err(|e| {
+                SkrrError::Runtime(format!(
+                    "ONNX Runtime refused the {} part of the model: {e}",
+                    part.label
+                ))
+                .into()
+            })
     }
 
     /// The standalone model of `part` (also useful to inspect a partition by hand).
@@ -340,10 +352,6 @@ impl Partition {
             graph: Some(graph),
             ..self.model_meta.clone()
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
@@ -413,15 +421,10 @@ fn split_inits(
     (shared, inline)
 }
 
-/// Whether ONNX Runtime's CPU kernels read this element type as is. For others (float16,
-/// bfloat16, 8-bit) ONNX Runtime inserts a Cast of the weight and constant-folds it while
-/// optimizing, before a shared value replaces the placeholder: the fold would read the
-/// placeholder's zeros (seen on the fp16 T5 fixture). Those are inlined instead.
+/// Whether a part may read this initializer from the input's files: every fixed-size element
+/// type (strings have no byte layout to point at).
 fn shareable(t: &TensorProto) -> bool {
-    matches!(
-        t.data_type(),
-        data_type::FLOAT | data_type::DOUBLE | data_type::INT64 | data_type::INT32
-    )
+    element_size(t.data_type()).is_some()
 }
 
 /// Declared size in bytes, `None` for types the engine does not share (strings, ...) or
@@ -431,6 +434,16 @@ fn byte_len(t: &TensorProto) -> Option<u64> {
     t.dims.iter().try_fold(size, |acc, &d| {
         u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
     })
+}
+
+/// `t`'s declaration without its data.
+fn plain(t: &TensorProto) -> TensorProto {
+    TensorProto {
+        dims: t.dims.clone(),
+        data_type: t.data_type,
+        name: t.name.clone(),
+        ..Default::default()
+    }
 }
 
 /// `t` with its data inline as `raw_data` (external data resolved).
@@ -447,21 +460,29 @@ fn inline_copy(t: &TensorProto, weights: &WeightStore) -> Result<TensorProto> {
     })
 }
 
-/// The declaration of a shared initializer inside a part: same name, type and dims, data
-/// "external" in the sparse placeholder (replaced by the shared value before anything reads it).
-fn placeholder(t: &TensorProto) -> TensorProto {
-    let len = byte_len(t).unwrap_or(0);
+/// The `location` of an external tensor (checked by `model_io` to stay inside the model's
+/// folder).
+fn external_location(t: &TensorProto) -> Option<&str> {
+    if !t.is_external() {
+        return None;
+    }
+    t.external_data
+        .iter()
+        .find(|e| e.key() == "location")
+        .map(|e| e.value())
+}
+
+/// The declaration of a large initializer inside a part: same name, type and dims, data
+/// external at `len` bytes from `offset` of `location` (relative to the model's folder).
+fn reference(t: &TensorProto, location: &str, offset: u64, len: u64) -> TensorProto {
     TensorProto {
-        dims: t.dims.clone(),
-        data_type: t.data_type,
-        name: t.name.clone(),
         data_location: Some(data_location::EXTERNAL),
         external_data: vec![
-            StringStringEntryProto::new("location", PLACEHOLDER),
-            StringStringEntryProto::new("offset", "0"),
+            StringStringEntryProto::new("location", location),
+            StringStringEntryProto::new("offset", offset.to_string()),
             StringStringEntryProto::new("length", len.to_string()),
         ],
-        ..Default::default()
+        ..plain(t)
     }
 }
 
@@ -511,51 +532,4 @@ pub fn onnx_data_type(ty: TensorElementType) -> Option<i32> {
         TensorElementType::Bool => data_type::BOOL,
         _ => return None,
     })
-}
-
-/// An ONNX Runtime value owning an aligned copy of the initializer's bytes (the one copy the
-/// engine holds).
-fn ort_value(t: &TensorProto, bytes: &[u8]) -> Result<DynValue> {
-    let bad = |msg: String| -> anyhow::Error {
-        SkrrError::BadModel {
-            path: PathBuf::from(t.name()),
-            msg,
-        }
-        .into()
-    };
-    let size = element_size(t.data_type())
-        .ok_or_else(|| bad(format!("unsupported initializer type {}", t.data_type())))?;
-    let dims: Vec<i64> = t.dims.clone();
-    let count = dims.iter().try_fold(1u64, |acc, &d| {
-        u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-    });
-    if count.and_then(|c| c.checked_mul(size as u64)) != Some(bytes.len() as u64) {
-        return Err(bad(format!(
-            "initializer has {} bytes, its dims {dims:?} need {count:?} elements of {size} bytes",
-            bytes.len()
-        )));
-    }
-    let value = match t.data_type() {
-        data_type::FLOAT => Tensor::from_array((dims, typed::<f32>(bytes)))?.into_dyn(),
-        data_type::FLOAT16 => Tensor::from_array((dims, typed::<half::f16>(bytes)))?.into_dyn(),
-        data_type::BFLOAT16 => Tensor::from_array((dims, typed::<half::bf16>(bytes)))?.into_dyn(),
-        data_type::DOUBLE => Tensor::from_array((dims, typed::<f64>(bytes)))?.into_dyn(),
-        data_type::INT64 => Tensor::from_array((dims, typed::<i64>(bytes)))?.into_dyn(),
-        data_type::INT32 => Tensor::from_array((dims, typed::<i32>(bytes)))?.into_dyn(),
-        data_type::INT8 => Tensor::from_array((dims, typed::<i8>(bytes)))?.into_dyn(),
-        data_type::UINT8 => Tensor::from_array((dims, bytes.to_vec()))?.into_dyn(),
-        data_type::BOOL => {
-            Tensor::from_array((dims, bytes.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?
-                .into_dyn()
-        }
-        other => return Err(bad(format!("unsupported initializer type {other}"))),
-    };
-    Ok(value)
-}
-
-/// An aligned, typed copy of little-endian bytes whose length is a multiple of `T`'s size.
-fn typed<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
-    let mut v = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
-    bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
-    v
 }
