@@ -159,8 +159,10 @@ impl Engine {
         let partition = Partition::build(&model.proto, analysis, &model.weights)?;
         let prepack = opts.prepack.decide(partition.shared_bytes);
         log::info!(
-            "{} MiB of weights read from the model's files, pre-packing {}",
+            "{} MiB of weights read from the model's files ({} KiB of them by several parts), \
+             pre-packing {}",
             partition.shared_bytes >> 20,
+            partition.repeated_bytes >> 10,
             if prepack { "on" } else { "off" }
         );
         let projection = match &opts.projection {
