@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::calibrate::engine::projection_session;
 use crate::calibrate::tensors::{dense, feeds, project, Dense};
-use crate::calibrate::CalibSet;
+use crate::calibrate::{CalibSet, Prepack};
 use crate::error::SkrrError;
 use crate::model_io::{element_count, read_model, Model};
 use crate::onnx::ValueInfoProto;
@@ -165,13 +165,38 @@ impl Sums {
     }
 }
 
-/// A whole model loaded for inference, with what is needed to feed it.
+/// A whole model to run: what is needed to feed it. Its session is built only for its pass
+/// (`outputs`), so the dense and the pruned model are never loaded together.
 struct Runner {
-    session: Session,
     inputs: Vec<ValueInfoProto>,
     /// Name of the output measured (the first one, e.g. `last_hidden_state`).
     output: String,
     size: ModelSize,
+}
+
+/// One ONNX Runtime batch of the comparison: prompt rows, the padded length, and the tokens
+/// counted per row.
+struct Batch<'a> {
+    rows: Vec<&'a [i64]>,
+    len: usize,
+    counted: Vec<usize>,
+}
+
+impl<'a> Batch<'a> {
+    /// Padded to the longest row, or to `max_length` when padded positions count.
+    fn new(rows: Vec<&'a [i64]>, include_padding: bool, max_length: usize) -> Batch<'a> {
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let len = if include_padding {
+            max_length.max(longest)
+        } else {
+            longest
+        };
+        let counted = rows
+            .iter()
+            .map(|r| if include_padding { len } else { r.len() })
+            .collect();
+        Batch { rows, len, counted }
+    }
 }
 
 impl Runner {
@@ -197,42 +222,54 @@ impl Runner {
             .first()
             .map(|o| o.name().to_string())
             .ok_or_else(|| anyhow!("{}: the model has no output", path.display()))?;
-        let session = crate::runtime::session_from_file(&model.path)?;
         Ok(Runner {
-            session,
             inputs,
             output,
             size,
         })
     }
 
-    fn run(
-        &mut self,
-        rows: &[&[i64]],
-        len: usize,
+    /// The model's (projected) output on each batch, from a session that lives for this pass
+    /// only. Pre-packing follows the engine's `auto` rule, so a model too large for packed
+    /// copies runs from its memory-mapped data.
+    fn outputs(
+        &self,
+        batches: &[Batch],
         pad_id: i64,
         projection: &mut Option<(Session, String, TensorElementType)>,
-    ) -> Result<Dense> {
-        let values = feeds(&self.inputs, rows, len, pad_id)?;
+        mut each: impl FnMut(usize, Dense) -> Result<()>,
+    ) -> Result<()> {
         let path = self.size.path.display().to_string();
-        let out = self
-            .session
-            .run(
-                values
-                    .into_iter()
-                    .map(|(n, v)| (n, SessionInputValue::from(v)))
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed on {path}: {e}")))?;
-        let (_, first) = out
-            .iter()
-            .next()
-            .ok_or_else(|| anyhow!("{path} produced no output"))?;
-        let out = dense(&first).with_context(|| format!("the first output of {path}"))?;
-        match projection {
-            Some((s, input, ty)) => project(s, input, *ty, &out),
-            None => Ok(out),
+        let prepack = Prepack::Auto.decide(self.size.bytes);
+        let mut session = crate::runtime::session_builder()?
+            .with_prepacking(prepack)
+            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime session options: {e}")))?
+            .commit_from_file(&self.size.path)
+            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime cannot load {path}: {e}")))?;
+        for (i, batch) in batches.iter().enumerate() {
+            let values = feeds(&self.inputs, &batch.rows, batch.len, pad_id)?;
+            let out = session
+                .run(
+                    values
+                        .into_iter()
+                        .map(|(n, v)| (n, SessionInputValue::from(v)))
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed on {path}: {e}")))?;
+            let (_, first) = out
+                .iter()
+                .next()
+                .ok_or_else(|| anyhow!("{path} produced no output"))?;
+            let out = dense(&first).with_context(|| format!("the first output of {path}"))?;
+            each(
+                i,
+                match projection {
+                    Some((s, input, ty)) => project(s, input, *ty, &out)?,
+                    None => out,
+                },
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -304,56 +341,57 @@ pub fn measure(
     if calib.prompts.is_empty() {
         return Err(SkrrError::BadInput("no prompts to compare on".into()).into());
     }
-    let mut a = Runner::load(dense_path)?;
-    let mut b = Runner::load(pruned_path)?;
+    let a = Runner::load(dense_path)?;
+    let b = Runner::load(pruned_path)?;
     same_interface(&a, &b)?;
     let mut projection = opts
         .projection
         .as_deref()
         .map(projection_session)
         .transpose()?;
-    let chunk = opts.chunk.max(1);
-    let bar = crate::progress::bar(calib.prompts.len() as u64, "comparing", "prompts");
-    let mut sums = Sums::new();
-    for rows in calib.prompts.chunks(chunk) {
-        let rows: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
-        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let len = if opts.include_padding {
-            calib.max_length.max(longest)
-        } else {
-            longest
-        };
-        let counted: Vec<usize> = rows
-            .iter()
-            .map(|r| if opts.include_padding { len } else { r.len() })
-            .collect();
-        let target = a.run(&rows, len, calib.pad_id, &mut projection)?;
-        let out = b.run(&rows, len, calib.pad_id, &mut projection)?;
-        sums.add(&out, &target, &counted, tol)?;
-        bar.inc(rows.len() as u64);
+    let batch = |rows| Batch::new(rows, opts.include_padding, calib.max_length);
+    // The prompt chunks, then the null input (last, if measured).
+    let mut batches: Vec<Batch> = calib
+        .prompts
+        .chunks(opts.chunk.max(1))
+        .map(|rows| batch(rows.iter().map(Vec::as_slice).collect()))
+        .collect();
+    let prompt_batches = batches.len();
+    if let Some(ids) = &calib.null {
+        batches.push(batch(vec![ids.as_slice()]));
     }
-    bar.finish_and_clear();
 
-    let (d_null, null_norm_ratio) = match &calib.null {
-        Some(ids) => {
-            let len = if opts.include_padding {
-                calib.max_length.max(ids.len())
-            } else {
-                ids.len()
-            };
-            let counted = [if opts.include_padding { len } else { ids.len() }];
-            let target = a.run(&[ids], len, calib.pad_id, &mut projection)?;
-            let out = b.run(&[ids], len, calib.pad_id, &mut projection)?;
-            let mut null = Sums::new();
-            let mut pruned_sq = Sums::new();
-            null.add(&out, &target, &counted, tol)?;
+    // One model at a time: every dense output first (kept: prompts × tokens × channels), then
+    // the pruned model's, each compared as it comes.
+    let bar = crate::progress::bar(2 * batches.len() as u64, "comparing", "batches");
+    let mut targets = Vec::with_capacity(batches.len());
+    a.outputs(&batches, calib.pad_id, &mut projection, |_, out| {
+        targets.push(out);
+        bar.inc(1);
+        Ok(())
+    })?;
+    let mut sums = Sums::new();
+    let mut null = Sums::new();
+    let mut pruned_sq = Sums::new();
+    b.outputs(&batches, calib.pad_id, &mut projection, |i, out| {
+        let counted = &batches[i].counted;
+        if i < prompt_batches {
+            sums.add(&out, &targets[i], counted, tol)?;
+        } else {
+            null.add(&out, &targets[i], counted, tol)?;
             // ‖out‖² as the "dense" side of a comparison of `out` with itself.
-            pruned_sq.add(&out, &out, &counted, tol)?;
-            let d_null = null.sse / (null.tokens.max(1) as f64 * null.channels.max(1) as f64);
-            let ratio = (pruned_sq.dense_sq / null.dense_sq.max(f64::MIN_POSITIVE)).sqrt();
-            (Some(d_null), Some(ratio))
+            pruned_sq.add(&out, &out, counted, tol)?;
         }
-        None => (None, None),
+        bar.inc(1);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let (d_null, null_norm_ratio) = if calib.null.is_some() {
+        let d_null = null.sse / (null.tokens.max(1) as f64 * null.channels.max(1) as f64);
+        let ratio = (pruned_sq.dense_sq / null.dense_sq.max(f64::MIN_POSITIVE)).sqrt();
+        (Some(d_null), Some(ratio))
+    } else {
+        (None, None)
     };
 
     let d_c = sums.sse / (sums.tokens.max(1) as f64 * sums.channels.max(1) as f64);

@@ -54,7 +54,8 @@ pub enum Prepack {
 }
 
 impl Prepack {
-    fn decide(self, weight_bytes: u64) -> bool {
+    /// Whether to pre-pack weights of `weight_bytes` in all.
+    pub(crate) fn decide(self, weight_bytes: u64) -> bool {
         match self {
             Prepack::On => true,
             Prepack::Off => false,
