@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, Result};
 use skrr_onnx::blocks;
-use skrr_onnx::calibrate::{inputs, tensors, CalibArgs, Engine, Outcome, Part};
+use skrr_onnx::calibrate::{tensors, CalibArgs, Engine, Outcome, Part};
 use skrr_onnx::plan::Action;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
@@ -64,10 +64,7 @@ fn main() -> Result<()> {
     runtime::init(&Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
-    let vocab = inputs::model_vocab(&analysis.graph);
-    let calib = args
-        .calib
-        .calib_set(&args.model, vocab, Part::Calibration)?;
+    let calib = args.calib.calib_set(&model, Part::Calibration)?;
     let mut engine = Engine::new(
         &model,
         &analysis,

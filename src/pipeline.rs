@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{inputs::model_vocab, CalibArgs, Part};
+use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs};
@@ -132,8 +132,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     let method = args.search.method;
     let (level, plan, search) = clock.phase("search", || {
         let sha256 = file_sha256(input)?;
-        let vocab = model.proto.graph.as_ref().and_then(model_vocab);
-        let calib = args.calib.calib_set(input, vocab, Part::Calibration)?;
+        let calib = args.calib.calib_set(&model, Part::Calibration)?;
         let cfg = args.search.config(vec![sparsity]);
         let run = run_method(
             &model,

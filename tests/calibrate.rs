@@ -73,8 +73,7 @@ fn setup(f: &Fixture, extra: &[&str]) -> (Model, Analysis, CalibSet, EngineOptio
     let model = model_io::read_model(&f.model).unwrap();
     let analysis = blocks::analyze(&model.proto).unwrap();
     let a = args(extra);
-    let vocab = skrr_onnx::calibrate::inputs::model_vocab(&analysis.graph);
-    let calib = a.calib_set(&f.model, vocab, Part::Calibration).unwrap();
+    let calib = a.calib_set(&model, Part::Calibration).unwrap();
     let opts = a.engine_options().unwrap();
     (model, analysis, calib, opts)
 }

@@ -8,7 +8,7 @@ pub mod inputs;
 pub mod partition;
 pub mod tensors;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
@@ -17,6 +17,7 @@ pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Prepack, Score};
 pub use inputs::{CalibSet, Part};
 
 use crate::error::SkrrError;
+use crate::model_io::Model;
 
 /// Calibration options shared by every command that measures D (`score`, `plan`, `compare`,
 /// the main command): `#[command(flatten)]` them.
@@ -71,14 +72,12 @@ pub struct CalibArgs {
 }
 
 impl CalibArgs {
-    /// The calibration set for the model at `model_path` with vocabulary `vocab` (if known).
-    /// `part` picks the half of the built-in prompt set; files given by the user are used whole.
-    pub fn calib_set(
-        &self,
-        model_path: &Path,
-        vocab: Option<usize>,
-        part: Part,
-    ) -> Result<CalibSet> {
+    /// The calibration set for `model`: its tokenizer.json (or `--tokenizer`), token ids checked
+    /// against its vocabulary when the graph tells it. `part` picks the half of the built-in
+    /// prompt set; files given by the user are used whole.
+    pub fn calib_set(&self, model: &Model, part: Part) -> Result<CalibSet> {
+        let model_path = model.path.as_path();
+        let vocab = model.proto.graph.as_ref().and_then(inputs::model_vocab);
         let tokenizer_path = inputs::find_tokenizer(model_path, self.tokenizer.as_deref())?;
         let tokenizer = tokenizer_path
             .as_deref()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::calibrate::{inputs::model_vocab, CalibArgs, Part};
+use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
 use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
@@ -64,14 +64,7 @@ pub fn held_out_fidelity(
     calib: &CalibArgs,
     tol: &Tolerances,
 ) -> Result<Fidelity> {
-    let vocab = model_vocab(
-        read_model(dense)?
-            .proto
-            .graph
-            .as_ref()
-            .unwrap_or(&Default::default()),
-    );
-    let set = calib.calib_set(dense, vocab, Part::HeldOut)?;
+    let set = calib.calib_set(&read_model(dense)?, Part::HeldOut)?;
     let opts = calib.engine_options()?;
     let run = RunOptions {
         include_padding: opts.include_padding,

@@ -134,14 +134,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     check_targets(&analysis, &targets)?;
     crate::runtime::init(&ctx.runtime)?;
     let sha256 = file_sha256(&args.model)?;
-    let vocab = model
-        .proto
-        .graph
-        .as_ref()
-        .and_then(crate::calibrate::inputs::model_vocab);
-    let calib = args
-        .calib
-        .calib_set(&args.model, vocab, Part::Calibration)?;
+    let calib = args.calib.calib_set(&model, Part::Calibration)?;
     let opts = args.calib.engine_options()?;
     let cfg = args.search.config(targets.clone());
     let method = args.search.method;

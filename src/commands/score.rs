@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::calibrate::{inputs, CalibArgs, Engine, Outcome, Part};
+use crate::calibrate::{CalibArgs, Engine, Outcome, Part};
 use crate::cli::Context;
 use crate::plan::PlanFile;
 use crate::{blocks, model_io, runtime};
@@ -29,10 +29,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
     let actions = PlanFile::load_actions(&args.plan, &analysis)?;
-    let vocab = inputs::model_vocab(&analysis.graph);
-    let calib = args
-        .calib
-        .calib_set(&args.model, vocab, Part::Calibration)?;
+    let calib = args.calib.calib_set(&model, Part::Calibration)?;
     let prompts = calib.prompts.len();
     let start = Instant::now();
     let mut engine = Engine::new(&model, &analysis, calib, args.calib.engine_options()?)?;
