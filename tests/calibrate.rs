@@ -554,3 +554,53 @@ fn score_command_prints_d() {
         "{err}"
     );
 }
+
+/// The part models name their weights' files by real path, so a model reached through a
+/// symlinked file (inline weights) or a symlinked folder (external data) scores exactly as the
+/// file itself: ONNX Runtime refuses a location that resolves outside the folder it is given.
+#[test]
+fn symlinked_models_score_as_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = common::fixtures();
+    let file = dir.path().join("file");
+    std::fs::create_dir(&file).unwrap();
+    for name in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(fx.join("t5_gated").join(name), file.join(name)).unwrap();
+    }
+    let folder = dir.path().join("folder");
+    std::os::unix::fs::symlink(fx.join("t5_gated_external"), &folder).unwrap();
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        json!({"format": "skrr-plan/1", "sub_blocks": (0..8).map(|i| json!({
+            "index": i, "action": if i == 3 { "skip" } else { "keep" }
+        })).collect::<Vec<_>>()})
+        .to_string(),
+    )
+    .unwrap();
+    let d = |model: &Path| -> f64 {
+        let out = common::skrr_ok([
+            "score",
+            model.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            "--num-prompts",
+            "4",
+            "--json",
+        ]);
+        serde_json::from_str::<Value>(&out).unwrap()["d"]
+            .as_f64()
+            .unwrap()
+    };
+    for (link, real) in [
+        (file.join("model.onnx"), fx.join("t5_gated/model.onnx")),
+        (
+            folder.join("model.onnx"),
+            fx.join("t5_gated_external/model.onnx"),
+        ),
+    ] {
+        let want = d(&real);
+        assert!(want > 0.0);
+        assert_eq!(d(&link), want, "{}", link.display());
+    }
+}

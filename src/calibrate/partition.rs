@@ -5,8 +5,9 @@
 //!
 //! Each part model reads its large initializers straight from the input's files: it declares
 //! them as external data at their place in the model's data file, or inside the model file itself
-//! for inline weights, and its session is built from memory with the model's folder as the
-//! external-data folder. So this process never copies a weight. ONNX Runtime memory-maps
+//! for inline weights, and its session is built from memory with the files' real folder
+//! (symlinks resolved, see `RealFiles`) as the external-data folder. So this process never
+//! copies a weight. ONNX Runtime memory-maps
 //! page-aligned ranges (the usual layout of large external data, and what `model_io` writes):
 //! the weights then live in the page cache, shared by every session and by other processes,
 //! and can be evicted. It copies unaligned ranges, once, into the one session that reads them.
@@ -67,8 +68,9 @@ pub struct InputType {
 
 /// The parts of one model and the weights they share.
 pub struct Partition {
-    /// The input model's folder: where the part models' external data locations point.
-    folder: PathBuf,
+    /// The real folder the part models' external data locations point into (`None` when no
+    /// weight is read from a file).
+    folder: Option<PathBuf>,
     model_meta: ModelProto,
     graph: GraphProto,
     pub prologue: Part,
@@ -196,21 +198,10 @@ impl Partition {
         // Large initializers: declared where their bytes are in the input's files (each once,
         // whichever parts read it). The kept copy of the graph holds only what the part models
         // need: those references, and small initializers with their data.
-        let model_path = weights
-            .model_path()
-            .ok_or_else(|| anyhow!("the weight store has no model file"))?;
-        let model_name = model_path
-            .file_name()
-            .ok_or_else(|| anyhow!("{} has no file name", model_path.display()))?
-            .to_string_lossy()
-            .into_owned();
-        let folder = match model_path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let folder = folder
-            .canonicalize()
-            .with_context(|| format!("cannot resolve the folder of {}", model_path.display()))?;
+        // ONNX Runtime resolves a location against one folder and refuses any that leaves it
+        // once symlinks are resolved; so locations are the files' real names, in the real
+        // folder of the first file, and a weight in a file elsewhere is copied in instead.
+        let mut real = RealFiles::default();
         let mut shared_bytes = 0u64;
         let mut repeated_bytes = 0u64;
         let mut inlined_bytes = 0u64;
@@ -226,14 +217,16 @@ impl Partition {
                 }
                 let t = inits[name.as_str()];
                 let declared = match weights.source(t)? {
-                    Source::File { offset, len, .. } => {
-                        shared_bytes += len;
-                        let location = match external_location(t) {
-                            Some(l) => l.to_string(),
-                            None => model_name.clone(),
-                        };
-                        reference(t, &location, offset, len)
-                    }
+                    Source::File { file, offset, len } => match real.location(&file.path)? {
+                        Some(location) => {
+                            shared_bytes += len;
+                            reference(t, &location, offset, len)
+                        }
+                        None => {
+                            inlined_bytes += len;
+                            inline_copy(t, weights)?
+                        }
+                    },
                     // Typed fields (float_data, ...) have no bytes in a file.
                     Source::Mem(bytes) => TensorProto {
                         raw_data: Some(bytes::Bytes::copy_from_slice(&bytes)),
@@ -256,7 +249,7 @@ impl Partition {
             ..model.clone()
         };
         Ok(Partition {
-            folder,
+            folder: real.folder,
             model_meta,
             graph: GraphProto {
                 node: graph.node.clone(),
@@ -283,25 +276,26 @@ impl Partition {
         // threads of one part's session starve the next part's run (measured: 2.4× vs 8.3× in
         // the calibration benchmark).
         let ort_err = |e: ort::Error<SessionBuilder>| anyhow!("ONNX Runtime: {e}");
-        let folder = self.folder.to_string_lossy();
-        crate::runtime::session_builder()?
+        let mut builder = crate::runtime::session_builder()?
             .with_prepacking(prepack)
             .map_err(ort_err)?
             .with_intra_op_spinning(false)
-            .map_err(ort_err)?
-            .with_config_entry(
-                "session.model_external_initializers_file_folder_path",
-                folder.as_ref(),
-            )
-            .map_err(ort_err)?
-            .commit_from_memory(&proto)
-            .map_err(|e| {
-                SkrrError::Runtime(format!(
-                    "ONNX Runtime refused the {} part of the model: {e}",
-                    part.label
-                ))
-                .into()
-            })
+            .map_err(ort_err)?;
+        if let Some(folder) = &self.folder {
+            builder = builder
+                .with_config_entry(
+                    "session.model_external_initializers_file_folder_path",
+                    folder.to_string_lossy(),
+                )
+                .map_err(ort_err)?;
+        }
+        builder.commit_from_memory(&proto).map_err(|e| {
+            SkrrError::Runtime(format!(
+                "ONNX Runtime refused the {} part of the model: {e}",
+                part.label
+            ))
+            .into()
+        })
     }
 
     /// The standalone model of `part` (also useful to inspect a partition by hand).
@@ -469,16 +463,32 @@ fn inline_copy(t: &TensorProto, weights: &WeightStore) -> Result<TensorProto> {
     })
 }
 
-/// The `location` of an external tensor (checked by `model_io` to stay inside the model's
-/// folder).
-fn external_location(t: &TensorProto) -> Option<&str> {
-    if !t.is_external() {
-        return None;
+/// The real (symlink-free) folder part models read weights from, and the location in it of
+/// each file of the input.
+#[derive(Default)]
+struct RealFiles {
+    folder: Option<PathBuf>,
+    names: HashMap<PathBuf, Option<String>>,
+}
+
+impl RealFiles {
+    /// `path`'s real file name when it lies in the real folder (set by the first file asked
+    /// about), `None` when it lies elsewhere.
+    fn location(&mut self, path: &std::path::Path) -> Result<Option<String>> {
+        if let Some(known) = self.names.get(path) {
+            return Ok(known.clone());
+        }
+        let real = path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", path.display()))?;
+        let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+            return Err(anyhow!("{} is not a file in a folder", real.display()));
+        };
+        let folder = self.folder.get_or_insert_with(|| dir.to_path_buf());
+        let location = (dir == folder.as_path()).then(|| name.to_string_lossy().into_owned());
+        self.names.insert(path.to_path_buf(), location.clone());
+        Ok(location)
     }
-    t.external_data
-        .iter()
-        .find(|e| e.key() == "location")
-        .map(|e| e.value())
 }
 
 /// The declaration of a large initializer inside a part: same name, type and dims, data
