@@ -4,8 +4,9 @@
 //! A plan runs as a chain of partition sessions on the residual stream: skip passes the stream
 //! through, `Reuse(q)` at `p` runs `q`'s session with `p`'s side inputs. Savings that change no
 //! result: dense targets computed once; streams cached per (chunk, plan prefix) so a candidate
-//! resumes at its first changed sub-block; prompt chunks scored one by one so a candidate is
-//! abandoned once its partial D (a lower bound, since D only grows) exceeds the caller's bound.
+//! resumes at its first changed sub-block; prompt chunks run one at a time (`advance`), so a
+//! caller can stop a candidate once its partial D (a lower bound, since D only grows) exceeds a
+//! bound, and choose which candidate runs next.
 //! Per-prompt error sums are added in prompt order, so D does not depend on chunking, caching or
 //! the order of evaluation.
 
