@@ -404,8 +404,8 @@ fn gemma_equals_reference() {
     check_fixture("gemma", 0.3, 3, 1e-5, true);
 }
 
-/// Weights in an external data file: the engine shares them from the memory map, the
-/// reference loads them through ONNX Runtime's own external-data reader.
+/// Weights in an external data file: the engine's part models read them in place at their
+/// offsets, the reference loads each whole candidate beside a copy of the data file.
 #[test]
 fn t5_external_data_equals_reference() {
     check_fixture("t5_gated_external", 0.3, 2, 1e-5, true);
