@@ -139,7 +139,6 @@ pub struct Engine {
     denom_c: f64,
     denom_null: f64,
     cache: StreamCache,
-    prepack: bool,
     stats: EngineStats,
 }
 
@@ -207,7 +206,6 @@ impl Engine {
             denom_c: 0.0,
             denom_null: 0.0,
             cache: StreamCache::new(opts.cache_mem),
-            prepack,
             stats: EngineStats {
                 shared_weight_bytes: partition.shared_bytes,
                 prepacked: prepack,
@@ -412,7 +410,7 @@ impl Engine {
                         .and_then(input_type)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.prologue = Some(self.partition.session(part, &types, self.prepack)?);
+            self.prologue = Some(self.partition.session(part, &types, self.stats.prepacked)?);
         }
         let inputs = part
             .inputs
@@ -472,7 +470,9 @@ impl Engine {
                 .iter()
                 .map(|v| input_type(v))
                 .collect::<Result<Vec<_>>>()?;
-            let session = self.partition.session(part_q, &types, self.prepack)?;
+            let session = self
+                .partition
+                .session(part_q, &types, self.stats.prepacked)?;
             self.blocks[q] = Some(session);
         }
         let session = self.blocks[q].as_mut().expect("built above");
@@ -524,7 +524,11 @@ impl Engine {
                             || anyhow!("the epilogue reads {name}, which is not available"),
                         )?)?);
                     }
-                    self.epilogue = Some(self.partition.session(&part, &types, self.prepack)?);
+                    self.epilogue = Some(self.partition.session(
+                        &part,
+                        &types,
+                        self.stats.prepacked,
+                    )?);
                 }
                 let env = &self.chunks[c].env;
                 let mut inputs: Vec<(&str, SessionInputValue)> =
