@@ -412,9 +412,7 @@ fn split_inits(
             if let Some(t) = inits.get(v.as_str()) {
                 if seen.insert(v.as_str()) {
                     match byte_len(t) {
-                        Some(len) if len > INLINE_BYTES as u64 && shareable(t) => {
-                            shared.push(v.clone())
-                        }
+                        Some(len) if len > INLINE_BYTES as u64 => shared.push(v.clone()),
                         _ => inline.push(v.clone()),
                     }
                 }
@@ -424,14 +422,8 @@ fn split_inits(
     (shared, inline)
 }
 
-/// Whether a part may read this initializer from the input's files: every fixed-size element
-/// type (strings have no byte layout to point at).
-fn shareable(t: &TensorProto) -> bool {
-    element_size(t.data_type()).is_some()
-}
-
-/// Declared size in bytes, `None` for types the engine does not share (strings, ...) or
-/// nonsensical dims.
+/// Declared size in bytes; `None` for element types without a fixed size (strings have no byte
+/// layout a part could point at, so they stay inline) or nonsensical dims.
 fn byte_len(t: &TensorProto) -> Option<u64> {
     let size = element_size(t.data_type())? as u64;
     t.dims.iter().try_fold(size, |acc, &d| {
