@@ -556,8 +556,9 @@ fn score_command_prints_d() {
 }
 
 /// The part models name their weights' files by real path, so a model reached through a
-/// symlinked file (inline weights) or a symlinked folder (external data) scores exactly as the
-/// file itself: ONNX Runtime refuses a location that resolves outside the folder it is given.
+/// symlinked file (inline weights), a symlinked folder (external data) or the Hugging Face hub
+/// cache (every file a link to a blob with another name) scores exactly as the file itself:
+/// ONNX Runtime refuses a location that resolves outside the folder it is given.
 #[test]
 fn symlinked_models_score_as_their_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -569,6 +570,18 @@ fn symlinked_models_score_as_their_files() {
     }
     let folder = dir.path().join("folder");
     std::os::unix::fs::symlink(fx.join("t5_gated_external"), &folder).unwrap();
+    let hub = dir.path().join("models--org--t5");
+    let snapshot = hub.join("snapshots").join("4f2c");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir(hub.join("blobs")).unwrap();
+    for (i, name) in ["model.onnx", "model.onnx.data", "tokenizer.json"]
+        .iter()
+        .enumerate()
+    {
+        let blob = hub.join("blobs").join(format!("b10b{i}"));
+        std::fs::copy(fx.join("t5_gated_external").join(name), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/b10b{i}"), snapshot.join(name)).unwrap();
+    }
     let plan = dir.path().join("plan.json");
     std::fs::write(
         &plan,
@@ -596,6 +609,10 @@ fn symlinked_models_score_as_their_files() {
         (file.join("model.onnx"), fx.join("t5_gated/model.onnx")),
         (
             folder.join("model.onnx"),
+            fx.join("t5_gated_external/model.onnx"),
+        ),
+        (
+            snapshot.join("model.onnx"),
             fx.join("t5_gated_external/model.onnx"),
         ),
     ] {

@@ -88,6 +88,19 @@ impl FileId {
     }
 }
 
+/// Whether `path` is a blob of the Hugging Face hub cache repository that `dir` is a snapshot
+/// folder of. The hub cache stores `<repo>/snapshots/<revision>/<file>` as a symlink to
+/// `<repo>/blobs/<hash>`, so a model downloaded with `huggingface_hub` reaches its data only
+/// through such links; following them stays inside that one repository's cache, which is where
+/// the download put the model itself. Only direct children of that `blobs` folder qualify.
+fn hub_blob(dir: &Path, path: &Path) -> bool {
+    dir.ancestors()
+        .filter_map(|revision| revision.parent())
+        .filter(|snapshots| snapshots.file_name() == Some("snapshots".as_ref()))
+        .filter_map(Path::parent)
+        .any(|repo| path.parent() == Some(repo.join("blobs").as_path()))
+}
+
 /// One external data file, resolved and confined; memory-mapped on first use.
 pub struct ExternalFile {
     /// The location as written in the model.
@@ -112,7 +125,8 @@ impl std::fmt::Debug for ExternalFile {
 
 impl ExternalFile {
     /// Resolves `location` against the model's canonical folder `dir`, refusing anything that
-    /// is absolute, climbs with `..`, or resolves (through symlinks) outside `dir`, anything
+    /// is absolute, climbs with `..`, or resolves (through symlinks) outside `dir` other than
+    /// into the blobs of the Hugging Face cache repository `dir` is a snapshot of, anything
     /// that is not a regular file, and files with several hard links (a hard link is another
     /// way to reach a file outside the folder, and cannot be told apart from the original).
     pub fn resolve(dir: &Path, location: &str) -> Result<Self> {
@@ -135,7 +149,7 @@ impl ExternalFile {
                 joined.display()
             )
         })?;
-        if !path.starts_with(dir) {
+        if !path.starts_with(dir) && !hub_blob(dir, &path) {
             bail!(
                 "external data location '{location}' resolves to {} (through a symlink), outside the \
                  model's folder {}; copy the file into the folder",
@@ -259,6 +273,34 @@ mod tests {
                 err.contains(why) && err.contains(loc.trim_start_matches('/')),
                 "{loc}: {err}"
             );
+        }
+    }
+
+    /// The layout `huggingface_hub` downloads into: snapshot files are links to the repository's
+    /// blobs. Those are followed; links to another repository's blobs or deeper are not.
+    #[test]
+    fn hub_cache_snapshots_reach_their_blobs() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let repo = root.join("models--org--name");
+        let dir = repo.join("snapshots").join("0123abc").join("onnx");
+        let other = root.join("models--org--other").join("blobs");
+        for d in [&dir, &repo.join("blobs").join("nested"), &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for (blob, link) in [
+            (repo.join("blobs").join("f00d"), "model.onnx_data"),
+            (repo.join("blobs").join("nested").join("beef"), "deeper"),
+            (other.join("cafe"), "elsewhere"),
+        ] {
+            std::fs::write(&blob, [0u8; 8]).unwrap();
+            std::os::unix::fs::symlink(&blob, dir.join(link)).unwrap();
+        }
+        let data = ExternalFile::resolve(&dir, "model.onnx_data").unwrap();
+        assert_eq!(data.path, repo.join("blobs").join("f00d"));
+        for loc in ["deeper", "elsewhere"] {
+            let err = ExternalFile::resolve(&dir, loc).unwrap_err().to_string();
+            assert!(err.contains("outside the model's folder"), "{loc}: {err}");
         }
     }
 }
