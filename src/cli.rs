@@ -5,7 +5,8 @@
 //! `Args`) and `pub fn run(args: &FooArgs, ctx: &Context) -> anyhow::Result<()>`, then add one
 //! variant to [`Command`] below and one line to `commands::dispatch`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands;
 use crate::runtime::{Provider, RuntimeConfig};
@@ -30,6 +31,46 @@ pub struct Cli {
     pub run: Box<crate::pipeline::RunArgs>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// `Cli::parse`, refusing main-job arguments given together with a subcommand. Clap accepts
+    /// them before the subcommand's name and they would be silently ignored: `skrr-onnx
+    /// --min-cos 0.99 compare A B` would gate on the default 0.9.
+    pub fn parse_checked() -> Self {
+        let mut cmd = Self::command();
+        let matches = cmd.get_matches_mut();
+        if let Some((name, _)) = matches.subcommand() {
+            let stray: Vec<String> = cmd
+                .get_arguments()
+                .filter(|a| !a.is_global_set())
+                .filter(|a| {
+                    matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+                })
+                .map(|a| match a.get_long() {
+                    Some(long) => format!("--{long}"),
+                    None => format!("<{}>", a.get_id().as_str().to_uppercase()),
+                })
+                .collect();
+            if !stray.is_empty() {
+                cmd.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{} {} to the main job (skrr-onnx IN OUT --sparsity S) and cannot be \
+                         given with the subcommand '{name}'; options of '{name}' go after its name",
+                        stray.join(", "),
+                        if stray.len() == 1 {
+                            "belongs"
+                        } else {
+                            "belong"
+                        }
+                    ),
+                )
+                .exit();
+            }
+        }
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// Flags every subcommand accepts (before or after the subcommand name).

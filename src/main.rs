@@ -1,11 +1,10 @@
 //! The `skrr-onnx` binary: parse the command line, run the library, turn errors into one line on
 //! stderr and a documented exit code (src/error.rs).
 
-use clap::Parser;
 use skrr_onnx::cli::Cli;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     env_logger::Builder::new()
         .filter_level(cli.global.log_level())
         .parse_env("RUST_LOG")

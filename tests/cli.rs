@@ -20,6 +20,32 @@ fn bad_flag_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Main-job arguments before a subcommand's name are refused, not silently dropped (a looser
+/// `--min-cos` gate in CI); global flags still go anywhere.
+#[test]
+fn main_job_arguments_with_a_subcommand_are_refused() {
+    for (args, named) in [
+        (&["--min-cos", "0.99", "doctor"][..], "--min-cos belongs"),
+        (
+            &["--reuse-weights", "copy", "doctor"][..],
+            "--reuse-weights belongs",
+        ),
+        (
+            &["in.onnx", "out.onnx", "doctor"][..],
+            "<INPUT>, <OUTPUT> belong",
+        ),
+    ] {
+        let out = skrr(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(named) && err.contains("'doctor'"),
+            "{args:?}: {err}"
+        );
+    }
+    skrr_ok(["-v", "--json", "--threads", "1", "doctor"]);
+}
+
 /// `doctor` reports the same ONNX Runtime version as the Python package it was found in.
 #[test]
 fn doctor_finds_onnx_runtime_and_reports_its_version() {
