@@ -87,8 +87,9 @@ fn default_format() -> String {
 
 impl PlanFile {
     pub fn read(path: &std::path::Path) -> Result<PlanFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read plan {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SkrrError::BadInput(format!("cannot read plan {}: {e}", path.display()))
+        })?;
         serde_json::from_str(&text).map_err(|e| {
             SkrrError::BadInput(format!("{}: not a valid plan file: {e}", path.display())).into()
         })
@@ -173,6 +174,12 @@ impl PlanFile {
                 }
             }
         }
+        if let Some(said) = self.params_total.filter(|&t| t != analysis.total_params) {
+            log::warn!(
+                "the plan was made for a model of {said} parameters; this one has {}",
+                analysis.total_params
+            );
+        }
         let n = analysis.sub_blocks.len();
         let mut actions = vec![None; n];
         for e in &self.sub_blocks {
@@ -184,10 +191,21 @@ impl PlanFile {
             }
             let sb = &analysis.sub_blocks[e.index];
             if e.kind.is_some_and(|k| k != sb.kind) || e.layer.is_some_and(|l| l != sb.layer) {
+                let kind = e.kind.map_or("a sub-block".into(), |k| k.to_string());
+                let layer = e.layer.map_or(String::new(), |l| format!(" of layer {l}"));
                 return Err(bad(format!(
-                    "plan says sub-block {} is {:?} of layer {:?}; the model has {:?} of layer {}",
-                    e.index, e.kind, e.layer, sb.kind, sb.layer
+                    "plan says sub-block {} is {kind}{layer}; the model's is {} of layer {}",
+                    e.index, sb.kind, sb.layer
                 )));
+            }
+            // Counts can differ between exports of one architecture (an exporter may store a
+            // tensor shared by two sub-blocks once or twice), so they are reported, not refused.
+            if let Some(said) = e.params.filter(|&p| p != sb.params) {
+                log::warn!(
+                    "the plan says sub-block {} has {said} parameters; the model's has {}",
+                    e.index,
+                    sb.params
+                );
             }
             let action = match (e.action.as_str(), e.source) {
                 ("keep", None) => Action::Keep,
@@ -196,11 +214,12 @@ impl PlanFile {
                 ("reuse", None) => {
                     return Err(bad(format!("sub-block {}: reuse needs a source", e.index)))
                 }
-                (a, _) => {
+                (a, source) => {
+                    let with = source.map_or(String::new(), |q| format!(" with source {q}"));
                     return Err(bad(format!(
-                        "sub-block {}: action {a:?} (with source {:?}) is not keep, skip or reuse+source",
-                        e.index, e.source
-                    )))
+                        "sub-block {}: action {a:?}{with} is not keep, skip, or reuse with a source",
+                        e.index
+                    )));
                 }
             };
             if actions[e.index].replace(action).is_some() {
@@ -226,7 +245,7 @@ pub fn validate(analysis: &Analysis, actions: &[Action]) -> Result<()> {
             };
             if src.kind != analysis.sub_blocks[p].kind {
                 bail!(
-                    "sub-block {p} ({:?}) cannot re-use {q} ({:?})",
+                    "sub-block {p} ({}) cannot re-use {q} ({})",
                     analysis.sub_blocks[p].kind,
                     src.kind
                 );

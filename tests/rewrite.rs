@@ -338,6 +338,33 @@ fn a_plan_for_another_model_is_refused() {
         Some(&out),
         &[&t5, &plan],
     );
+    // One whose kind is wrong, spelled as in the plan file; and a plan that is not there.
+    std::fs::write(
+        &plan,
+        r#"{"sub_blocks": [{"index": 1, "kind": "attention", "action": "skip"}]}"#,
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.json");
+    for (plan, needle) in [
+        (
+            &plan,
+            "sub-block 1 is attention; the model's is ffn of layer 0",
+        ),
+        (&missing, "cannot read plan"),
+    ] {
+        assert_error_contract(
+            &[
+                "apply",
+                t5.to_str().unwrap(),
+                plan.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+            skrr_onnx::error::exit::BAD_INPUT,
+            needle,
+            Some(&out),
+            &[&t5],
+        );
+    }
 }
 
 /// The calibration engine (`score`: the plan run as chained sub-block sessions on the dense

@@ -29,6 +29,16 @@ pub enum Kind {
     Ffn,
 }
 
+/// As the plan file spells it, for messages.
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Attention => "attention",
+            Kind::Ffn => "ffn",
+        })
+    }
+}
+
 /// One residual branch: maps stream value `input` to stream value `output`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubBlock {

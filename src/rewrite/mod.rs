@@ -178,11 +178,23 @@ pub fn apply_plan(
         .plan_record
         .clone()
         .unwrap_or_else(|| PlanFile::describe(analysis, actions));
+    // A model pruned before keeps the record of that rewrite: its plan and version move to
+    // `skrr.plan.N` / `skrr.version.N`, N counting the earlier rewrites from 1 (the oldest).
+    let earlier = model
+        .metadata_props
+        .iter()
+        .filter(|e| e.key().starts_with(&format!("{META_PLAN}.")))
+        .count()
+        + 1;
     let mut metadata: Vec<StringStringEntryProto> = model
         .metadata_props
         .iter()
-        .filter(|e| e.key() != META_PLAN && e.key() != META_VERSION)
-        .cloned()
+        .map(|e| match e.key() {
+            META_PLAN | META_VERSION => {
+                StringStringEntryProto::new(format!("{}.{earlier}", e.key()), e.value())
+            }
+            _ => e.clone(),
+        })
         .collect();
     metadata.push(StringStringEntryProto::new(
         META_PLAN,

@@ -387,18 +387,33 @@ fn output_keeps_the_header_and_records_the_plan() {
     let actions: Vec<&str> = plan.sub_blocks.iter().map(|s| s.action.as_str()).collect();
     assert_eq!(actions, ["keep", "skip", "reuse", "keep"]);
     assert_eq!(plan.sub_blocks[2].source, Some(0));
-    // Re-applying to the rewritten model's own metadata does not duplicate keys.
+    // Pruning the pruned model again keeps the earlier plans under numbered keys, oldest 1.
     let (_, analysis) = toy(2, true);
     let (again, _) =
         apply_plan(&out, &analysis, &[K, K, K, K], &RewriteOptions::default()).unwrap();
-    assert_eq!(
-        again
-            .metadata_props
-            .iter()
-            .filter(|e| e.key() == META_PLAN)
-            .count(),
-        1
-    );
+    let (third, _) =
+        apply_plan(&again, &analysis, &[K, K, S, K], &RewriteOptions::default()).unwrap();
+    let plans: HashMap<&str, Vec<String>> = third
+        .metadata_props
+        .iter()
+        .filter(|e| e.key().starts_with(META_PLAN))
+        .map(|e| {
+            let plan: PlanFile = serde_json::from_str(e.value()).unwrap();
+            (
+                e.key(),
+                plan.sub_blocks.into_iter().map(|s| s.action).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(plans.len(), 3, "{plans:?}");
+    assert_eq!(plans["skrr.plan.1"], ["keep", "skip", "reuse", "keep"]);
+    assert_eq!(plans["skrr.plan.2"], ["keep"; 4]);
+    assert_eq!(plans[META_PLAN], ["keep", "keep", "skip", "keep"]);
+    let versions = third
+        .metadata_props
+        .iter()
+        .filter(|e| e.key().starts_with(META_VERSION));
+    assert_eq!(versions.count(), 3);
 }
 
 #[test]
