@@ -209,14 +209,7 @@ impl Runner {
             .graph
             .as_ref()
             .ok_or_else(|| anyhow!("{}: the model has no graph", path.display()))?;
-        let initializers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name()).collect();
-        let inputs = graph
-            .input
-            .iter()
-            .filter(|v| !initializers.contains(v.name()))
-            .cloned()
-            .collect();
+        let inputs = crate::graph::fed_inputs(graph).cloned().collect();
         let output = graph
             .output
             .first()

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
-use crate::onnx::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 
 /// Where a value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +222,17 @@ pub fn describe(node: &NodeProto, index: usize) -> String {
 /// value defined, graph outputs defined, no cycle.
 pub fn check(proto: &GraphProto) -> Result<()> {
     Graph::new(proto)?.topo_order().map(|_| ())
+}
+
+/// The graph inputs a caller must feed. An input with an initializer of the same name only
+/// declares that initializer (required before IR version 4, and what exporters write with
+/// `keep_initializers_as_inputs`): ONNX Runtime uses the initializer when nothing is fed.
+pub fn fed_inputs(proto: &GraphProto) -> impl Iterator<Item = &ValueInfoProto> {
+    let initializers: HashSet<&str> = proto.initializer.iter().map(|t| t.name()).collect();
+    proto
+        .input
+        .iter()
+        .filter(move |i| !initializers.contains(i.name()))
 }
 
 /// `proto` with its nodes in `Graph::topo_order`.

@@ -79,7 +79,8 @@ pub struct Partition {
     pub epilogue: Option<Part>,
     /// The model output D is measured on.
     pub output: String,
-    /// Graph inputs, as declared by the model (the prologue and side inputs read them).
+    /// Graph inputs that are fed, as declared by the model (the prologue and side inputs read
+    /// them); not those that only declare an initializer.
     pub graph_inputs: Vec<ValueInfoProto>,
     /// Bytes of the large initializers the parts read from the input's files (each once).
     pub shared_bytes: u64,
@@ -116,7 +117,9 @@ impl Partition {
         let output = measured_output(graph)?;
         let inits: HashMap<&str, &TensorProto> =
             graph.initializer.iter().map(|t| (t.name(), t)).collect();
-        let graph_inputs: HashSet<&str> = graph.input.iter().map(|i| i.name()).collect();
+        // Graph inputs that only declare an initializer are weights, not feeds.
+        let fed: Vec<ValueInfoProto> = crate::graph::fed_inputs(graph).cloned().collect();
+        let graph_inputs: HashSet<&str> = fed.iter().map(|i| i.name()).collect();
 
         // Epilogue: only the nodes the measured output needs.
         let epilogue_nodes = backward_slice(graph, &analysis.epilogue, &output);
@@ -260,7 +263,7 @@ impl Partition {
             blocks,
             epilogue,
             output,
-            graph_inputs: graph.input.clone(),
+            graph_inputs: fed,
             shared_bytes,
             repeated_bytes,
             inlined_bytes,

@@ -51,9 +51,7 @@ fn prologue_inputs(a: &Analysis) -> Vec<String> {
         .iter()
         .flat_map(|&n| a.graph.node[n].input.iter().map(String::as_str))
         .collect();
-    a.graph
-        .input
-        .iter()
+    crate::graph::fed_inputs(&a.graph)
         .map(|i| i.name().to_string())
         .filter(|i| read.contains(i.as_str()))
         .collect()
