@@ -2,7 +2,10 @@
 //!
 //! This is what actually frees the weights of skipped sub-blocks, and also prologue work no
 //! remaining sub-block reads (e.g. the attention mask once every attention is skipped). Graph
-//! inputs are the model's interface and always stay, even when nothing reads them any more.
+//! inputs are the model's interface and always stay, even when nothing reads them any more;
+//! except a graph input that only declares an initializer (IR version < 4, or an export with
+//! `keep_initializers_as_inputs`): it goes with its initializer, else the output would ask
+//! callers to feed a weight it no longer has.
 
 use std::collections::HashSet;
 
@@ -10,8 +13,8 @@ use crate::onnx::GraphProto;
 
 use crate::graph::implicit_inputs;
 
-/// Removes nodes no graph output depends on, then initializers, value_info entries and
-/// quantization annotations of values that no longer exist. `graph.node` must be topologically
+/// Removes nodes no graph output depends on, then initializers (with the graph inputs declaring
+/// them), value_info entries and quantization annotations of values that no longer exist. `graph.node` must be topologically
 /// sorted (as `apply_edits` leaves it).
 pub fn dce(graph: &mut GraphProto) {
     let mut needed: HashSet<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
@@ -29,7 +32,15 @@ pub fn dce(graph: &mut GraphProto) {
     }
     let mut keep = live.into_iter();
     graph.node.retain(|_| keep.next().unwrap_or(false));
-    graph.initializer.retain(|t| needed.contains(t.name()));
+    let removed: HashSet<String> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| !needed.contains(*name))
+        .map(str::to_string)
+        .collect();
+    graph.initializer.retain(|t| !removed.contains(t.name()));
+    graph.input.retain(|i| !removed.contains(i.name()));
     graph
         .sparse_initializer
         .retain(|s| s.values.as_ref().is_some_and(|v| needed.contains(v.name())));

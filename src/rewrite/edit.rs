@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, ensure, Result};
 
 use crate::blocks::Analysis;
 use crate::graph;
-use crate::onnx::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::plan::Action;
 
 use super::ReuseWeights;
@@ -35,7 +35,7 @@ pub enum Edit {
         node_names: Vec<Option<String>>,
     },
     /// A copy of initializer `from` named `to` (`--reuse-weights copy`, for engines that cannot
-    /// share a weight between two layers).
+    /// share a weight between two layers). A graph input declaring `from` is copied along.
     CopyInitializer { from: String, to: String },
 }
 
@@ -171,6 +171,7 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
     // (a re-use of a later sub-block reads nothing that is not already computed there).
     let mut inserted: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
     let mut copies: Vec<TensorProto> = Vec::new();
+    let mut copied_inputs: Vec<ValueInfoProto> = Vec::new();
     let mut cloned_info = Vec::new();
     let mut anchors: HashMap<usize, usize> = HashMap::new();
     for e in edits {
@@ -246,6 +247,11 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
                 let mut t = t.clone();
                 t.name = Some(to.clone());
                 copies.push(t);
+                if let Some(declared) = graph.input.iter().find(|i| i.name() == from) {
+                    let mut declared = declared.clone();
+                    declared.name = Some(to.clone());
+                    copied_inputs.push(declared);
+                }
             }
         }
     }
@@ -294,6 +300,7 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
         }
     }
     out.initializer.extend(copies);
+    out.input.extend(copied_inputs);
     out.value_info.extend(cloned_info);
     crate::graph::sorted(&out)
 }

@@ -88,6 +88,7 @@ pub fn rewrite_graph(
     let mut graph = apply_edits(&analysis.graph, &edits)?;
     dce::dce(&mut graph);
     check(&graph)
+        .and_then(|()| check_interface(&analysis.graph, &graph))
         .context("the rewritten graph is invalid (a bug in skrr-onnx: please report it)")?;
 
     let before = &analysis.graph;
@@ -219,6 +220,20 @@ pub fn apply_plan(
         configuration: model.configuration.clone(),
     };
     Ok((out, report))
+}
+
+/// The rewritten graph must be fed exactly what the input is fed. `check` alone accepts a node
+/// reading a removed initializer when a graph input still declares it (IR version < 4,
+/// `keep_initializers_as_inputs`); that input would then be one callers must feed.
+pub fn check_interface(before: &GraphProto, after: &GraphProto) -> Result<()> {
+    fn fed(g: &GraphProto) -> Vec<&str> {
+        crate::graph::fed_inputs(g).map(|i| i.name()).collect()
+    }
+    let (want, got) = (fed(before), fed(after));
+    if got != want {
+        bail!("the rewritten graph must be fed {got:?}, the model is fed {want:?}");
+    }
+    Ok(())
 }
 
 /// Structural validity of a rewritten graph: `graph::check` (values defined once, every read

@@ -472,3 +472,53 @@ fn a_cycle_made_by_edits_is_an_error() {
         .to_string()
         .contains("cycle"));
 }
+
+/// Initializers also listed as graph inputs (IR version < 4, `keep_initializers_as_inputs`):
+/// a removed weight takes its declaration along, a copied one gets its own, and the rewritten
+/// model is fed exactly what the dense one is fed.
+#[test]
+fn graph_inputs_declaring_initializers_follow_them() {
+    let (mut model, mut analysis) = toy(2, true);
+    let declared: Vec<ValueInfoProto> = analysis
+        .graph
+        .initializer
+        .iter()
+        .map(|t| vi(t.name()))
+        .collect();
+    analysis.graph.input.extend(declared.clone());
+    model.graph.as_mut().unwrap().input.extend(declared);
+    for (actions, reuse_weights) in [
+        ([S, K, K, K], ReuseWeights::Share),
+        ([S, S, K, S], ReuseWeights::Share),
+        ([K, S, R(0), K], ReuseWeights::Share),
+        ([K, S, R(0), K], ReuseWeights::Copy),
+    ] {
+        let opts = RewriteOptions {
+            reuse_weights,
+            plan_record: None,
+        };
+        let (out, report) = apply_plan(&model, &analysis, &actions, &opts).unwrap();
+        let g = out.graph.as_ref().unwrap();
+        let inputs: Vec<&str> = g.input.iter().map(|i| i.name()).collect();
+        let inits: Vec<&str> = g.initializer.iter().map(|t| t.name()).collect();
+        assert_eq!(inputs[..2], ["x", "m"], "{actions:?}");
+        assert_eq!(inputs[2..], inits, "{actions:?} {reuse_weights:?}");
+        assert!(report.params_removed > 0);
+        assert!(inits.contains(&"w0/skrr2") == (reuse_weights == ReuseWeights::Copy));
+    }
+}
+
+#[test]
+fn check_interface_finds_an_input_left_without_its_initializer() {
+    let (_, analysis) = toy(1, true);
+    let mut before = analysis.graph.clone();
+    before.input.push(vi("w0"));
+    let mut after = before.clone();
+    check_interface(&before, &after).unwrap();
+    after.initializer.retain(|t| t.name() != "w0");
+    // Structurally valid (the graph input defines what the node reads), yet a weight is gone
+    // and callers would have to feed it.
+    check(&after).unwrap();
+    let e = check_interface(&before, &after).unwrap_err().to_string();
+    assert!(e.contains("w0"), "{e}");
+}
