@@ -3,7 +3,9 @@
 //! timing each, and a report that records everything (`--report report.json`).
 //!
 //! Everything that can be refused is refused before the search, which is the long phase: an
-//! output over the input, a missing output folder, an unreachable sparsity.
+//! output over the input or over another file the run reads or writes, an output folder that is
+//! missing or not writable, an unreachable sparsity, limits no result can meet, prompts that
+//! cannot be read.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,15 +14,17 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Part};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
-use crate::commands::compare::{held_out_fidelity, render, verdict, ToleranceArgs};
+use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
 use crate::commands::plan::{file_sha256, SearchArgs};
 use crate::commands::ExternalDataArgs;
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
-use crate::model_io::{check_output_not_input, read_model, write_file, WriteReport};
+use crate::model_io::{
+    check_output_not_input, check_outputs_apart, read_model, write_file, WriteReport,
+};
 use crate::plan::PlanFile;
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
@@ -51,6 +55,11 @@ pub struct RunArgs {
     /// Skip the held-out fidelity comparison.
     #[arg(long)]
     pub no_compare: bool,
+    /// Prompts for the fidelity check, in the format of the calibration input (text lines, or
+    /// token ids with --calib). Default: the built-in held-out prompts, or every 4th of your
+    /// --prompts / --calib lines (the search then calibrates on the others).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_compare")]
+    pub heldout: Option<PathBuf>,
     #[command(flatten)]
     pub data: ExternalDataArgs,
     #[command(flatten)]
@@ -65,15 +74,32 @@ pub struct Phase {
     pub seconds: f64,
 }
 
+/// The prompts each phase ran on, so that a report says how to reproduce it.
+#[derive(Debug, Serialize)]
+pub struct PromptsReport {
+    /// `--prompts` / `--calib` file, or the built-in set.
+    pub calibration_source: String,
+    pub calibration: usize,
+    pub held_out_source: Option<String>,
+    pub held_out: Option<usize>,
+    pub max_length: usize,
+    pub null: bool,
+    pub include_padding: bool,
+    pub chunk: usize,
+}
+
 /// Everything the run did, as `--report` writes it and `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
+    /// The skrr-onnx version that ran.
+    pub version: &'static str,
     pub input: PathBuf,
     pub output: PathBuf,
     pub family: Option<String>,
     pub layers: usize,
     pub sub_blocks: usize,
     pub params_total: u64,
+    pub prompts: PromptsReport,
     pub plan: PlanFile,
     pub search: serde_json::Value,
     pub rewrite: RewriteReport,
@@ -120,19 +146,63 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     if let Some(p) = &args.report {
         check_output_not_input(p, input, "report")?;
     }
+    let tolerances = args.tolerances.tolerances()?;
     let mut clock = Clock {
         start: Instant::now(),
         phases: Vec::new(),
     };
 
     let model = clock.phase("read", || read_model(input))?;
+    let data = output.with_file_name(format!(
+        "{}.data",
+        output.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut reads: Vec<PathBuf> = vec![input.to_path_buf()];
+    reads.extend(
+        model
+            .weights
+            .external_files()
+            .iter()
+            .map(|f| f.path.clone()),
+    );
+    reads.extend(args.calib.files(&model)?);
+    reads.extend(args.heldout.clone());
+    let outputs = [
+        (output, "pruned model"),
+        (data.as_path(), "pruned model's external data"),
+    ]
+    .into_iter()
+    .chain(args.plan_out.as_deref().map(|p| (p, "plan")))
+    .chain(args.report.as_deref().map(|p| (p, "report")))
+    .collect::<Vec<_>>();
+    check_outputs_apart(
+        &outputs,
+        &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
     check_targets(&analysis, &[sparsity])?;
+    let (calib, held_out) = prompt_sets(args, &model)?;
+    let prompts = PromptsReport {
+        calibration_source: args
+            .calib
+            .calib
+            .as_ref()
+            .or(args.calib.prompts.as_ref())
+            .map_or("the built-in calibration prompts".into(), |p| {
+                p.display().to_string()
+            }),
+        calibration: calib.prompts.len(),
+        held_out_source: held_out.as_ref().map(|(_, source)| source.clone()),
+        held_out: held_out.as_ref().map(|(set, _)| set.prompts.len()),
+        max_length: args.calib.max_length,
+        null: calib.null.is_some(),
+        include_padding: args.calib.include_padding,
+        chunk: args.calib.chunk,
+    };
     crate::runtime::init(&ctx.runtime)?;
     let method = args.search.method;
     let (level, plan, search) = clock.phase("search", || {
         let sha256 = file_sha256(input)?;
-        let calib = args.calib.calib_set(&model, Part::Calibration)?;
         let cfg = args.search.config(vec![sparsity]);
         let run = run_method(
             &model,
@@ -174,12 +244,11 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         )
     })?;
 
-    let fidelity = if args.no_compare {
-        None
-    } else {
-        Some(clock.phase("compare", || {
-            held_out_fidelity(input, output, &args.calib, &args.tolerances.tolerances())
-        })?)
+    let fidelity = match &held_out {
+        None => None,
+        Some((set, _)) => Some(clock.phase("compare", || {
+            fidelity_on(input, output, set, &args.calib, &tolerances)
+        })?),
     };
 
     let seconds = clock.start.elapsed().as_secs_f64();
@@ -187,19 +256,21 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     let verdict_line = one_line(
         checked.is_ok(),
         fidelity.is_some(),
-        &level_summary(&plan),
+        &level_summary(&plan, &applied.rewrite),
         fidelity.as_ref(),
         output,
         applied.output_bytes,
         seconds,
     );
     let report = RunReport {
+        version: env!("CARGO_PKG_VERSION"),
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         family: analysis.family.clone(),
         layers: analysis.layers,
         sub_blocks: analysis.sub_blocks.len(),
         params_total: analysis.total_params,
+        prompts,
         plan,
         search,
         rewrite: applied.rewrite,
@@ -225,14 +296,42 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     checked
 }
 
-/// "removed 0.503 of parameters (12 skips, 2 re-uses)".
-fn level_summary(plan: &PlanFile) -> String {
-    let count = |a: &str| plan.sub_blocks.iter().filter(|e| e.action == a).count();
+/// The search's prompts, and the fidelity check's with where they come from (none with
+/// `--no-compare`: then the search gets every prompt).
+fn prompt_sets(
+    args: &RunArgs,
+    model: &crate::model_io::Model,
+) -> Result<(CalibSet, Option<(CalibSet, String)>)> {
+    if args.no_compare {
+        return Ok((args.calib.calib_set(model, Part::Calibration)?, None));
+    }
+    let (calib, held, source) = args
+        .calib
+        .calib_and_held_out(model, args.heldout.as_deref())?;
+    log::info!(
+        "calibrating on {} prompts, checking fidelity on {} ({source})",
+        calib.prompts.len(),
+        held.prompts.len()
+    );
+    Ok((calib, Some((held, source))))
+}
+
+/// "removed 50.3% of parameters (12 skips, 2 re-uses)", and what `--reuse-weights copy` put
+/// back.
+fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
+    let count = |a: &str, one: &str, many: &str| {
+        let n = plan.sub_blocks.iter().filter(|e| e.action == a).count();
+        format!("{n} {}", if n == 1 { one } else { many })
+    };
+    let copied = match rewrite.params_copied {
+        0 => String::new(),
+        n => format!(", {n} re-used parameters copied back"),
+    };
     format!(
-        "removed {:.1}% of parameters ({} skips, {} re-uses)",
+        "removed {:.1}% of parameters ({}, {}{copied})",
         100.0 * plan.achieved_sparsity.unwrap_or(0.0),
-        count("skip"),
-        count("reuse")
+        count("skip", "skip", "skips"),
+        count("reuse", "re-use", "re-uses")
     )
 }
 
@@ -278,6 +377,16 @@ fn render_run(r: &RunReport) -> String {
             .as_deref()
             .map_or(String::new(), |f| format!(" ({f})"))
     );
+    let p = &r.prompts;
+    let held = match (&p.held_out, &p.held_out_source) {
+        (Some(n), Some(source)) => format!(", fidelity on {n} held out ({source})"),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "calib   {} prompts ({}){held}",
+        p.calibration, p.calibration_source
+    );
     let order = r.plan.skip_order.clone().unwrap_or_default();
     let reuses: Vec<String> = r
         .plan
@@ -296,9 +405,16 @@ fn render_run(r: &RunReport) -> String {
         r.plan.discrepancy.as_ref().map_or(0.0, |d| d.skip),
         r.plan.discrepancy.as_ref().map_or(0.0, |d| d.final_),
     );
+    let copied = match r.rewrite.params_copied {
+        0 => String::new(),
+        n => format!(
+            "; {n} copied back for re-use, {} bytes",
+            r.rewrite.bytes_copied
+        ),
+    };
     let _ = writeln!(
         s,
-        "rewrite nodes {} → {}, parameters {} → {} ({} removed)",
+        "rewrite nodes {} → {}, parameters {} → {} ({} removed{copied})",
         r.rewrite.nodes_before,
         r.rewrite.nodes_after,
         r.rewrite.params_before,

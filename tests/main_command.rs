@@ -220,4 +220,134 @@ fn refusals_come_before_any_work_and_leave_nothing() {
     ] {
         assert_error_contract(&[m, o, "--sparsity", s], 2, needle, Some(&out), &[&model]);
     }
+    // Limits no result can meet as meant.
+    for (flag, value) in [("--min-cos", "2"), ("--min-cos", "NaN"), ("--atol", "-1")] {
+        let arg = format!("{flag}={value}");
+        let args = [m, o, "--sparsity", "0.3", &arg];
+        assert_error_contract(&args, 2, flag, Some(&out), &[&model]);
+    }
+    // Outputs over one another or over what the run reads, and a folder nothing can be
+    // created in (root may write anywhere else).
+    let tokenizer = dir.path().join("tokenizer.json");
+    let plan = dir.path().join("plan.json");
+    let (t, p) = (tokenizer.to_str().unwrap(), plan.to_str().unwrap());
+    for (extra, needle) in [
+        (
+            &["--plan-out", o][..],
+            "the plan and the pruned model would be the same file",
+        ),
+        (&["--report", t][..], "which this run reads"),
+        (
+            &["--plan-out", p, "--report", p][..],
+            "the report and the plan",
+        ),
+    ] {
+        let base = [m, o, "--sparsity", "0.3"];
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        assert_error_contract(&args, 6, needle, Some(&out), &[&model, &tokenizer]);
+    }
+    if Path::new("/sys/kernel").is_dir() {
+        assert_error_contract(
+            &[m, "/sys/kernel/pruned.onnx", "--sparsity", "0.3"],
+            6,
+            "cannot create files in /sys/kernel",
+            None,
+            &[&model],
+        );
+    }
+    // None of these got as far as the search.
+    for args in [
+        &[m, o, "--sparsity", "0.3", "--min-cos", "2"][..],
+        &[m, o, "--sparsity", "0.3", "--report", t],
+        &[m, "/sys/kernel/pruned.onnx", "--sparsity", "0.3"],
+    ] {
+        let run = skrr(["-v"].iter().chain(args));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.code() != Some(0) && !stderr.contains("phase search"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// With the user's own prompts, the fidelity check runs on prompts the search never saw: every
+/// 4th line, or a `--heldout` file. Its D is that of `compare` on exactly those prompts.
+#[test]
+fn the_fidelity_check_is_held_out_from_the_users_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixtures().join("bert/model.onnx");
+    let rows: Vec<Vec<i64>> = (0..10)
+        .map(|i| (0..5 + i).map(|j| 2 + (37 * i + 11 * j) % 300).collect())
+        .collect();
+    let write = |name: &str, rows: &[&Vec<i64>]| {
+        let p = dir.path().join(name);
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        p
+    };
+    let all = write("all.jsonl", &rows.iter().collect::<Vec<_>>());
+    let every_4th = write("held.jsonl", &[&rows[3], &rows[7]]);
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join("pruned.onnx");
+        let args = [
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.25",
+            "--calib",
+            all.to_str().unwrap(),
+            "--null-ids",
+            "2,3",
+            "--min-cos=-1",
+            "--max-null-ratio",
+            "1e9",
+            "--json",
+        ];
+        let run = skrr(args.iter().chain(extra));
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        json_of(&run)
+    };
+    let compare_on = |held: &Path| -> f64 {
+        let out = dir.path().join("pruned.onnx");
+        let cmp = skrr([
+            "compare",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--calib",
+            held.to_str().unwrap(),
+            "--null-ids",
+            "2,3",
+            "--min-cos=-1",
+            "--max-null-ratio",
+            "1e9",
+            "--json",
+        ]);
+        json_of(&cmp)["d"].as_f64().unwrap()
+    };
+
+    let split = run(&[]);
+    assert_eq!(split["prompts"]["calibration"], 8, "{}", split["prompts"]);
+    assert_eq!(split["prompts"]["held_out"], 2);
+    assert!(split["prompts"]["held_out_source"]
+        .as_str()
+        .unwrap()
+        .starts_with("every 4th"));
+    let d = split["fidelity"]["d"].as_f64().unwrap();
+    assert!((d - compare_on(&every_4th)).abs() <= 1e-6 * d, "{d}");
+    // The whole file as calibration D is not what was reported (the check would be in-sample).
+    assert!((d - compare_on(&all)).abs() > 1e-6 * d, "{d}");
+
+    let explicit = run(&["--heldout", every_4th.to_str().unwrap()]);
+    assert_eq!(explicit["prompts"]["calibration"], 10);
+    assert_eq!(explicit["prompts"]["held_out"], 2);
+    let d = explicit["fidelity"]["d"].as_f64().unwrap();
+    assert!((d - compare_on(&every_4th)).abs() <= 1e-6 * d, "{d}");
 }

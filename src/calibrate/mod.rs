@@ -8,7 +8,7 @@ pub mod inputs;
 pub mod partition;
 pub mod tensors;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
@@ -134,6 +134,90 @@ impl CalibArgs {
             pad_id,
             max_length: self.max_length,
         })
+    }
+
+    /// The main job's two prompt sets: the search calibrates on the first, the fidelity check
+    /// judges the result on the second, which the search never saw. The built-in set has two
+    /// disjoint halves; a `held_out` file (same format as the calibration input) is used whole;
+    /// otherwise every 4th of the user's prompts is held out. `--num-prompts` bounds each set.
+    /// The string says where the held-out prompts come from, for the report.
+    pub fn calib_and_held_out(
+        &self,
+        model: &Model,
+        held_out: Option<&Path>,
+    ) -> Result<(CalibSet, CalibSet, String)> {
+        let user = self.calib.as_deref().or(self.prompts.as_deref());
+        match (held_out, user) {
+            (Some(file), _) => {
+                let (calib, prompts) = match &self.calib {
+                    Some(_) => (Some(file.to_path_buf()), None),
+                    None => (None, Some(file.to_path_buf())),
+                };
+                let held = CalibArgs {
+                    calib,
+                    prompts,
+                    ..self.clone()
+                };
+                Ok((
+                    self.calib_set(model, Part::Calibration)?,
+                    held.calib_set(model, Part::HeldOut)?,
+                    file.display().to_string(),
+                ))
+            }
+            (None, None) => Ok((
+                self.calib_set(model, Part::Calibration)?,
+                self.calib_set(model, Part::HeldOut)?,
+                "the built-in held-out prompts".into(),
+            )),
+            (None, Some(file)) => {
+                if self.num_prompts == Some(0) {
+                    return Err(SkrrError::Usage("--num-prompts must be at least 1".into()).into());
+                }
+                let all = CalibArgs {
+                    num_prompts: None,
+                    ..self.clone()
+                }
+                .calib_set(model, Part::Calibration)?;
+                if all.prompts.len() < 2 {
+                    return Err(SkrrError::BadInput(format!(
+                        "{}: the fidelity check holds out every 4th prompt and needs at least 2 \
+                         ({} given); add prompts, give --heldout FILE, or --no-compare",
+                        file.display(),
+                        all.prompts.len()
+                    ))
+                    .into());
+                }
+                let (held, kept): (Vec<_>, Vec<_>) = all
+                    .prompts
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .partition(|(i, _)| i % 4 == 3);
+                let take = |rows: Vec<(usize, Vec<i64>)>| CalibSet {
+                    prompts: rows
+                        .into_iter()
+                        .map(|(_, p)| p)
+                        .take(self.num_prompts.unwrap_or(usize::MAX))
+                        .collect(),
+                    ..all.clone()
+                };
+                Ok((
+                    take(kept),
+                    take(held),
+                    format!("every 4th prompt of {}", file.display()),
+                ))
+            }
+        }
+    }
+
+    /// The files this configuration reads, so that outputs can be kept off them.
+    pub fn files(&self, model: &Model) -> Result<Vec<PathBuf>> {
+        let tokenizer = inputs::find_tokenizer(&model.path, self.tokenizer.as_deref())?;
+        Ok([&self.prompts, &self.calib, &tokenizer, &self.projection]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect())
     }
 
     pub fn engine_options(&self) -> Result<EngineOptions> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::calibrate::{CalibArgs, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
 use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
@@ -46,41 +46,64 @@ pub struct ToleranceArgs {
 }
 
 impl ToleranceArgs {
-    pub fn tolerances(&self) -> Tolerances {
-        Tolerances {
+    /// The limits, refused when no result could pass or fail them as meant (a cosine above 1,
+    /// a NaN): a gate that cannot work is a usage error, not a FAILED after the whole run.
+    pub fn tolerances(&self) -> Result<Tolerances> {
+        let refuse = |flag: &str, v: f64, range: &str| -> anyhow::Error {
+            SkrrError::Usage(format!("--{flag} {v}: expected {range}")).into()
+        };
+        if !(-1.0..=1.0).contains(&self.min_cos) {
+            return Err(refuse("min-cos", self.min_cos, "a cosine in [-1, 1]"));
+        }
+        if !(self.max_null_ratio >= 1.0 && self.max_null_ratio.is_finite()) {
+            return Err(refuse(
+                "max-null-ratio",
+                self.max_null_ratio,
+                "a finite factor ≥ 1",
+            ));
+        }
+        for (flag, v) in [
+            ("max-d", self.max_d),
+            ("atol", self.atol),
+            ("rtol", self.rtol),
+        ] {
+            if let Some(v) = v.filter(|v| !(*v >= 0.0 && v.is_finite())) {
+                return Err(refuse(flag, v, "a finite number ≥ 0"));
+            }
+        }
+        Ok(Tolerances {
             min_cos: self.min_cos,
             max_null_ratio: self.max_null_ratio,
             max_d: self.max_d,
             atol: self.atol,
             rtol: self.rtol,
-        }
+        })
     }
 }
 
-/// Measures `dense` vs `pruned` on the held-out prompts described by `calib`.
-pub fn held_out_fidelity(
+/// Measures `dense` vs `pruned` on the prompts of `set`, run as `calib` says.
+pub fn fidelity_on(
     dense: &std::path::Path,
     pruned: &std::path::Path,
+    set: &CalibSet,
     calib: &CalibArgs,
     tol: &Tolerances,
 ) -> Result<Fidelity> {
-    let set = calib.calib_set(&read_model(dense)?, Part::HeldOut)?;
     let opts = calib.engine_options()?;
     let run = RunOptions {
         include_padding: opts.include_padding,
         chunk: opts.chunk,
         projection: opts.projection,
     };
-    fidelity::measure(dense, pruned, &set, &run, tol)
+    fidelity::measure(dense, pruned, set, &run, tol)
 }
 
 pub fn run(args: &CompareArgs, ctx: &Context) -> Result<()> {
-    let f = held_out_fidelity(
-        &args.dense,
-        &args.pruned,
-        &args.calib,
-        &args.tolerances.tolerances(),
-    )?;
+    let tol = args.tolerances.tolerances()?;
+    let set = args
+        .calib
+        .calib_set(&read_model(&args.dense)?, Part::HeldOut)?;
+    let f = fidelity_on(&args.dense, &args.pruned, &set, &args.calib, &tol)?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {

@@ -206,6 +206,12 @@ pub fn check_output(dest: &Path) -> Result<()> {
     if dest.is_dir() {
         return Err(refuse("is a folder".into()));
     }
+    // A read-only folder (or mount, or a full quota) would otherwise be found only when the
+    // output is written, after a search that can take hours.
+    tempfile::Builder::new()
+        .prefix(".skrr-write-check.")
+        .tempfile_in(dir)
+        .map_err(|e| refuse(format!("cannot create files in {}: {e}", dir.display())))?;
     Ok(())
 }
 
@@ -220,6 +226,44 @@ pub fn check_output_not_input(dest: &Path, input: &Path, what: &str) -> Result<(
             msg: format!("refusing to write the {what} over the input model"),
         }
         .into());
+    }
+    Ok(())
+}
+
+/// Refuses the outputs of one run when two of them name the same file, or one names a file the
+/// run reads (a report over the tokenizer, a plan over the pruned model): each would destroy
+/// the other. `outputs` are (path, what it is); outputs must already pass [`check_output`].
+pub fn check_outputs_apart(outputs: &[(&Path, &str)], reads: &[&Path]) -> Result<()> {
+    // The file a path will name once written: its real folder and its name.
+    let place = |p: &Path| -> Option<PathBuf> {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    };
+    let clash = |a: &Path, b: &Path| {
+        same_file(a, b).unwrap_or(false) || place(a).is_some_and(|pa| place(b) == Some(pa))
+    };
+    for (i, &(path, what)) in outputs.iter().enumerate() {
+        let refuse = |msg: String| -> anyhow::Error {
+            SkrrError::Output {
+                path: path.to_path_buf(),
+                msg,
+            }
+            .into()
+        };
+        if let Some((_, other)) = outputs[..i].iter().find(|(o, _)| clash(path, o)) {
+            return Err(refuse(format!(
+                "the {what} and the {other} would be the same file"
+            )));
+        }
+        if let Some(read) = reads.iter().find(|r| clash(path, r)) {
+            return Err(refuse(format!(
+                "refusing to write the {what} over {}, which this run reads",
+                read.display()
+            )));
+        }
     }
     Ok(())
 }
