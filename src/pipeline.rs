@@ -39,7 +39,7 @@ pub struct RunArgs {
     #[arg(required = true)]
     pub output: Option<PathBuf>,
     /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
-    #[arg(long, required = true)]
+    #[arg(long, required = true, allow_negative_numbers = true)]
     pub sparsity: Option<f64>,
     #[command(flatten)]
     pub search: SearchArgs,

@@ -553,6 +553,64 @@ fn score_command_prints_d() {
         err.contains("ids.jsonl:2: token 1: token id 99999999 is outside"),
         "{err}"
     );
+    // Options the run cannot honour: one clean line each, before any session runs.
+    let not_onnx = dir.path().join("projection.onnx");
+    std::fs::write(&not_onnx, "not a model").unwrap();
+    for (extra, code, needle) in [
+        (
+            &["--pad-id", "99999999"][..],
+            2,
+            "--pad-id: token id 99999999 is outside",
+        ),
+        (
+            &["--projection", not_onnx.to_str().unwrap()][..],
+            4,
+            "cannot load it as a model",
+        ),
+    ] {
+        let base = [
+            "score",
+            f.model.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+        ];
+        let out = common::skrr(base.iter().chain(extra));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{extra:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{extra:?}: {err}"
+        );
+    }
+    // A length below BERT's two special tokens ([CLS] ... [SEP]) would not truncate at all.
+    let bert = common::fixtures().join("bert/model.onnx");
+    let n = blocks::analyze(&model_io::read_model(&bert).unwrap().proto)
+        .unwrap()
+        .sub_blocks
+        .len();
+    let keep = dir.path().join("keep.json");
+    let entries: Vec<Value> = (0..n)
+        .map(|i| json!({"index": i, "action": "keep"}))
+        .collect();
+    std::fs::write(&keep, json!({ "sub_blocks": entries }).to_string()).unwrap();
+    let score = |len: &str| {
+        let args = [
+            "score",
+            bert.to_str().unwrap(),
+            "--plan",
+            keep.to_str().unwrap(),
+        ];
+        common::skrr(
+            args.iter()
+                .chain(&["--max-length", len, "--num-prompts", "2"]),
+        )
+    };
+    let out = score("1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--max-length 1 is too short"), "{err}");
+    assert_eq!(score("2").status.code(), Some(0));
 }
 
 /// The part models name their weights' files by real path, so a model reached through a

@@ -216,6 +216,7 @@ fn refusals_come_before_any_work_and_leave_nothing() {
     for (s, needle) in [
         ("1.5", "sparsity"),
         ("0", "sparsity"),
+        ("-0.1", "sparsity"),
         ("0.99", "unreachable"),
     ] {
         assert_error_contract(&[m, o, "--sparsity", s], 2, needle, Some(&out), &[&model]);

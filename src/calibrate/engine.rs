@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use serde::Serialize;
@@ -574,7 +574,7 @@ pub(crate) fn projection_session(
         return Err(bad("projection model not found".into()));
     }
     let session = crate::runtime::session_from_file(path)
-        .with_context(|| format!("loading projection {}", path.display()))?;
+        .map_err(|e| bad(format!("ONNX Runtime cannot load it as a model: {e:#}")))?;
     if session.inputs().len() != 1 || session.outputs().is_empty() {
         return Err(bad(format!(
             "a projection model needs exactly one input and an output, it has {} and {}",

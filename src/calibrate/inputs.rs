@@ -124,7 +124,7 @@ fn parse_ids_line(line: &str, vocab: Option<usize>) -> std::result::Result<Vec<i
         .collect()
 }
 
-fn check_id(id: i64, vocab: Option<usize>) -> std::result::Result<i64, String> {
+pub(crate) fn check_id(id: i64, vocab: Option<usize>) -> std::result::Result<i64, String> {
     if id < 0 {
         return Err(format!("token id {id} is negative"));
     }
@@ -175,6 +175,7 @@ pub fn find_tokenizer(model_path: &Path, explicit: Option<&Path>) -> Result<Opti
 /// A loaded tokenizer with truncation at `max_length` (special tokens included) and no padding.
 pub struct PromptTokenizer {
     tokenizer: Tokenizer,
+    max_length: usize,
     path: PathBuf,
     vocab: Option<usize>,
 }
@@ -197,6 +198,7 @@ impl PromptTokenizer {
             .map_err(|e| bad(format!("{}: cannot set truncation: {e}", path.display())))?;
         Ok(PromptTokenizer {
             tokenizer,
+            max_length,
             path: path.to_path_buf(),
             vocab,
         })
@@ -211,6 +213,17 @@ impl PromptTokenizer {
             ))
         })?;
         let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
+        // The tokenizer keeps its special tokens even when they alone exceed the limit.
+        if ids.len() > self.max_length {
+            return Err(SkrrError::Usage(format!(
+                "--max-length {} is too short for {}: it keeps its special tokens whole and \
+                 made {} tokens of {text:?}",
+                self.max_length,
+                self.path.display(),
+                ids.len()
+            ))
+            .into());
+        }
         if ids.is_empty() {
             return Err(bad(format!(
                 "{}: {text:?} tokenizes to no tokens (the tokenizer adds no special tokens); \

@@ -128,6 +128,13 @@ impl CalibArgs {
             .pad_id
             .or_else(|| tokenizer.as_ref().and_then(|t| t.pad_id()))
             .unwrap_or(0);
+        inputs::check_id(pad_id, vocab).map_err(|m| {
+            let whose = match self.pad_id {
+                Some(_) => "--pad-id",
+                None => "the tokenizer's pad token",
+            };
+            SkrrError::Usage(format!("{whose}: {m}"))
+        })?;
         Ok(CalibSet {
             prompts,
             null,
