@@ -25,6 +25,6 @@ for name, part in (("calib", lines[0::2][:64]), ("heldout", lines[1::2][:64])):
             f.write(json.dumps(tok.encode(p).ids) + "\n")
 assert tok.encode("").ids == [101, 102], "the null input must be [CLS] [SEP]"
 PYEOF
-SKRR_MINILM="$OUT/minilm/model.onnx" SKRR_BENCH_CALIB="$OUT/calib.jsonl" \
+SKRR_MINILM="$OUT/minilm" SKRR_BENCH_CALIB="$OUT/calib.jsonl" \
 SKRR_BENCH_HELDOUT="$OUT/heldout.jsonl" \
   cargo test --release --test search -- --ignored --nocapture bench_minilm_search

@@ -373,8 +373,7 @@ fn a_residual_mlp_without_attention_is_refused() {
 /// `fixtures/generate.py --minilm DIR` makes it, with its manifest entry).
 #[test]
 fn real_minilm_has_six_layers() {
-    let Some(dir) = std::env::var_os("SKRR_MINILM").map(PathBuf::from) else {
-        eprintln!("skipped: set SKRR_MINILM to the folder `fixtures/generate.py --minilm` made");
+    let Some(dir) = common::minilm("real_minilm_has_six_layers") else {
         return;
     };
     let entry: Value = serde_json::from_str(

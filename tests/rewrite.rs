@@ -236,17 +236,17 @@ fn apply_every_fixture_matches_the_plan_executed_on_the_dense_model() {
     });
 }
 
-/// The real MiniLM, when `fixtures/generate.py --minilm` has been run (not committed).
+/// The real MiniLM (not committed), when `SKRR_MINILM` names it.
 #[test]
 fn apply_minilm_when_present() {
-    let path = fixtures().join("minilm/model.onnx");
-    if !path.exists() {
-        eprintln!("skipped: {} not generated", path.display());
+    let Some(dir) = common::minilm("apply_minilm_when_present") else {
         return;
-    }
-    check_fixture(
-        &json!({"name": "minilm", "model": "minilm/model.onnx", "vocab": 30522, "dtype": "float32"}),
-    );
+    };
+    let mut entry: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    // An absolute path: `fixtures().join` keeps it as it is.
+    entry["model"] = json!(dir.join("model.onnx"));
+    check_fixture(&entry);
 }
 
 #[test]

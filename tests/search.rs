@@ -4,7 +4,8 @@
 //! is computed from its outputs in this file. The search must give the same plan, and the plan
 //! file's D must equal this independent D.
 //!
-//! `SKRR_MINILM=/path/to/minilm/model.onnx` enables the MiniLM checks; the `#[ignore]`d
+//! `SKRR_MINILM=DIR` (the folder `fixtures/generate.py --minilm DIR` made) enables the MiniLM
+//! checks; the `#[ignore]`d
 //! benchmarks (docs/benchmarks.md, "Search") need it too.
 
 mod common;
@@ -574,14 +575,13 @@ fn cpu_seconds(who: i32) -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
-fn minilm() -> Option<PathBuf> {
-    std::env::var_os("SKRR_MINILM").map(PathBuf::from)
+fn minilm(test: &str) -> Option<PathBuf> {
+    common::minilm(test).map(|dir| dir.join("model.onnx"))
 }
 
 #[test]
 fn minilm_plan_d_equals_reference_when_available() {
-    let Some(model) = minilm() else {
-        eprintln!("SKRR_MINILM not set: skipped");
+    let Some(model) = minilm("minilm_plan_d_equals_reference_when_available") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -602,7 +602,7 @@ fn minilm_plan_d_equals_reference_when_available() {
 #[test]
 #[ignore]
 fn bench_minilm_search() {
-    let model = minilm().expect("set SKRR_MINILM");
+    let model = minilm("bench_minilm_search").expect("set SKRR_MINILM");
     let read = |var: &str| -> (PathBuf, Vec<Vec<i64>>) {
         let p = PathBuf::from(std::env::var(var).unwrap_or_else(|_| panic!("set {var}")));
         let ids = std::fs::read_to_string(&p)

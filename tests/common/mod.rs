@@ -14,6 +14,22 @@ use std::process::{Command, Output, Stdio};
 use ndarray::{ArrayD, IxDyn};
 use sha2::{Digest, Sha256};
 
+/// The real all-MiniLM-L6-v2 export, when `SKRR_MINILM` names the folder that
+/// `fixtures/generate.py --minilm DIR` made (model.onnx, tokenizer.json, manifest.json); the
+/// tests that need it say they were skipped otherwise.
+pub fn minilm(test: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("SKRR_MINILM").map(PathBuf::from) else {
+        eprintln!("{test}: skipped, SKRR_MINILM is not set (see README.md, Tests)");
+        return None;
+    };
+    assert!(
+        dir.join("model.onnx").is_file() && dir.join("manifest.json").is_file(),
+        "SKRR_MINILM={} must be the folder `fixtures/generate.py --minilm DIR` made",
+        dir.display()
+    );
+    Some(dir)
+}
+
 /// The `skrr-onnx` binary cargo built for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_skrr-onnx"))
