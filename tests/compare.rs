@@ -151,6 +151,104 @@ fn identical_models_pass_and_tolerance_failures_exit_1() {
     assert!(stderr.contains("elements_failed"), "{stderr}");
 }
 
+/// A structurally pruned pair (t5_gated with feed-forward sub-blocks skipped, written with
+/// external data): the figures match the oracle, the size reductions are those of the files,
+/// and each limit fails the run on its own, naming its check.
+#[test]
+fn a_pruned_pair_is_measured_and_each_limit_can_fail_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, job) = write_job(dir.path());
+    let dense = fixtures().join("t5_gated/model.onnx");
+    let plan = dir.path().join("plan.json");
+    let entries: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!({"index": i, "action": if i == 3 || i == 5 { "skip" } else { "keep" }}))
+        .collect();
+    std::fs::write(
+        &plan,
+        serde_json::json!({ "sub_blocks": entries }).to_string(),
+    )
+    .unwrap();
+    let pruned = dir.path().join("pruned.onnx");
+    common::skrr_ok([
+        "apply",
+        dense.to_str().unwrap(),
+        plan.to_str().unwrap(),
+        pruned.to_str().unwrap(),
+        "--external-data",
+    ]);
+    let loose = ["--min-cos=-1", "--max-null-ratio", "1e9"];
+    let (code, got) = compare_json(
+        &dense,
+        &pruned,
+        &ids,
+        &[&loose[..], &["--chunk", "1"]].concat(),
+    );
+    assert_eq!(code, 0, "{got}");
+    let want = oracle(&dense, &pruned, &job);
+    for key in ["d_c", "d_null", "cos_mean", "cos_min", "null_norm_ratio"] {
+        let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+        assert!(close(g, w, 1e-6), "{key} = {g}, oracle {w}");
+    }
+    let sizes: serde_json::Value = serde_json::from_str(&common::run_python(
+        "import onnx, os, sys, json, numpy as np\n\
+         n = lambda p: int(sum(np.prod(t.dims) for t in onnx.load(p, load_external_data=False).graph.initializer))\n\
+         b = lambda p: sum(os.path.getsize(os.path.join(os.path.dirname(p), f)) for f in os.listdir(os.path.dirname(p)) if f.startswith(os.path.basename(p)))\n\
+         print(json.dumps({'params': [n(a) for a in sys.argv[1:]], 'bytes': [b(a) for a in sys.argv[1:]]}))\n",
+        &[dense.to_str().unwrap(), pruned.to_str().unwrap()],
+    ))
+    .unwrap();
+    let (pd, pp) = (
+        sizes["params"][0].as_f64().unwrap(),
+        sizes["params"][1].as_f64().unwrap(),
+    );
+    let (bd, bp) = (
+        sizes["bytes"][0].as_f64().unwrap(),
+        sizes["bytes"][1].as_f64().unwrap(),
+    );
+    assert_eq!(got["dense"]["params"].as_f64(), Some(pd));
+    assert_eq!(got["pruned"]["params"].as_f64(), Some(pp));
+    assert!(
+        close(
+            got["params_reduction"].as_f64().unwrap(),
+            1.0 - pp / pd,
+            1e-12
+        ),
+        "{got}"
+    );
+    assert!(
+        close(
+            got["bytes_reduction"].as_f64().unwrap(),
+            1.0 - bp / bd,
+            1e-12
+        ),
+        "{got}"
+    );
+
+    for (args, check) in [
+        (
+            &["--max-null-ratio", "1e9", "--min-cos", "0.99999"][..],
+            "cos_mean",
+        ),
+        (
+            &["--min-cos=-1", "--max-null-ratio", "1"],
+            "null_norm_factor",
+        ),
+        (&[&loose[..], &["--max-d", "0"]].concat(), "d"),
+        (&[&loose[..], &["--rtol", "0"]].concat(), "elements_failed"),
+    ] {
+        let (code, got) = compare_json(&dense, &pruned, &ids, args);
+        assert_eq!(code, 1, "{args:?}: {got}");
+        let failed: Vec<&str> = got["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == false)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(failed, [check], "{args:?}");
+    }
+}
+
 #[test]
 fn a_model_with_another_interface_is_an_error_not_a_verdict() {
     let dir = tempfile::tempdir().unwrap();

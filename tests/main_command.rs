@@ -91,6 +91,31 @@ fn prunes_checks_and_agrees_with_the_engine() {
         let written: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         assert_eq!(written["plan"], r["plan"]);
+        // The report: every phase timed, the files written with their sizes, the fidelity.
+        let phases: Vec<&str> = written["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            phases,
+            ["read", "analyze", "search", "rewrite+write", "compare"]
+        );
+        let on_disk = std::fs::metadata(&out).unwrap().len()
+            + std::fs::metadata(&data).map_or(0, |m| m.len());
+        let w = &written["written"];
+        assert_eq!(
+            w["model_bytes"].as_u64().unwrap() + w["data_bytes"].as_u64().unwrap(),
+            on_disk
+        );
+        assert_eq!(
+            written["fidelity"]["pruned"]["bytes"].as_u64(),
+            Some(on_disk)
+        );
+        assert!(written["fidelity"]["d"].as_f64().unwrap() > 0.0);
+        assert_eq!(written["prompts"]["calibration"], 12);
+        assert_eq!(written["version"], env!("CARGO_PKG_VERSION"));
         let achieved = r["plan"]["achieved_sparsity"].as_f64().unwrap();
         assert!(
             achieved >= sparsity.parse::<f64>().unwrap(),
@@ -179,6 +204,63 @@ fn prunes_checks_and_agrees_with_the_engine() {
             "{fixture}: D of the written model {d_file} vs engine {d_engine}"
         );
     }
+}
+
+/// What the input says about itself survives: metadata entries, doc strings, model version,
+/// producer, domain; the run adds its plan and version beside them.
+#[test]
+fn the_output_keeps_the_inputs_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("model.onnx");
+    std::fs::copy(
+        fixtures().join("bert/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let header = "import onnx, sys, json\n\
+        fields = lambda m: {'meta': {e.key: e.value for e in m.metadata_props}, 'doc': m.doc_string,\n\
+          'graph_doc': m.graph.doc_string, 'graph_name': m.graph.name, 'version': m.model_version,\n\
+          'producer': [m.producer_name, m.producer_version], 'domain': m.domain}\n";
+    run_python(
+        &format!(
+            "{header}m = onnx.load(sys.argv[1])\n\
+             m.metadata_props.add(key='author', value='skrr tests')\n\
+             m.metadata_props.add(key='license', value='apache-2.0')\n\
+             m.doc_string, m.graph.doc_string, m.model_version = 'an encoder', 'its graph', 7\n\
+             m.domain = 'ai.skrr.test'\n\
+             onnx.save(m, sys.argv[2])\n"
+        ),
+        &[
+            fixtures().join("bert/model.onnx").to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    let out = dir.path().join("pruned.onnx");
+    let run = skrr([
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--sparsity",
+        "0.25",
+        "--num-prompts",
+        "8",
+        "--no-compare",
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let facts: serde_json::Value = serde_json::from_str(&run_python(
+        &format!("{header}print(json.dumps([fields(onnx.load(p)) for p in sys.argv[1:]]))\n"),
+        &[input.to_str().unwrap(), out.to_str().unwrap()],
+    ))
+    .unwrap();
+    let (before, mut after) = (facts[0].clone(), facts[1].clone());
+    let meta = after["meta"].as_object_mut().unwrap();
+    assert!(meta.remove("skrr.plan").is_some() && meta.remove("skrr.version").is_some());
+    assert_eq!(before, after);
+    assert_eq!(before["meta"]["author"], "skrr tests");
 }
 
 #[test]
