@@ -235,18 +235,12 @@ fn report(f: &Value, (worst, other): (Errors, f64)) {
     );
 }
 
-/// The real all-MiniLM-L6-v2, when `SKRR_MINILM` points at the folder
-/// `fixtures/generate.py --minilm DIR` made (with its manifest entry) or at its model.onnx.
+/// The real all-MiniLM-L6-v2 (`common::minilm`).
 #[test]
 fn engine_output_equals_the_rewritten_file_on_the_real_minilm() {
-    let Some(path) = std::env::var_os("SKRR_MINILM").map(std::path::PathBuf::from) else {
-        eprintln!("skipped: set SKRR_MINILM to the folder `fixtures/generate.py --minilm` made");
+    let Some(dir) = common::minilm("engine_output_equals_the_rewritten_file_on_the_real_minilm")
+    else {
         return;
-    };
-    let dir = if path.is_file() {
-        path.parent().unwrap().to_path_buf()
-    } else {
-        path
     };
     let entry: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
