@@ -18,14 +18,14 @@ use crate::calibrate::{CalibArgs, CalibSet, Part};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
-use crate::commands::plan::{file_sha256, SearchArgs};
+use crate::commands::plan::SearchArgs;
 use crate::commands::ExternalDataArgs;
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
 use crate::model_io::{
     check_output_not_input, check_outputs_apart, read_model, write_file, WriteReport,
 };
-use crate::plan::PlanFile;
+use crate::plan::{file_sha256, PlanFile};
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
 use crate::search::methods::run_method;

@@ -2,9 +2,12 @@
 //! file"). It is the unit that moves between `plan`, `score`, `apply` and the main command.
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
@@ -86,7 +89,7 @@ fn default_format() -> String {
 }
 
 impl PlanFile {
-    pub fn read(path: &std::path::Path) -> Result<PlanFile> {
+    pub fn read(path: &Path) -> Result<PlanFile> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             SkrrError::BadInput(format!("cannot read plan {}: {e}", path.display()))
         })?;
@@ -140,10 +143,29 @@ impl PlanFile {
 
     /// Reads the plan file at `path` and maps it onto `analysis`; every error names the file
     /// (a plan that does not fit the model is a user's mix-up of files).
-    pub fn load_actions(path: &std::path::Path, analysis: &Analysis) -> Result<Actions> {
-        Self::read(path)?
-            .to_actions(analysis)
+    pub fn load_actions(path: &Path, analysis: &Analysis, model: &Path) -> Result<Actions> {
+        let plan = Self::read(path)?;
+        plan.check_model_file(model)?;
+        plan.to_actions(analysis)
             .with_context(|| path.display().to_string())
+    }
+
+    /// The plan's `model.sha256`, when it has one, against the model file. A plan applies to
+    /// another export of the same encoder (fp16 of an fp32 plan) when the block structure
+    /// matches, so a different file is reported, not refused.
+    pub fn check_model_file(&self, model: &Path) -> Result<()> {
+        let Some(said) = self.model.as_ref().and_then(|m| m.sha256.as_deref()) else {
+            return Ok(());
+        };
+        let actual = file_sha256(model)?;
+        if !said.eq_ignore_ascii_case(&actual) {
+            log::warn!(
+                "the plan was made for another file (sha256 {said}, {} has {actual}); it is \
+                 applied because the block structure matches",
+                model.display()
+            );
+        }
+        Ok(())
     }
 
     /// Validates the plan against `analysis` and returns one action per sub-block position.
@@ -234,6 +256,24 @@ impl PlanFile {
         validate(analysis, &actions).map_err(|e| bad(e.to_string()))?;
         Ok(actions)
     }
+}
+
+/// SHA-256 of the model file, read in pieces (models can be many GB).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Checks that every re-use points at a kept sub-block of the same kind.

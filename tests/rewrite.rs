@@ -367,6 +367,41 @@ fn a_plan_for_another_model_is_refused() {
     }
 }
 
+/// A plan searched on the fp32 export applies to the fp16 export of the same encoder (method
+/// doc, "The plan file"): its `model.sha256` names the fp32 file, which is reported, not refused.
+#[test]
+fn a_plan_for_the_fp32_export_applies_to_the_fp16_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let fp32 = fixtures().join("bert/model.onnx");
+    skrr_ok([
+        "plan",
+        fp32.to_str().unwrap(),
+        "--sparsity",
+        "0.2",
+        "-o",
+        plan.to_str().unwrap(),
+        "--num-prompts",
+        "4",
+    ]);
+    for (model, warned) in [("bert_fp16", true), ("bert", false)] {
+        let out = dir.path().join(format!("{model}.onnx"));
+        let run = skrr([
+            "apply",
+            fixtures().join(model).join("model.onnx").to_str().unwrap(),
+            plan.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(0), "{stderr}");
+        assert_eq!(
+            stderr.contains("the plan was made for another file"),
+            warned,
+            "{model}: {stderr}"
+        );
+    }
+}
+
 /// The calibration engine (`score`: the plan run as chained sub-block sessions on the dense
 /// model) and ONNX Runtime on the rewritten model (`compare`) give the same D on the same prompts.
 #[test]

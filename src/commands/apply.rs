@@ -62,6 +62,7 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
     let model = model_io::read_model(&args.input)?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
     let plan = PlanFile::read(&args.plan)?;
+    plan.check_model_file(&model.path)?;
     let actions = plan.to_actions(&analysis).with_context(|| {
         format!(
             "plan {} does not fit {}",

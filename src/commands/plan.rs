@@ -2,20 +2,18 @@
 //! the method doc; `--sweep 0.1,0.2,...` writes one plan per level from a single search, plus a
 //! table and a plot of D against sparsity.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::blocks::analyze_at;
 use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
 use crate::model_io::{check_output_not_input, read_model, write_file};
-use crate::plan::Action;
+use crate::plan::{file_sha256, Action};
 use crate::search::methods::{run_method, Method};
 use crate::search::{check_targets, plot, Config, Limits};
 
@@ -76,24 +74,6 @@ impl SearchArgs {
             },
         }
     }
-}
-
-/// SHA-256 of the model file, read in pieces (models can be many GB).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// `plan.json` + 0.25 → `plan-0.25.json`.
