@@ -188,7 +188,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             .calib
             .as_ref()
             .or(args.calib.prompts.as_ref())
-            .map_or("the built-in calibration prompts".into(), |p| {
+            .map_or("built-in".into(), |p| {
                 p.display().to_string()
             }),
         calibration: calib.prompts.len(),

@@ -174,7 +174,7 @@ impl CalibArgs {
             (None, None) => Ok((
                 self.calib_set(model, Part::Calibration)?,
                 self.calib_set(model, Part::HeldOut)?,
-                "the built-in held-out prompts".into(),
+                "built-in held-out half".into(),
             )),
             (None, Some(file)) => {
                 if self.num_prompts == Some(0) {
