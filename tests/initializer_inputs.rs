@@ -18,12 +18,15 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
-/// t5_gated and, in a fresh folder with its tokenizer, its variant with listed initializers.
-fn models() -> (tempfile::TempDir, PathBuf, PathBuf) {
+/// t5_gated and, in a fresh folder with its tokenizer, its variant with listed initializers
+/// (`ir`: the variant's IR version, when not t5_gated's 8).
+fn models(ir: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let dense = fixtures().join("t5_gated").join("model.onnx");
     let listed = dir.path().join("model.onnx");
-    run_python(ORACLE, &["list", s(&dense), s(&listed)]);
+    let mut args = vec!["list", s(&dense), s(&listed)];
+    args.extend(ir);
+    run_python(ORACLE, &args);
     std::fs::copy(
         fixtures().join("t5_gated").join("tokenizer.json"),
         dir.path().join("tokenizer.json"),
@@ -59,21 +62,45 @@ fn plans(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn apply_writes_a_model_onnx_runtime_runs_and_that_equals_the_plan_on_the_original() {
-    let (dir, dense, listed) = models();
-    for plan in plans(dir.path()) {
-        let name = plan.file_stem().unwrap().to_str().unwrap().to_string();
-        let want = dir.path().join(format!("{name}-dense.onnx"));
-        let got = dir.path().join(format!("{name}-listed.onnx"));
-        skrr_ok(["apply", s(&dense), s(&plan), s(&want)]);
-        skrr_ok(["apply", s(&listed), s(&plan), s(&got)]);
-        let r = run_python_json(ORACLE, &["check", s(&want), s(&got)]);
-        assert_eq!(r["checker"], true, "{name}: {r}");
-        assert_eq!(r["fed"][0], json!(["input_ids", "attention_mask"]), "{r}");
-        assert_eq!(r["fed"][1], r["fed"][0], "{name}: {r}");
-        // Every kept weight is still declared, like every weight of the input.
-        assert_eq!(r["listed"], r["initializers"], "{name}: {r}");
-        let err = r["rel_err"].as_f64().unwrap();
-        assert!(err <= 1e-5, "{name}: rel err {err}");
+    // IR 8 as exported with keep_initializers_as_inputs, and IR 3, where onnx.checker also
+    // requires the copies of --reuse-weights copy to be listed.
+    for ir in [None, Some("3")] {
+        let (dir, dense, listed) = models(ir);
+        let mut pairs = Vec::new();
+        for plan in plans(dir.path()) {
+            for reuse in ["share", "copy"] {
+                let stem = format!("{}-{reuse}", plan.file_stem().unwrap().to_str().unwrap());
+                let want = dir.path().join(format!("{stem}-dense.onnx"));
+                let got = dir.path().join(format!("{stem}-listed.onnx"));
+                for (input, out) in [(&dense, &want), (&listed, &got)] {
+                    let args = [
+                        "apply",
+                        s(input),
+                        s(&plan),
+                        s(out),
+                        "--reuse-weights",
+                        reuse,
+                    ];
+                    skrr_ok(args);
+                }
+                pairs.push((stem, want, got));
+            }
+        }
+        let args: Vec<&str> = std::iter::once("check")
+            .chain(pairs.iter().flat_map(|(_, a, b)| [s(a), s(b)]))
+            .collect();
+        let results = run_python_json(ORACLE, &args);
+        for ((stem, _, _), r) in pairs.iter().zip(results.as_array().unwrap()) {
+            let name = format!("{stem} (IR {})", ir.unwrap_or("8"));
+            assert_eq!(r["checker"], true, "{name}: {r}");
+            assert_eq!(r["fed"][0], json!(["input_ids", "attention_mask"]), "{r}");
+            assert_eq!(r["fed"][1], r["fed"][0], "{name}: {r}");
+            // Every kept (or copied) weight is declared, like every weight of the input.
+            assert_eq!(r["listed"], r["initializers"], "{name}: {r}");
+            let err = r["rel_err"].as_f64().unwrap();
+            assert!(err <= 1e-5, "{name}: rel err {err}");
+        }
+        assert_eq!(results.as_array().unwrap().len(), 4);
     }
 }
 
@@ -93,11 +120,13 @@ fn d_of(model: &Path, plan: &Path) -> f64 {
 
 #[test]
 fn score_gives_the_same_d_as_on_the_original() {
-    let (dir, dense, listed) = models();
-    for plan in plans(dir.path()) {
-        let (a, b) = (d_of(&dense, &plan), d_of(&listed, &plan));
-        assert!(a > 0.0);
-        assert!((a - b).abs() <= 1e-9 * a, "{}: {a} vs {b}", plan.display());
+    for ir in [None, Some("3")] {
+        let (dir, dense, listed) = models(ir);
+        for plan in plans(dir.path()) {
+            let (a, b) = (d_of(&dense, &plan), d_of(&listed, &plan));
+            assert!(a > 0.0);
+            assert!((a - b).abs() <= 1e-9 * a, "{}: {a} vs {b}", plan.display());
+        }
     }
 }
 
@@ -119,7 +148,7 @@ fn main_command(input: &Path, out: &Path) -> Value {
 
 #[test]
 fn the_main_command_finds_and_writes_the_same_plan_as_on_the_original() {
-    let (dir, dense, listed) = models();
+    let (dir, dense, listed) = models(None);
     let want_path = dir.path().join("dense-pruned.onnx");
     let got_path = dir.path().join("listed-pruned.onnx");
     let mut want = main_command(&dense, &want_path);
@@ -140,7 +169,7 @@ fn the_main_command_finds_and_writes_the_same_plan_as_on_the_original() {
         let b = got["fidelity"][key].as_f64().unwrap();
         assert!((a - b).abs() <= 1e-6 * a.abs(), "{key}: {a} vs {b}");
     }
-    let r = run_python_json(ORACLE, &["check", s(&want_path), s(&got_path)]);
+    let r = &run_python_json(ORACLE, &["check", s(&want_path), s(&got_path)])[0];
     assert_eq!(r["fed"][1], r["fed"][0], "{r}");
     assert!(r["rel_err"].as_f64().unwrap() <= 1e-5, "{r}");
 }
