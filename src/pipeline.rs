@@ -181,6 +181,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     )?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
     check_targets(&analysis, &[sparsity])?;
+    warn_if_short_of_space(&model, output, sparsity);
     let (calib, held_out) = prompt_sets(args, &model)?;
     let prompts = PromptsReport {
         calibration_source: args
@@ -294,6 +295,24 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         println!("{verdict_line}");
     }
     checked
+}
+
+/// The output's size is known only after the search, which can take hours on a large model;
+/// a folder that clearly cannot hold it is worth knowing before.
+fn warn_if_short_of_space(model: &crate::model_io::Model, output: &Path, sparsity: f64) {
+    let input_bytes = std::fs::metadata(&model.path).map_or(0, |m| m.len())
+        + model.weights.external_files().iter().map(|f| f.len).sum::<u64>();
+    let expected = (input_bytes as f64 * (1.0 - sparsity)) as u64;
+    if let Some(free) = crate::model_io::free_space(output).filter(|&free| free < expected) {
+        log::warn!(
+            "the pruned model will take about {:.2} GB ({:.0}% of the input's {:.2} GB) and its \
+             folder has {:.2} GB free: writing it after the search may fail",
+            expected as f64 / 1e9,
+            100.0 * (1.0 - sparsity),
+            input_bytes as f64 / 1e9,
+            free as f64 / 1e9
+        );
+    }
 }
 
 /// The search's prompts, and the fidelity check's with where they come from (none with

@@ -230,6 +230,23 @@ pub fn check_output_not_input(dest: &Path, input: &Path, what: &str) -> Result<(
     Ok(())
 }
 
+/// Bytes an unprivileged writer can still use in the folder of `dest` (statvfs), if the system
+/// says.
+pub fn free_space(dest: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    (st.f_bavail as u64).checked_mul(st.f_frsize as u64)
+}
+
 /// Refuses the outputs of one run when two of them name the same file, or one names a file the
 /// run reads (a report over the tokenizer, a plan over the pruned model): each would destroy
 /// the other. `outputs` are (path, what it is); outputs must already pass [`check_output`].

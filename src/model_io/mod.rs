@@ -26,7 +26,9 @@ use bytes::Bytes;
 
 use crate::onnx::{ModelProto, TensorProto};
 
-pub use atomic::{check_output, check_output_not_input, check_outputs_apart, write_file};
+pub use atomic::{
+    check_output, check_output_not_input, check_outputs_apart, free_space, write_file,
+};
 pub use external::ExternalFile;
 use external::FileId;
 pub use read::read_model;
