@@ -189,9 +189,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             .calib
             .as_ref()
             .or(args.calib.prompts.as_ref())
-            .map_or("built-in".into(), |p| {
-                p.display().to_string()
-            }),
+            .map_or("built-in".into(), |p| p.display().to_string()),
         calibration: calib.prompts.len(),
         held_out_source: held_out.as_ref().map(|(_, source)| source.clone()),
         held_out: held_out.as_ref().map(|(set, _)| set.prompts.len()),
@@ -301,16 +299,22 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
 /// a folder that clearly cannot hold it is worth knowing before.
 fn warn_if_short_of_space(model: &crate::model_io::Model, output: &Path, sparsity: f64) {
     let input_bytes = std::fs::metadata(&model.path).map_or(0, |m| m.len())
-        + model.weights.external_files().iter().map(|f| f.len).sum::<u64>();
+        + model
+            .weights
+            .external_files()
+            .iter()
+            .map(|f| f.len)
+            .sum::<u64>();
     let expected = (input_bytes as f64 * (1.0 - sparsity)) as u64;
     if let Some(free) = crate::model_io::free_space(output).filter(|&free| free < expected) {
+        use indicatif::HumanBytes;
         log::warn!(
-            "the pruned model will take about {:.2} GB ({:.0}% of the input's {:.2} GB) and its \
-             folder has {:.2} GB free: writing it after the search may fail",
-            expected as f64 / 1e9,
+            "the pruned model will take about {} ({:.0}% of the input's {}) and its folder has \
+             {} free: writing it after the search may fail",
+            HumanBytes(expected),
             100.0 * (1.0 - sparsity),
-            input_bytes as f64 / 1e9,
-            free as f64 / 1e9
+            HumanBytes(input_bytes),
+            HumanBytes(free)
         );
     }
 }

@@ -353,6 +353,58 @@ fn refusals_come_before_any_work_and_leave_nothing() {
     }
 }
 
+/// A folder too small for the output: a warning before the search, then a clean write error
+/// (exit 6) that leaves nothing. Needs a private mount namespace for a tiny tmpfs (root, as in
+/// CI); skipped where `unshare -m` is not allowed.
+#[test]
+fn a_full_disk_is_announced_before_the_search_and_leaves_nothing() {
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap();
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            &format!("mount -t tmpfs -o size=300k tmpfs {m}"),
+        ])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs in a private namespace here");
+        return;
+    }
+    let input = fixtures().join("t5_gated/model.onnx");
+    let skrr_cmd = format!(
+        "{} -v {} {m}/out.onnx --sparsity 0.3 --num-prompts 4 --min-cos=-1",
+        common::bin().display(),
+        input.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=300k tmpfs {m} && {skrr_cmd}; code=$?; ls -A {m}; exit $code"
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let warned = stderr
+        .find("its folder has 300.00 KiB free")
+        .expect(&stderr);
+    let searched = stderr.find("phase search").expect(&stderr);
+    assert!(warned < searched, "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("No space left on device (os error 28)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "files left behind"
+    );
+}
+
 /// With the user's own prompts, the fidelity check runs on prompts the search never saw: every
 /// 4th line, or a `--heldout` file. Its D is that of `compare` on exactly those prompts.
 #[test]
