@@ -203,7 +203,11 @@ impl Runner {
     fn load(path: &Path) -> Result<Runner> {
         // Reading validates the file (and its external data) before ONNX Runtime sees it.
         let model = read_model(path)?;
-        let size = model_size(&model)?;
+        // Reported as the user wrote it, like every other path the commands print.
+        let size = ModelSize {
+            path: path.to_path_buf(),
+            ..model_size(&model)?
+        };
         let graph = model
             .proto
             .graph
