@@ -313,17 +313,10 @@ pub fn model_size(model: &Model) -> Result<ModelSize> {
         .map(|g| g.initializer.iter().map(element_count).sum::<Result<u64>>())
         .transpose()?
         .unwrap_or(0);
-    let bytes = std::fs::metadata(&model.path)?.len()
-        + model
-            .weights
-            .external_files()
-            .iter()
-            .map(|f| f.len)
-            .sum::<u64>();
     Ok(ModelSize {
         path: model.path.clone(),
         params,
-        bytes,
+        bytes: model.file_bytes()?,
     })
 }
 

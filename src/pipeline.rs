@@ -298,13 +298,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
 /// The output's size is known only after the search, which can take hours on a large model;
 /// a folder that clearly cannot hold it is worth knowing before.
 fn warn_if_short_of_space(model: &crate::model_io::Model, output: &Path, sparsity: f64) {
-    let input_bytes = std::fs::metadata(&model.path).map_or(0, |m| m.len())
-        + model
-            .weights
-            .external_files()
-            .iter()
-            .map(|f| f.len)
-            .sum::<u64>();
+    let input_bytes = model.file_bytes().unwrap_or(0);
     let expected = (input_bytes as f64 * (1.0 - sparsity)) as u64;
     if let Some(free) = crate::model_io::free_space(output).filter(|&free| free < expected) {
         use indicatif::HumanBytes;

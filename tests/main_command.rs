@@ -405,6 +405,16 @@ fn a_full_disk_is_announced_before_the_search_and_leaves_nothing() {
     );
 }
 
+/// A fixed null input, limits any pruned fixture meets, and JSON output.
+const LOOSE: &[&str] = &[
+    "--null-ids",
+    "2,3",
+    "--min-cos=-1",
+    "--max-null-ratio",
+    "1e9",
+    "--json",
+];
+
 /// With the user's own prompts, the fidelity check runs on prompts the search never saw: every
 /// 4th line, or a `--heldout` file. Its D is that of `compare` on exactly those prompts.
 #[test]
@@ -434,14 +444,8 @@ fn the_fidelity_check_is_held_out_from_the_users_prompts() {
             "0.25",
             "--calib",
             all.to_str().unwrap(),
-            "--null-ids",
-            "2,3",
-            "--min-cos=-1",
-            "--max-null-ratio",
-            "1e9",
-            "--json",
         ];
-        let run = skrr(args.iter().chain(extra));
+        let run = skrr(args.iter().chain(LOOSE).chain(extra));
         assert_eq!(
             run.status.code(),
             Some(0),
@@ -452,19 +456,14 @@ fn the_fidelity_check_is_held_out_from_the_users_prompts() {
     };
     let compare_on = |held: &Path| -> f64 {
         let out = dir.path().join("pruned.onnx");
-        let cmp = skrr([
+        let args = [
             "compare",
             input.to_str().unwrap(),
             out.to_str().unwrap(),
             "--calib",
             held.to_str().unwrap(),
-            "--null-ids",
-            "2,3",
-            "--min-cos=-1",
-            "--max-null-ratio",
-            "1e9",
-            "--json",
-        ]);
+        ];
+        let cmp = skrr(args.iter().chain(LOOSE));
         json_of(&cmp)["d"].as_f64().unwrap()
     };
 

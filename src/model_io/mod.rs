@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use crate::onnx::{ModelProto, TensorProto};
@@ -41,6 +41,22 @@ pub struct Model {
     /// The model file as given to [`read_model`] (made absolute).
     pub path: PathBuf,
     pub weights: WeightStore,
+}
+
+impl Model {
+    /// Bytes on disk: the model file and the external data files it reads.
+    pub fn file_bytes(&self) -> Result<u64> {
+        let own = std::fs::metadata(&self.path)
+            .with_context(|| format!("cannot stat {}", self.path.display()))?
+            .len();
+        Ok(own
+            + self
+                .weights
+                .external_files()
+                .iter()
+                .map(|f| f.len)
+                .sum::<u64>())
+    }
 }
 
 /// Access to the bytes of a model's tensors, wherever they are stored.
