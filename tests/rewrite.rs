@@ -308,63 +308,33 @@ fn a_plan_for_another_model_is_refused() {
     )
     .unwrap();
     let out = dir.path().join("out.onnx");
-    assert_error_contract(
-        &[
-            "apply",
-            bert.to_str().unwrap(),
-            plan.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-        skrr_onnx::error::exit::BAD_INPUT,
-        "does not fit",
-        Some(&out),
-        &[&bert, &plan],
-    );
-    // A hand-written plan naming a sub-block the model does not have.
-    std::fs::write(
-        &plan,
-        r#"{"sub_blocks": [{"index": 99, "action": "skip"}]}"#,
-    )
-    .unwrap();
-    assert_error_contract(
-        &[
-            "apply",
-            t5.to_str().unwrap(),
-            plan.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-        skrr_onnx::error::exit::BAD_INPUT,
-        "sub-block 99",
-        Some(&out),
-        &[&t5, &plan],
-    );
-    // One whose kind is wrong, spelled as in the plan file; and a plan that is not there.
-    std::fs::write(
-        &plan,
-        r#"{"sub_blocks": [{"index": 1, "kind": "attention", "action": "skip"}]}"#,
-    )
-    .unwrap();
-    let missing = dir.path().join("missing.json");
-    for (plan, needle) in [
-        (
-            &plan,
-            "sub-block 1 is attention; the model's is ffn of layer 0",
-        ),
-        (&missing, "cannot read plan"),
-    ] {
+    let refused = |model: &Path, plan: &Path, needle: &str| {
+        let args = [model, plan, &out].map(|p| p.to_str().unwrap());
         assert_error_contract(
-            &[
-                "apply",
-                t5.to_str().unwrap(),
-                plan.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ],
+            &[&["apply"][..], &args].concat(),
             skrr_onnx::error::exit::BAD_INPUT,
             needle,
             Some(&out),
-            &[&t5],
+            &[model],
         );
+    };
+    refused(&bert, &plan, "does not fit");
+    // Hand-written plans: a sub-block the model does not have, a kind that is wrong (spelled
+    // as in the plan file); and a plan that is not there.
+    for (text, needle) in [
+        (
+            r#"{"sub_blocks": [{"index": 99, "action": "skip"}]}"#,
+            "sub-block 99",
+        ),
+        (
+            r#"{"sub_blocks": [{"index": 1, "kind": "attention", "action": "skip"}]}"#,
+            "sub-block 1 is attention; the model's is ffn of layer 0",
+        ),
+    ] {
+        std::fs::write(&plan, text).unwrap();
+        refused(&t5, &plan, needle);
     }
+    refused(&t5, &dir.path().join("missing.json"), "cannot read plan");
 }
 
 /// A plan searched on the fp32 export applies to the fp16 export of the same encoder (method
