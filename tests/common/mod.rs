@@ -15,8 +15,9 @@ use ndarray::{ArrayD, IxDyn};
 use sha2::{Digest, Sha256};
 
 /// The real all-MiniLM-L6-v2 export, when `SKRR_MINILM` names the folder that
-/// `fixtures/generate.py --minilm DIR` made (model.onnx, tokenizer.json, manifest.json); the
-/// tests that need it say they were skipped otherwise.
+/// `fixtures/generate.py --minilm DIR` made (model.onnx + model.onnx.data, tokenizer.json,
+/// manifest.json): `scripts/test.sh` sets it to fixtures/minilm after rebuilding its weights.
+/// The tests that need it say they were skipped otherwise.
 pub fn minilm(test: &str) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("SKRR_MINILM").map(PathBuf::from) else {
         eprintln!("{test}: skipped, SKRR_MINILM is not set (see README.md, Tests)");
@@ -25,6 +26,12 @@ pub fn minilm(test: &str) -> Option<PathBuf> {
     assert!(
         dir.join("model.onnx").is_file() && dir.join("manifest.json").is_file(),
         "SKRR_MINILM={} must be the folder `fixtures/generate.py --minilm DIR` made",
+        dir.display()
+    );
+    // The committed graph without its weights: they are rebuilt, not committed.
+    assert!(
+        !dir.join("weights.json").is_file() || dir.join("model.onnx.data").is_file(),
+        "{}/model.onnx.data is missing: `python fixtures/minilm_weights.py --dir {0}` rebuilds it",
         dir.display()
     );
     Some(dir)
