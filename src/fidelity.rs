@@ -69,6 +69,8 @@ pub struct Fidelity {
     /// Fraction of the dense model's parameters the pruned one no longer has.
     pub params_reduction: f64,
     pub bytes_reduction: f64,
+    /// The output compared (`last_hidden_state` when the model has it, else the first).
+    pub output: String,
     pub prompts: usize,
     /// Positions measured (valid tokens of every prompt).
     pub tokens: u64,
@@ -169,7 +171,7 @@ impl Sums {
 /// (`outputs`), so the dense and the pruned model are never loaded together.
 struct Runner {
     inputs: Vec<ValueInfoProto>,
-    /// Name of the output measured (the first one, e.g. `last_hidden_state`).
+    /// Name of the output measured (`graph::measured_output`, as the engine's).
     output: String,
     size: ModelSize,
 }
@@ -214,11 +216,8 @@ impl Runner {
             .as_ref()
             .ok_or_else(|| anyhow!("{}: the model has no graph", path.display()))?;
         let inputs = crate::graph::fed_inputs(graph).cloned().collect();
-        let output = graph
-            .output
-            .first()
-            .map(|o| o.name().to_string())
-            .ok_or_else(|| anyhow!("{}: the model has no output", path.display()))?;
+        let output =
+            crate::graph::measured_output(graph).with_context(|| path.display().to_string())?;
         Ok(Runner {
             inputs,
             output,
@@ -253,11 +252,11 @@ impl Runner {
                         .collect::<Vec<_>>(),
                 )
                 .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed on {path}: {e}")))?;
-            let (_, first) = out
-                .iter()
-                .next()
-                .ok_or_else(|| anyhow!("{path} produced no output"))?;
-            let out = dense(&first).with_context(|| format!("the first output of {path}"))?;
+            let measured = out
+                .get(self.output.as_str())
+                .ok_or_else(|| anyhow!("{path} produced no output {}", self.output))?;
+            let out =
+                dense(measured).with_context(|| format!("output {} of {path}", self.output))?;
             each(
                 i,
                 match projection {
@@ -429,6 +428,7 @@ pub fn measure(
     Ok(Fidelity {
         params_reduction: reduction(a.size.params, b.size.params),
         bytes_reduction: reduction(a.size.bytes, b.size.bytes),
+        output: a.output.clone(),
         dense: a.size,
         pruned: b.size,
         prompts: calib.prompts.len(),

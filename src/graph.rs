@@ -314,6 +314,19 @@ fn collect_outer_reads<'a>(
     }
 }
 
+/// The output D and the fidelity check are measured on, the same for the engine and for
+/// `compare`: `last_hidden_state` when the model has it (CLIP with projection lists
+/// `text_embeds` first), else the first output.
+pub fn measured_output(graph: &GraphProto) -> Result<String> {
+    graph
+        .output
+        .iter()
+        .find(|o| o.name() == "last_hidden_state")
+        .or_else(|| graph.output.first())
+        .map(|o| o.name().to_string())
+        .ok_or_else(|| anyhow::anyhow!("the model has no outputs"))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -153,18 +153,8 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     };
 
     let model = clock.phase("read", || read_model(input))?;
-    let data = output.with_file_name(format!(
-        "{}.data",
-        output.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut reads: Vec<PathBuf> = vec![input.to_path_buf()];
-    reads.extend(
-        model
-            .weights
-            .external_files()
-            .iter()
-            .map(|f| f.path.clone()),
-    );
+    let data = output.with_file_name(args.data.write_options().data_file_name(output)?);
+    let mut reads = model.files();
     reads.extend(args.calib.files(&model)?);
     reads.extend(args.heldout.clone());
     let outputs = [

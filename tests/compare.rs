@@ -249,6 +249,71 @@ fn a_pruned_pair_is_measured_and_each_limit_can_fail_it() {
     }
 }
 
+/// A model whose first output is not `last_hidden_state` (CLIP with projection lists
+/// `text_embeds` first): `compare` measures the output the search measured, so the engine's D
+/// of a plan (`score`) equals the D of the file `apply` writes.
+#[test]
+fn compare_measures_the_output_the_search_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = write_job(dir.path());
+    let dense = dir.path().join("two_outputs.onnx");
+    common::run_python(
+        "import onnx, sys\n\
+         from onnx import helper\n\
+         m = onnx.load(sys.argv[1])\n\
+         m.graph.node.append(helper.make_node('ReduceMean', ['last_hidden_state'], ['text_embeds'], axes=[1], keepdims=0))\n\
+         m.graph.output.insert(0, helper.make_tensor_value_info('text_embeds', onnx.TensorProto.FLOAT, ['batch', 64]))\n\
+         onnx.checker.check_model(m)\n\
+         onnx.save(m, sys.argv[2])\n",
+        &[
+            fixtures().join("bert/model.onnx").to_str().unwrap(),
+            dense.to_str().unwrap(),
+        ],
+    );
+    let plan = dir.path().join("plan.json");
+    let analysis: serde_json::Value = serde_json::from_str(&common::skrr_ok([
+        "inspect",
+        dense.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let entries: Vec<serde_json::Value> = (0..analysis["sub_blocks"].as_array().unwrap().len())
+        .map(|i| serde_json::json!({"index": i, "action": if i == 3 { "skip" } else { "keep" }}))
+        .collect();
+    std::fs::write(
+        &plan,
+        serde_json::json!({ "sub_blocks": entries }).to_string(),
+    )
+    .unwrap();
+    let pruned = dir.path().join("pruned.onnx");
+    let (d, p, pl, i) = (&dense, &pruned, &plan, &ids);
+    common::skrr_ok(
+        ["apply"]
+            .into_iter()
+            .chain([d, pl, p].map(|x| x.to_str().unwrap())),
+    );
+    let score: serde_json::Value = serde_json::from_str(&common::skrr_ok([
+        "score",
+        d.to_str().unwrap(),
+        "--plan",
+        pl.to_str().unwrap(),
+        "--calib",
+        i.to_str().unwrap(),
+        "--null-ids",
+        "2,3",
+        "--json",
+    ]))
+    .unwrap();
+    let (code, got) = compare_json(d, p, i, &["--min-cos=-1", "--max-null-ratio", "1e9"]);
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(got["output"], "last_hidden_state");
+    let (engine, file) = (score["d"].as_f64().unwrap(), got["d"].as_f64().unwrap());
+    assert!(
+        close(engine, file, 1e-5),
+        "engine D {engine}, file D {file}"
+    );
+}
+
 #[test]
 fn a_model_with_another_interface_is_an_error_not_a_verdict() {
     let dir = tempfile::tempdir().unwrap();

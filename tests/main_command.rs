@@ -324,6 +324,14 @@ fn refusals_come_before_any_work_and_leave_nothing() {
             &["--plan-out", p, "--report", p][..],
             "the report and the plan",
         ),
+        (
+            &["--external-data=plan.json", "--report", p][..],
+            "the report and the pruned model's external data",
+        ),
+        (
+            &["--external-data=sub/x.data"][..],
+            "must be a plain file name",
+        ),
     ] {
         let base = [m, o, "--sparsity", "0.3"];
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
@@ -435,7 +443,7 @@ fn the_fidelity_check_is_held_out_from_the_users_prompts() {
     };
     let all = write("all.jsonl", &rows.iter().collect::<Vec<_>>());
     let every_4th = write("held.jsonl", &[&rows[3], &rows[7]]);
-    let run = |extra: &[&str]| -> serde_json::Value {
+    let run_on = |calib: &Path, extra: &[&str]| -> serde_json::Value {
         let out = dir.path().join("pruned.onnx");
         let args = [
             input.to_str().unwrap(),
@@ -443,7 +451,7 @@ fn the_fidelity_check_is_held_out_from_the_users_prompts() {
             "--sparsity",
             "0.25",
             "--calib",
-            all.to_str().unwrap(),
+            calib.to_str().unwrap(),
         ];
         let run = skrr(args.iter().chain(LOOSE).chain(extra));
         assert_eq!(
@@ -466,6 +474,27 @@ fn the_fidelity_check_is_held_out_from_the_users_prompts() {
         let cmp = skrr(args.iter().chain(LOOSE));
         json_of(&cmp)["d"].as_f64().unwrap()
     };
+
+    let run = |extra: &[&str]| run_on(&all, extra);
+    // Two or three prompts: the last one is held out.
+    let three = write("three.jsonl", &[&rows[0], &rows[1], &rows[2]]);
+    let few = run_on(&three, &[]);
+    assert_eq!(few["prompts"]["calibration"], 2, "{}", few["prompts"]);
+    assert_eq!(few["prompts"]["held_out"], 1);
+    // The calibration file as its own held-out set is refused.
+    let same = skrr([
+        input.to_str().unwrap(),
+        dir.path().join("x.onnx").to_str().unwrap(),
+        "--sparsity",
+        "0.25",
+        "--calib",
+        all.to_str().unwrap(),
+        "--heldout",
+        all.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&same.stderr);
+    assert_eq!(same.status.code(), Some(2), "{err}");
+    assert!(err.contains("is the calibration file itself"), "{err}");
 
     let split = run(&[]);
     assert_eq!(split["prompts"]["calibration"], 8, "{}", split["prompts"]);

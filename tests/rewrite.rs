@@ -335,6 +335,16 @@ fn a_plan_for_another_model_is_refused() {
         refused(&t5, &plan, needle);
     }
     refused(&t5, &dir.path().join("missing.json"), "cannot read plan");
+    // An output over the plan it reads.
+    let plan_path = plan.to_str().unwrap();
+    let (t, o) = (t5.to_str().unwrap(), out.to_str().unwrap());
+    for args in [
+        [t, plan_path, plan_path].as_slice(),
+        &[t, plan_path, o, "--external-data=t5.plan.json"],
+    ] {
+        let full: Vec<&str> = ["apply"].iter().chain(args).copied().collect();
+        assert_error_contract(&full, 6, "which this run reads", None, &[&t5, &plan]);
+    }
 }
 
 /// A plan searched on the fp32 export applies to the fp16 export of the same encoder (method

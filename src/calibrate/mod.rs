@@ -146,7 +146,8 @@ impl CalibArgs {
     /// The main job's two prompt sets: the search calibrates on the first, the fidelity check
     /// judges the result on the second, which the search never saw. The built-in set has two
     /// disjoint halves; a `held_out` file (same format as the calibration input) is used whole;
-    /// otherwise every 4th of the user's prompts is held out. `--num-prompts` bounds each set.
+    /// otherwise every 4th of the user's prompts is held out (the last of 2 or 3).
+    /// `--num-prompts` bounds each set.
     /// The string says where the held-out prompts come from, for the report.
     pub fn calib_and_held_out(
         &self,
@@ -156,6 +157,14 @@ impl CalibArgs {
         let user = self.calib.as_deref().or(self.prompts.as_deref());
         match (held_out, user) {
             (Some(file), _) => {
+                if user.is_some_and(|u| crate::model_io::same_file(u, file).unwrap_or(false)) {
+                    return Err(SkrrError::Usage(format!(
+                        "--heldout {} is the calibration file itself: the check would not be \
+                         held out",
+                        file.display()
+                    ))
+                    .into());
+                }
                 let (calib, prompts) = match &self.calib {
                     Some(_) => (Some(file.to_path_buf()), None),
                     None => (None, Some(file.to_path_buf())),
@@ -194,12 +203,15 @@ impl CalibArgs {
                     ))
                     .into());
                 }
+                // Every 4th; the last one of 2 or 3 prompts.
+                let n = all.prompts.len();
+                let held_out = |i: usize| i % 4 == 3 || (n < 4 && i == n - 1);
                 let (held, kept): (Vec<_>, Vec<_>) = all
                     .prompts
                     .iter()
                     .cloned()
                     .enumerate()
-                    .partition(|(i, _)| i % 4 == 3);
+                    .partition(|(i, _)| held_out(*i));
                 let take = |rows: Vec<(usize, Vec<i64>)>| CalibSet {
                     prompts: rows
                         .into_iter()
@@ -211,7 +223,10 @@ impl CalibArgs {
                 Ok((
                     take(kept),
                     take(held),
-                    format!("every 4th prompt of {}", file.display()),
+                    match n {
+                        2 | 3 => format!("the last prompt of {}", file.display()),
+                        _ => format!("every 4th prompt of {}", file.display()),
+                    },
                 ))
             }
         }

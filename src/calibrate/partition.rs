@@ -91,17 +91,6 @@ pub struct Partition {
     pub inlined_bytes: u64,
 }
 
-/// Picks the output D is measured on: `last_hidden_state` when present, else the first output.
-fn measured_output(graph: &GraphProto) -> Result<String> {
-    graph
-        .output
-        .iter()
-        .find(|o| o.name() == "last_hidden_state")
-        .or_else(|| graph.output.first())
-        .map(|o| o.name().to_string())
-        .ok_or_else(|| anyhow!("the model has no outputs"))
-}
-
 impl Partition {
     pub fn build(
         model: &ModelProto,
@@ -114,7 +103,7 @@ impl Partition {
             .first()
             .ok_or_else(|| anyhow!("the analysis found no sub-blocks"))?;
         let last = analysis.sub_blocks.last().unwrap_or(first);
-        let output = measured_output(graph)?;
+        let output = crate::graph::measured_output(graph)?;
         let inits: HashMap<&str, &TensorProto> =
             graph.initializer.iter().map(|t| (t.name(), t)).collect();
         // Graph inputs that only declare an initializer are weights, not feeds.

@@ -60,6 +60,21 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
     // rewriting anything (the writer checks the input's data files too, when it knows them).
     model_io::check_output_not_input(&args.output, &args.input, "pruned model")?;
     let model = model_io::read_model(&args.input)?;
+    let data = args
+        .output
+        .with_file_name(args.data.write_options().data_file_name(&args.output)?);
+    let reads: Vec<PathBuf> = model
+        .files()
+        .into_iter()
+        .chain([args.plan.clone()])
+        .collect();
+    model_io::check_outputs_apart(
+        &[
+            (&args.output, "pruned model"),
+            (&data, "pruned model's external data"),
+        ],
+        &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
     let plan = PlanFile::read(&args.plan)?;
     plan.check_model_file(&model.path)?;

@@ -148,7 +148,11 @@ pub fn render(f: &Fidelity) -> String {
         mb(f.pruned.bytes),
         100.0 * f.bytes_reduction
     );
-    let _ = writeln!(s, "prompts {} ({} tokens)", f.prompts, f.tokens);
+    let _ = writeln!(
+        s,
+        "prompts {} ({} tokens), output {}",
+        f.prompts, f.tokens, f.output
+    );
     let _ = writeln!(
         s,
         "D       {:.6e} (D_c {:.6e}, D_null {})",

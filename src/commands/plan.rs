@@ -12,7 +12,7 @@ use crate::blocks::analyze_at;
 use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
-use crate::model_io::{check_output_not_input, read_model, write_file};
+use crate::model_io::{check_output_not_input, check_outputs_apart, read_model, write_file};
 use crate::plan::{file_sha256, Action};
 use crate::search::methods::{run_method, Method};
 use crate::search::{check_targets, plot, Config, Limits};
@@ -110,6 +110,27 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     }
 
     let model = read_model(&args.model)?;
+    let plot = args
+        .sweep
+        .is_some()
+        .then(|| sibling(&args.output, "sweep", "png"));
+    if let Some(p) = &plot {
+        check_output_not_input(p, &args.model, "plot")?;
+    }
+    let reads: Vec<PathBuf> = model
+        .files()
+        .into_iter()
+        .chain(args.calib.files(&model)?)
+        .collect();
+    let named: Vec<(&Path, &str)> = outputs
+        .iter()
+        .map(|o| (o.as_path(), "plan"))
+        .chain(plot.as_deref().map(|p| (p, "plot")))
+        .collect();
+    check_outputs_apart(
+        &named,
+        &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let analysis = analyze_at(&model.proto, &args.model)?;
     check_targets(&analysis, &targets)?;
     crate::runtime::init(&ctx.runtime)?;
@@ -126,13 +147,9 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         text.push('\n');
         write_file(path, text.as_bytes())?;
     }
-    let plot = if args.sweep.is_some() {
-        let p = sibling(&args.output, "sweep", "png");
-        plot::write_png(&run.levels, method.name(), &p)?;
-        Some(p)
-    } else {
-        None
-    };
+    if let Some(p) = &plot {
+        plot::write_png(&run.levels, method.name(), p)?;
+    }
 
     if ctx.json {
         let plans: Vec<_> = run

@@ -26,6 +26,7 @@ use bytes::Bytes;
 
 use crate::onnx::{ModelProto, TensorProto};
 
+pub(crate) use atomic::same_file;
 pub use atomic::{
     check_output, check_output_not_input, check_outputs_apart, free_space, write_file,
 };
@@ -44,6 +45,13 @@ pub struct Model {
 }
 
 impl Model {
+    /// The files the model is read from: the model file and its external data files.
+    pub fn files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.weights.external_files().iter().map(|f| f.path.clone()))
+            .collect()
+    }
+
     /// Bytes on disk: the model file and the external data files it reads.
     pub fn file_bytes(&self) -> Result<u64> {
         let own = std::fs::metadata(&self.path)

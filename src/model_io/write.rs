@@ -79,6 +79,38 @@ pub struct WriteReport {
 /// tagged variant otherwise, so that the previous output stays whole until the model's rename
 /// replaces it; the previous output's data file is then deleted if nothing else reads it (see
 /// `replace`). The report names the data file actually written.
+impl WriteOptions {
+    /// The name of the data file an output at `out` asks for, before any tag `replace` adds:
+    /// a plain file name beside the model, other than the model's own. Commands call it before
+    /// long work, and to keep their other outputs off it.
+    pub fn data_file_name(&self, out: &Path) -> Result<String> {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = match &self.external {
+            ExternalData::Always { file: Some(f) } => f.clone(),
+            _ => format!("{name}.data"),
+        };
+        let refuse = |msg: String| -> anyhow::Error {
+            SkrrError::Output {
+                path: out.to_path_buf(),
+                msg,
+            }
+            .into()
+        };
+        if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\']) {
+            return Err(refuse(format!(
+                "data file name '{file}' must be a plain file name"
+            )));
+        }
+        if file == name {
+            return Err(refuse("the data file cannot be the model file".into()));
+        }
+        Ok(file)
+    }
+}
+
 pub fn write_model(
     proto: &ModelProto,
     weights: &WeightStore,
@@ -146,23 +178,8 @@ pub fn write_model(
     }
 
     let data = if external {
-        let file = match &opts.external {
-            ExternalData::Always { file: Some(f) } => f.clone(),
-            _ => format!("{name}.data"),
-        };
-        if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\']) {
-            return Err(refuse(
-                &out,
-                format!("data file name '{file}' must be a plain file name"),
-            ));
-        }
+        let file = opts.data_file_name(&out)?;
         let path = dir.join(&file);
-        if file == name {
-            return Err(refuse(
-                &path,
-                "the data file cannot be the model file".into(),
-            ));
-        }
         refuse_input(&path, "external data")?;
         // Never the name of a file a model may still read (the previous output's data, say):
         // see `replace`.
