@@ -413,6 +413,59 @@ fn a_full_disk_is_announced_before_the_search_and_leaves_nothing() {
     );
 }
 
+/// A static-shape export (`input_ids [1, 16]`, as exported for TensorRT) asks for the options
+/// that feed it, then prunes with them.
+#[test]
+fn a_static_shape_export_asks_for_padding_and_batch_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("model.onnx");
+    std::fs::copy(
+        fixtures().join("bert/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    run_python(
+        "import onnx, sys\n\
+         m = onnx.load(sys.argv[1])\n\
+         for i in m.graph.input:\n\
+         \x20   d = i.type.tensor_type.shape.dim\n\
+         \x20   d[0].dim_value, d[1].dim_value = 1, 16\n\
+         onnx.save(m, sys.argv[2])\n",
+        &[
+            fixtures().join("bert/model.onnx").to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    let out = dir.path().join("pruned.onnx");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let base = [i, o, "--sparsity", "0.25", "--num-prompts", "6"];
+    for (extra, needle) in [
+        (&[][..], "fixed length of 16"),
+        (
+            &["--include-padding", "--max-length", "16"][..],
+            "--chunk 1",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        assert_error_contract(&args, 2, needle, Some(&out), &[&input]);
+    }
+    let ok = [
+        "--include-padding",
+        "--max-length",
+        "16",
+        "--chunk",
+        "1",
+        "--min-cos=-1",
+    ];
+    let run = skrr(base.iter().chain(&ok));
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 /// A fixed null input, limits any pruned fixture meets, and JSON output.
 const LOOSE: &[&str] = &[
     "--null-ids",

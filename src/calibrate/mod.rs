@@ -76,6 +76,7 @@ impl CalibArgs {
     /// against its vocabulary when the graph tells it. `part` picks the half of the built-in
     /// prompt set; files given by the user are used whole.
     pub fn calib_set(&self, model: &Model, part: Part) -> Result<CalibSet> {
+        self.check_static_shape(model)?;
         let model_path = model.path.as_path();
         let vocab = model.proto.graph.as_ref().and_then(inputs::model_vocab);
         let tokenizer_path = inputs::find_tokenizer(model_path, self.tokenizer.as_deref())?;
@@ -229,6 +230,36 @@ impl CalibArgs {
                     },
                 ))
             }
+        }
+    }
+
+    /// A static-shape export takes only batches of its fixed size, padded to its fixed length;
+    /// the options that produce them are asked for rather than guessed, since padding that
+    /// counts in D changes what D measures (which is what such a pipeline feeds its denoiser).
+    fn check_static_shape(&self, model: &Model) -> Result<()> {
+        let Some(graph) = model.proto.graph.as_ref() else {
+            return Ok(());
+        };
+        let usage = |m: String| -> anyhow::Error { SkrrError::Usage(m).into() };
+        let (batch, len) = inputs::fixed_token_shape(graph);
+        if let Some(len) = len {
+            if !self.include_padding || i64::try_from(self.max_length) != Ok(len) {
+                return Err(usage(format!(
+                    "input_ids has a fixed length of {len} (a static-shape export): every prompt \
+                     must be padded to it; run with --include-padding --max-length {len}"
+                )));
+            }
+        }
+        match batch {
+            Some(1) if self.chunk != 1 => Err(usage(
+                "input_ids has a fixed batch size of 1 (a static-shape export): run with --chunk 1"
+                    .into(),
+            )),
+            Some(b) if b != 1 => Err(usage(format!(
+                "input_ids has a fixed batch size of {b}: export the model with a dynamic batch \
+                 axis (or batch 1)"
+            ))),
+            _ => Ok(()),
         }
     }
 
