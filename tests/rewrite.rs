@@ -347,6 +347,32 @@ fn a_plan_for_another_model_is_refused() {
     }
 }
 
+/// A model pruned with uneven skips no longer alternates attention and feed-forward; block
+/// detection refuses it and says to prune the original instead.
+#[test]
+fn an_unevenly_pruned_model_is_refused_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let entries: Vec<Value> = (0..8)
+        .map(|i| json!({"index": i, "action": if i == 3 { "skip" } else { "keep" }}))
+        .collect();
+    std::fs::write(&plan, json!({ "sub_blocks": entries }).to_string()).unwrap();
+    let out = dir.path().join("pruned.onnx");
+    let t5 = fixtures().join("t5_gated/model.onnx");
+    skrr_ok(
+        ["apply"]
+            .into_iter()
+            .chain([&t5, &plan, &out].map(|p| p.to_str().unwrap())),
+    );
+    assert_error_contract(
+        &["inspect", out.to_str().unwrap()],
+        skrr_onnx::error::exit::BAD_MODEL,
+        "already pruned by skrr-onnx (metadata skrr.plan): prune the original model",
+        None,
+        &[&out],
+    );
+}
+
 /// A plan searched on the fp32 export applies to the fp16 export of the same encoder (method
 /// doc, "The plan file"): its `model.sha256` names the fp32 file, which is reported, not refused.
 #[test]

@@ -202,10 +202,21 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
             .enumerate()
             .any(|(i, kd)| (*kd == Kind::Attention) != (i % 2 == 0))
     {
+        // A model this tool pruned with uneven skips is the usual way to get here.
+        let pruned = model
+            .metadata_props
+            .iter()
+            .any(|e| e.key() == crate::rewrite::META_PLAN);
+        let hint = if pruned {
+            "; this model was already pruned by skrr-onnx (metadata skrr.plan): prune the \
+             original model to the sparsity you want instead"
+        } else {
+            ""
+        };
         return Err(bad(format!(
             "found {} stream values and {k} residual branches, but not the repeating \
              (attention, feed-forward) pattern of a transformer encoder: {pattern} \
-             (A = attention, F = feed-forward)",
+             (A = attention, F = feed-forward){hint}",
             found.values.len()
         )));
     }
