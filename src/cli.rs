@@ -20,6 +20,9 @@ use crate::runtime::{Provider, RuntimeConfig};
                   skrr-onnx IN OUT --sparsity S calibrates IN on prompts, searches which \
                   sub-blocks to skip or re-use, writes the pruned model to OUT and compares it \
                   with IN on held-out prompts. The subcommands run each step alone.",
+    // Clap's generated line shows IN and OUT before a subcommand too, where they are refused.
+    override_usage = "skrr-onnx [OPTIONS] --sparsity <SPARSITY> <INPUT> <OUTPUT>\n       \
+                      skrr-onnx [GLOBAL OPTIONS] <COMMAND> [ARGS]",
     subcommand_negates_reqs = true,
     subcommand_precedence_over_arg = true
 )]

@@ -23,8 +23,8 @@ use crate::model_io::Model;
 /// the main command): `#[command(flatten)]` them.
 #[derive(Debug, Clone, Args)]
 pub struct CalibArgs {
-    /// Calibration prompts, one per line (tokenized with the model's tokenizer.json).
-    /// Default: the built-in prompt set.
+    /// Prompts, one per line (tokenized with the model's tokenizer.json). Default: the built-in
+    /// set, its calibration half for score and plan, its held-out half for compare.
     #[arg(long, value_name = "FILE", conflicts_with = "calib")]
     pub prompts: Option<PathBuf>,
     /// Pre-tokenized calibration input: one JSON array of token ids per line, or
@@ -38,7 +38,8 @@ pub struct CalibArgs {
     /// when --include-padding is set.
     #[arg(long, default_value_t = 77, value_name = "N")]
     pub max_length: usize,
-    /// Use at most the first N calibration prompts.
+    /// Use at most the first N prompts (in the main job: N for the search and at most N for
+    /// the fidelity check).
     #[arg(long, value_name = "N")]
     pub num_prompts: Option<usize>,
     /// Token ids of the null input (default: the empty prompt tokenized with special tokens).

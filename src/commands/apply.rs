@@ -133,13 +133,7 @@ pub fn apply_to_file(
         );
     }
     let write = model_io::write_model(&proto, &model.weights, out, write_opts)?;
-    let input_bytes = file_len(&model.path)?
-        + model
-            .weights
-            .external_files()
-            .iter()
-            .map(|f| file_len(&f.path))
-            .sum::<Result<u64>>()?;
+    let input_bytes = model.file_bytes()?;
     Ok(ApplyReport {
         input: model.path.clone(),
         output: write.model_path.clone(),
@@ -152,12 +146,6 @@ pub fn apply_to_file(
         write,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn file_len(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("cannot stat {}", path.display()))?
-        .len())
 }
 
 /// Writes the report to stdout; a closed pipe is an error, not a panic (`println!` panics).
@@ -189,10 +177,15 @@ fn print_report(r: &ApplyReport, json: bool) -> Result<()> {
         rw.params_before, rw.params_after, rw.params_removed, r.sparsity
     )?;
     if rw.params_copied > 0 {
+        let net = rw.params_before.saturating_sub(rw.params_after);
         writeln!(
             out,
-            "  copied       {} parameters, {} bytes (--reuse-weights copy)",
-            rw.params_copied, rw.bytes_copied
+            "  copied       {} parameters, {} bytes (--reuse-weights copy): the file has {} \
+             fewer parameters than the input ({:.1}%)",
+            rw.params_copied,
+            rw.bytes_copied,
+            net,
+            100.0 * net as f64 / rw.params_before.max(1) as f64
         )?;
     }
     writeln!(

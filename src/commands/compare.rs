@@ -29,7 +29,12 @@ pub struct CompareArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ToleranceArgs {
     /// Lowest acceptable mean per-token cosine similarity between pruned and dense outputs.
-    #[arg(long, default_value_t = 0.9, value_name = "COS")]
+    #[arg(
+        long,
+        default_value_t = 0.9,
+        value_name = "COS",
+        allow_negative_numbers = true
+    )]
     pub min_cos: f64,
     /// Largest acceptable factor between the null embedding's norms (either way).
     #[arg(long, default_value_t = 2.0, value_name = "FACTOR")]
