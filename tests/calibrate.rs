@@ -487,14 +487,7 @@ fn score_command_prints_d() {
     let f = &fixtures()[0];
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.json");
-    std::fs::write(
-        &plan,
-        json!({"format": "skrr-plan/1", "sub_blocks": (0..64).map(|i| json!({
-            "index": i, "action": if i == 1 { "skip" } else { "keep" }
-        })).collect::<Vec<_>>()})
-        .to_string(),
-    )
-    .unwrap();
+    common::write_skip_plan(&plan, 64, &[1]);
     // More entries than sub-blocks: refused with exit code 4 and a message naming the problem.
     let out = common::skrr([
         "score",
@@ -512,14 +505,7 @@ fn score_command_prints_d() {
 
     let (_, analysis, _, _) = setup(f, &[]);
     let n = analysis.sub_blocks.len();
-    std::fs::write(
-        &plan,
-        json!({"format": "skrr-plan/1", "sub_blocks": (0..n).map(|i| json!({
-            "index": i, "action": if i == 1 { "skip" } else { "keep" }
-        })).collect::<Vec<_>>()})
-        .to_string(),
-    )
-    .unwrap();
+    common::write_skip_plan(&plan, n, &[1]);
     let out = common::skrr_ok([
         "score",
         f.model.to_str().unwrap(),
@@ -590,10 +576,7 @@ fn score_command_prints_d() {
         .sub_blocks
         .len();
     let keep = dir.path().join("keep.json");
-    let entries: Vec<Value> = (0..n)
-        .map(|i| json!({"index": i, "action": "keep"}))
-        .collect();
-    std::fs::write(&keep, json!({ "sub_blocks": entries }).to_string()).unwrap();
+    common::write_skip_plan(&keep, n, &[]);
     let score = |len: &str| {
         let args = [
             "score",
@@ -641,14 +624,7 @@ fn symlinked_models_score_as_their_files() {
         std::os::unix::fs::symlink(format!("../../blobs/b10b{i}"), snapshot.join(name)).unwrap();
     }
     let plan = dir.path().join("plan.json");
-    std::fs::write(
-        &plan,
-        json!({"format": "skrr-plan/1", "sub_blocks": (0..8).map(|i| json!({
-            "index": i, "action": if i == 3 { "skip" } else { "keep" }
-        })).collect::<Vec<_>>()})
-        .to_string(),
-    )
-    .unwrap();
+    common::write_skip_plan(&plan, 8, &[3]);
     let d = |model: &Path| -> f64 {
         let out = common::skrr_ok([
             "score",

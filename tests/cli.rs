@@ -45,9 +45,18 @@ fn main_job_arguments_with_a_subcommand_are_refused() {
     }
     skrr_ok(["-v", "--json", "--threads", "1", "doctor"]);
     // A negative limit is a value, not a flag.
-    let out = skrr(["compare", "missing.onnx", "missing.onnx", "--min-cos", "-0.5"]);
+    let out = skrr([
+        "compare",
+        "missing.onnx",
+        "missing.onnx",
+        "--min-cos",
+        "-0.5",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("unexpected argument") && err.contains("missing.onnx"), "{err}");
+    assert!(
+        !err.contains("unexpected argument") && err.contains("missing.onnx"),
+        "{err}"
+    );
 }
 
 /// `doctor` reports the same ONNX Runtime version as the Python package it was found in.

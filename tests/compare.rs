@@ -160,14 +160,7 @@ fn a_pruned_pair_is_measured_and_each_limit_can_fail_it() {
     let (ids, job) = write_job(dir.path());
     let dense = fixtures().join("t5_gated/model.onnx");
     let plan = dir.path().join("plan.json");
-    let entries: Vec<serde_json::Value> = (0..8)
-        .map(|i| serde_json::json!({"index": i, "action": if i == 3 || i == 5 { "skip" } else { "keep" }}))
-        .collect();
-    std::fs::write(
-        &plan,
-        serde_json::json!({ "sub_blocks": entries }).to_string(),
-    )
-    .unwrap();
+    common::write_skip_plan(&plan, 8, &[3, 5]);
     let pruned = dir.path().join("pruned.onnx");
     common::skrr_ok([
         "apply",
@@ -277,14 +270,8 @@ fn compare_measures_the_output_the_search_measured() {
         "--json",
     ]))
     .unwrap();
-    let entries: Vec<serde_json::Value> = (0..analysis["sub_blocks"].as_array().unwrap().len())
-        .map(|i| serde_json::json!({"index": i, "action": if i == 3 { "skip" } else { "keep" }}))
-        .collect();
-    std::fs::write(
-        &plan,
-        serde_json::json!({ "sub_blocks": entries }).to_string(),
-    )
-    .unwrap();
+    let n = analysis["sub_blocks"].as_array().unwrap().len();
+    common::write_skip_plan(&plan, n, &[3]);
     let pruned = dir.path().join("pruned.onnx");
     let (d, p, pl, i) = (&dense, &pruned, &plan, &ids);
     common::skrr_ok(

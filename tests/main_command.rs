@@ -206,34 +206,42 @@ fn prunes_checks_and_agrees_with_the_engine() {
     }
 }
 
+/// `dir/model.onnx`: the bert fixture edited by the Python lines `edit` (which change the loaded
+/// `m`), with its tokenizer beside it.
+fn bert_variant(dir: &Path, edit: &str) -> std::path::PathBuf {
+    let input = dir.join("model.onnx");
+    std::fs::copy(
+        fixtures().join("bert/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    run_python(
+        &format!("import onnx, sys\nm = onnx.load(sys.argv[1])\n{edit}onnx.save(m, sys.argv[2])\n"),
+        &[
+            fixtures().join("bert/model.onnx").to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    input
+}
+
 /// What the input says about itself survives: metadata entries, doc strings, model version,
 /// producer, domain; the run adds its plan and version beside them.
 #[test]
 fn the_output_keeps_the_inputs_header() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("model.onnx");
-    std::fs::copy(
-        fixtures().join("bert/tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
     let header = "import onnx, sys, json\n\
         fields = lambda m: {'meta': {e.key: e.value for e in m.metadata_props}, 'doc': m.doc_string,\n\
           'graph_doc': m.graph.doc_string, 'graph_name': m.graph.name, 'version': m.model_version,\n\
           'producer': [m.producer_name, m.producer_version], 'domain': m.domain}\n";
-    run_python(
+    let input = bert_variant(
+        dir.path(),
         &format!(
-            "{header}m = onnx.load(sys.argv[1])\n\
-             m.metadata_props.add(key='author', value='skrr tests')\n\
+            "{header}m.metadata_props.add(key='author', value='skrr tests')\n\
              m.metadata_props.add(key='license', value='apache-2.0')\n\
              m.doc_string, m.graph.doc_string, m.model_version = 'an encoder', 'its graph', 7\n\
-             m.domain = 'ai.skrr.test'\n\
-             onnx.save(m, sys.argv[2])\n"
+             m.domain = 'ai.skrr.test'\n"
         ),
-        &[
-            fixtures().join("bert/model.onnx").to_str().unwrap(),
-            input.to_str().unwrap(),
-        ],
     );
     let out = dir.path().join("pruned.onnx");
     let run = skrr([
@@ -418,23 +426,11 @@ fn a_full_disk_is_announced_before_the_search_and_leaves_nothing() {
 #[test]
 fn a_static_shape_export_asks_for_padding_and_batch_one() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("model.onnx");
-    std::fs::copy(
-        fixtures().join("bert/tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
-    run_python(
-        "import onnx, sys\n\
-         m = onnx.load(sys.argv[1])\n\
-         for i in m.graph.input:\n\
+    let input = bert_variant(
+        dir.path(),
+        "for i in m.graph.input:\n\
          \x20   d = i.type.tensor_type.shape.dim\n\
-         \x20   d[0].dim_value, d[1].dim_value = 1, 16\n\
-         onnx.save(m, sys.argv[2])\n",
-        &[
-            fixtures().join("bert/model.onnx").to_str().unwrap(),
-            input.to_str().unwrap(),
-        ],
+         \x20   d[0].dim_value, d[1].dim_value = 1, 16\n",
     );
     let out = dir.path().join("pruned.onnx");
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());

@@ -353,10 +353,7 @@ fn a_plan_for_another_model_is_refused() {
 fn an_unevenly_pruned_model_is_refused_with_the_way_out() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.json");
-    let entries: Vec<Value> = (0..8)
-        .map(|i| json!({"index": i, "action": if i == 3 { "skip" } else { "keep" }}))
-        .collect();
-    std::fs::write(&plan, json!({ "sub_blocks": entries }).to_string()).unwrap();
+    write_skip_plan(&plan, 8, &[3]);
     let out = dir.path().join("pruned.onnx");
     let t5 = fixtures().join("t5_gated/model.onnx");
     skrr_ok(

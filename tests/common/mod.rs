@@ -37,6 +37,19 @@ pub fn minilm(test: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// Writes a hand-written plan file for `n` sub-blocks at `path` that skips those in `skip` and
+/// keeps the others (the minimal form the method doc allows).
+pub fn write_skip_plan(path: &Path, n: usize, skip: &[usize]) {
+    let entries: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let action = if skip.contains(&i) { "skip" } else { "keep" };
+            serde_json::json!({"index": i, "action": action})
+        })
+        .collect();
+    let plan = serde_json::json!({"format": "skrr-plan/1", "sub_blocks": entries});
+    std::fs::write(path, plan.to_string()).unwrap();
+}
+
 /// The `skrr-onnx` binary cargo built for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_skrr-onnx"))
