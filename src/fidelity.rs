@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub chunk: usize,
     /// Projection applied to both outputs before measuring.
     pub projection: Option<PathBuf>,
+    /// The output compared (`graph::measured_output`'s default when `None`).
+    pub measure: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,7 +204,7 @@ impl<'a> Batch<'a> {
 }
 
 impl Runner {
-    fn load(path: &Path) -> Result<Runner> {
+    fn load(path: &Path, measure: Option<&str>) -> Result<Runner> {
         // Reading validates the file (and its external data) before ONNX Runtime sees it.
         let model = read_model(path)?;
         // Reported as the user wrote it, like every other path the commands print.
@@ -216,8 +218,8 @@ impl Runner {
             .as_ref()
             .ok_or_else(|| anyhow!("{}: the model has no graph", path.display()))?;
         let inputs = crate::graph::fed_inputs(graph).cloned().collect();
-        let output =
-            crate::graph::measured_output(graph).with_context(|| path.display().to_string())?;
+        let output = crate::graph::measured_output(graph, measure)
+            .with_context(|| path.display().to_string())?;
         Ok(Runner {
             inputs,
             output,
@@ -330,8 +332,8 @@ pub fn measure(
     if calib.prompts.is_empty() {
         return Err(SkrrError::BadInput("no prompts to compare on".into()).into());
     }
-    let a = Runner::load(dense_path)?;
-    let b = Runner::load(pruned_path)?;
+    let a = Runner::load(dense_path, opts.measure.as_deref())?;
+    let b = Runner::load(pruned_path, opts.measure.as_deref())?;
     same_interface(&a, &b)?;
     let mut projection = opts
         .projection

@@ -315,9 +315,20 @@ fn collect_outer_reads<'a>(
 }
 
 /// The output D and the fidelity check are measured on, the same for the engine and for
-/// `compare`: `last_hidden_state` when the model has it (CLIP with projection lists
-/// `text_embeds` first), else the first output.
-pub fn measured_output(graph: &GraphProto) -> Result<String> {
+/// `compare`: `chosen` (`--measure`) when given, else `last_hidden_state` when the model has it
+/// (CLIP with projection lists `text_embeds` first), else the first output.
+pub fn measured_output(graph: &GraphProto, chosen: Option<&str>) -> Result<String> {
+    if let Some(name) = chosen {
+        if graph.output.iter().any(|o| o.name() == name) {
+            return Ok(name.to_string());
+        }
+        let names: Vec<&str> = graph.output.iter().map(|o| o.name()).collect();
+        return Err(crate::error::SkrrError::BadInput(format!(
+            "--measure {name}: the model has no such output (its outputs: {})",
+            names.join(", ")
+        ))
+        .into());
+    }
     graph
         .output
         .iter()

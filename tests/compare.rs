@@ -279,26 +279,82 @@ fn compare_measures_the_output_the_search_measured() {
             .into_iter()
             .chain([d, pl, p].map(|x| x.to_str().unwrap())),
     );
-    let score: serde_json::Value = serde_json::from_str(&common::skrr_ok([
-        "score",
-        d.to_str().unwrap(),
-        "--plan",
-        pl.to_str().unwrap(),
-        "--calib",
-        i.to_str().unwrap(),
-        "--null-ids",
-        "2,3",
-        "--json",
-    ]))
-    .unwrap();
-    let (code, got) = compare_json(d, p, i, &["--min-cos=-1", "--max-null-ratio", "1e9"]);
-    assert_eq!(code, 0, "{got}");
-    assert_eq!(got["output"], "last_hidden_state");
-    let (engine, file) = (score["d"].as_f64().unwrap(), got["d"].as_f64().unwrap());
-    assert!(
-        close(engine, file, 1e-5),
-        "engine D {engine}, file D {file}"
+    // By default, and with `--measure` naming the pooled output: the same D both ways.
+    for (measure, output) in [
+        (None, "last_hidden_state"),
+        (Some("text_embeds"), "text_embeds"),
+    ] {
+        let extra: Vec<&str> = measure.map(|m| vec!["--measure", m]).unwrap_or_default();
+        let args = [
+            "score",
+            d.to_str().unwrap(),
+            "--plan",
+            pl.to_str().unwrap(),
+            "--calib",
+            i.to_str().unwrap(),
+            "--null-ids",
+            "2,3",
+            "--json",
+        ];
+        let score = common::skrr_ok(args.iter().chain(&extra));
+        let score: serde_json::Value = serde_json::from_str(&score).unwrap();
+        let limits = ["--min-cos=-1", "--max-null-ratio", "1e9"];
+        let (code, got) = compare_json(d, p, i, &[&limits[..], &extra].concat());
+        assert_eq!(code, 0, "{got}");
+        assert_eq!(got["output"], output);
+        let (engine, file) = (score["d"].as_f64().unwrap(), got["d"].as_f64().unwrap());
+        assert!(
+            close(engine, file, 1e-5),
+            "{output}: engine D {engine}, file D {file}"
+        );
+        // One position per prompt for the pooled output.
+        let pooled = output == "text_embeds";
+        assert_eq!(
+            got["tokens"].as_u64() == Some(PROMPTS.len() as u64),
+            pooled,
+            "{got}"
+        );
+    }
+    // An output that is not one of the model's, and one read inside the encoder.
+    let mid = analysis["sub_blocks"][2]["output"].as_str().unwrap();
+    let tapped = dir.path().join("tapped.onnx");
+    common::run_python(
+        "import onnx, sys\n\
+         m = onnx.load(sys.argv[1])\n\
+         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(sys.argv[3]))\n\
+         onnx.save(m, sys.argv[2])\n",
+        &[d.to_str().unwrap(), tapped.to_str().unwrap(), mid],
     );
+    for (model, name, needle) in [
+        (
+            d,
+            "nope",
+            "the model has no such output (its outputs: text_embeds, last_hidden_state)",
+        ),
+        (
+            &tapped,
+            mid,
+            "is not computed from the encoder's last layer",
+        ),
+    ] {
+        let args = [
+            "score",
+            model.to_str().unwrap(),
+            "--plan",
+            pl.to_str().unwrap(),
+        ];
+        let job = [
+            "--calib",
+            i.to_str().unwrap(),
+            "--no-null",
+            "--measure",
+            name,
+        ];
+        let out = skrr(args.iter().chain(&job));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
 }
 
 #[test]

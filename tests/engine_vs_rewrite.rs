@@ -180,6 +180,7 @@ fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
             cache_mem: 1 << 28,
             projection: None,
             prepack: Prepack::Auto,
+            measure: None,
         };
         let mut engine = Engine::new(&model, &analysis, calib.clone(), opts).unwrap();
         assert_eq!(engine.chunks(), 1);

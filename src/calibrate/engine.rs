@@ -42,6 +42,8 @@ pub struct EngineOptions {
     pub projection: Option<PathBuf>,
     /// Whether ONNX Runtime may keep packed copies of the weights.
     pub prepack: Prepack,
+    /// The graph output D is measured on (`graph::measured_output`'s default when `None`).
+    pub measure: Option<String>,
 }
 
 /// Pre-packing trades memory (a packed copy of every MatMul weight) for speed (no re-packing on
@@ -157,7 +159,12 @@ impl Engine {
         if calib.prompts.is_empty() {
             return Err(SkrrError::BadInput("no calibration prompts".into()).into());
         }
-        let partition = Partition::build(&model.proto, analysis, &model.weights)?;
+        let partition = Partition::build(
+            &model.proto,
+            analysis,
+            &model.weights,
+            opts.measure.as_deref(),
+        )?;
         let prepack = opts.prepack.decide(partition.shared_bytes);
         log::info!(
             "{} MiB of weights read from the model's files ({} KiB of them by several parts), \
@@ -242,6 +249,10 @@ impl Engine {
             let c = engine.chunks.len() - 1;
             let out = engine.forward(c, &dense)?;
             let chunk = &mut engine.chunks[c];
+            // A pooled output (one position per row) counts one position per prompt.
+            for n in &mut chunk.counted {
+                *n = (*n).min(out.positions());
+            }
             let tokens: usize = chunk.counted.iter().sum();
             let channels = out.channels() as f64;
             if chunk.null {

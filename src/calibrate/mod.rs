@@ -65,6 +65,11 @@ pub struct CalibArgs {
     /// available memory).
     #[arg(long, value_name = "BYTES")]
     pub cache_mem: Option<String>,
+    /// The graph output D and the fidelity check are measured on (default: last_hidden_state,
+    /// else the first output), e.g. text_embeds for a pipeline that uses CLIP's pooled
+    /// embedding. It must be computed from the encoder's last layer.
+    #[arg(long, value_name = "OUTPUT")]
+    pub measure: Option<String>,
     /// Let ONNX Runtime keep pre-packed copies of the weights: faster runs for the weights'
     /// size in memory again. auto: when the weights take at most a quarter of the available
     /// memory.
@@ -291,6 +296,7 @@ impl CalibArgs {
             cache_mem,
             projection: self.projection.clone(),
             prepack: self.prepack,
+            measure: self.measure.clone(),
         })
     }
 }

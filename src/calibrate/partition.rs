@@ -96,6 +96,7 @@ impl Partition {
         model: &ModelProto,
         analysis: &Analysis,
         weights: &WeightStore,
+        measure: Option<&str>,
     ) -> Result<Partition> {
         let graph = &analysis.graph;
         let first = analysis
@@ -103,7 +104,7 @@ impl Partition {
             .first()
             .ok_or_else(|| anyhow!("the analysis found no sub-blocks"))?;
         let last = analysis.sub_blocks.last().unwrap_or(first);
-        let output = crate::graph::measured_output(graph)?;
+        let output = crate::graph::measured_output(graph, measure)?;
         let inits: HashMap<&str, &TensorProto> =
             graph.initializer.iter().map(|t| (t.name(), t)).collect();
         // Graph inputs that only declare an initializer are weights, not feeds.
@@ -172,10 +173,13 @@ impl Partition {
             None
         } else {
             if !epilogue_reads.contains(&last.output) {
-                return Err(anyhow!(
-                    "output {output} is not computed from the last stream value {}",
+                return Err(crate::error::SkrrError::BadInput(format!(
+                    "output {output} is not computed from the encoder's last layer (its last \
+                     stream value is {}); D is measured on an output of the last layer, such \
+                     as last_hidden_state or a pooled embedding",
                     last.output
-                ));
+                ))
+                .into());
             }
             let mut inputs = vec![last.output.clone()];
             inputs.extend(epilogue_reads.into_iter().filter(|v| *v != last.output));

@@ -24,7 +24,7 @@ impl Dense {
     }
 
     /// Positions per row.
-    fn positions(&self) -> usize {
+    pub fn positions(&self) -> usize {
         if self.shape.len() >= 3 {
             self.shape[1..self.shape.len() - 1].iter().product()
         } else {

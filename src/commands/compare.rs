@@ -99,6 +99,7 @@ pub fn fidelity_on(
         include_padding: opts.include_padding,
         chunk: opts.chunk,
         projection: opts.projection,
+        measure: opts.measure,
     };
     fidelity::measure(dense, pruned, set, &run, tol)
 }
