@@ -153,41 +153,12 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     };
 
     let model = clock.phase("read", || read_model(input))?;
-    let data = output.with_file_name(args.data.write_options().data_file_name(output)?);
-    let mut reads = model.files();
-    reads.extend(args.calib.files(&model)?);
-    reads.extend(args.heldout.clone());
-    let outputs = [
-        (output, "pruned model"),
-        (data.as_path(), "pruned model's external data"),
-    ]
-    .into_iter()
-    .chain(args.plan_out.as_deref().map(|p| (p, "plan")))
-    .chain(args.report.as_deref().map(|p| (p, "report")))
-    .collect::<Vec<_>>();
-    check_outputs_apart(
-        &outputs,
-        &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-    )?;
+    check_outputs_apart_from_reads(args, output, &model)?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
     check_targets(&analysis, &[sparsity])?;
     warn_if_short_of_space(&model, output, sparsity);
     let (calib, held_out) = prompt_sets(args, &model)?;
-    let prompts = PromptsReport {
-        calibration_source: args
-            .calib
-            .calib
-            .as_ref()
-            .or(args.calib.prompts.as_ref())
-            .map_or("built-in".into(), |p| p.display().to_string()),
-        calibration: calib.prompts.len(),
-        held_out_source: held_out.as_ref().map(|(_, source)| source.clone()),
-        held_out: held_out.as_ref().map(|(set, _)| set.prompts.len()),
-        max_length: args.calib.max_length,
-        null: calib.null.is_some(),
-        include_padding: args.calib.include_padding,
-        chunk: args.calib.chunk,
-    };
+    let prompts = PromptsReport::of(args, &calib, held_out.as_ref());
     crate::runtime::init(&ctx.runtime)?;
     let method = args.search.method;
     let (level, plan, search) = clock.phase("search", || {
@@ -283,6 +254,51 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         println!("{verdict_line}");
     }
     checked
+}
+
+impl PromptsReport {
+    fn of(args: &RunArgs, calib: &CalibSet, held_out: Option<&(CalibSet, String)>) -> Self {
+        let c = &args.calib;
+        PromptsReport {
+            calibration_source: c
+                .calib
+                .as_ref()
+                .or(c.prompts.as_ref())
+                .map_or("built-in".into(), |p| p.display().to_string()),
+            calibration: calib.prompts.len(),
+            held_out_source: held_out.map(|(_, source)| source.clone()),
+            held_out: held_out.map(|(set, _)| set.prompts.len()),
+            max_length: c.max_length,
+            null: calib.null.is_some(),
+            include_padding: c.include_padding,
+            chunk: c.chunk,
+        }
+    }
+}
+
+/// The run's outputs (pruned model, its data file, plan, report) may not name one another or
+/// any file the run reads (the model's, tokenizer, prompts, projection).
+fn check_outputs_apart_from_reads(
+    args: &RunArgs,
+    output: &Path,
+    model: &crate::model_io::Model,
+) -> Result<()> {
+    let data = output.with_file_name(args.data.write_options().data_file_name(output)?);
+    let mut reads = model.files();
+    reads.extend(args.calib.files(model)?);
+    reads.extend(args.heldout.clone());
+    let outputs = [
+        (output, "pruned model"),
+        (data.as_path(), "pruned model's external data"),
+    ]
+    .into_iter()
+    .chain(args.plan_out.as_deref().map(|p| (p, "plan")))
+    .chain(args.report.as_deref().map(|p| (p, "report")))
+    .collect::<Vec<_>>();
+    check_outputs_apart(
+        &outputs,
+        &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )
 }
 
 /// The output's size is known only after the search, which can take hours on a large model;
