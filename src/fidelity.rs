@@ -175,6 +175,8 @@ struct Runner {
     inputs: Vec<ValueInfoProto>,
     /// Name of the output measured (`graph::measured_output`, as the engine's).
     output: String,
+    /// Rows of the token-embedding table, when the graph shows it.
+    vocab: Option<usize>,
     size: ModelSize,
 }
 
@@ -223,6 +225,7 @@ impl Runner {
         Ok(Runner {
             inputs,
             output,
+            vocab: crate::calibrate::inputs::model_vocab(graph),
             size,
         })
     }
@@ -303,6 +306,26 @@ fn same_interface(a: &Runner, b: &Runner) -> Result<()> {
             b.output
         ))
         .into());
+    }
+    // Pruning keeps the embedding table; another vocabulary means another model.
+    if let (Some(va), Some(vb)) = (a.vocab, b.vocab) {
+        if va != vb {
+            return Err(SkrrError::BadInput(format!(
+                "{} is not a pruned {}: its vocabulary has {vb} tokens, the dense model's {va}",
+                b.size.path.display(),
+                a.size.path.display()
+            ))
+            .into());
+        }
+    }
+    if b.size.params > a.size.params {
+        log::warn!(
+            "{} has more parameters than {} ({} > {}): is it the pruned one?",
+            b.size.path.display(),
+            a.size.path.display(),
+            b.size.params,
+            a.size.params
+        );
     }
     Ok(())
 }

@@ -389,4 +389,20 @@ fn a_model_with_another_interface_is_an_error_not_a_verdict() {
     );
     assert!(stderr.contains("not a drop-in replacement"), "{stderr}");
     assert!(stderr.contains("embeddings"), "{stderr}");
+    // Same interface, another model: its vocabulary gives it away.
+    let t5 = fixtures().join("t5_gated/model.onnx");
+    let out = skrr([
+        "compare",
+        t5.to_str().unwrap(),
+        bert.to_str().unwrap(),
+        "--calib",
+        ids.to_str().unwrap(),
+        "--no-null",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("its vocabulary has 1000 tokens, the dense model's 583"),
+        "{stderr}"
+    );
 }
