@@ -315,16 +315,59 @@ fn compare_measures_the_output_the_search_measured() {
             "{got}"
         );
     }
-    // An output that is not one of the model's, and one read inside the encoder.
-    let mid = analysis["sub_blocks"][2]["output"].as_str().unwrap();
+    // A stream value between layers tapped as an output (`hidden_states.N`, what SD 2 and
+    // SDXL condition on): sub-blocks after it cannot change it, and the engine agrees with the
+    // file on plans that skip before it.
+    let tap = analysis["sub_blocks"][5]["output"].as_str().unwrap();
+    let softmax = "/model/encoder/layer.1/attention/self/Softmax_output_0";
     let tapped = dir.path().join("tapped.onnx");
     common::run_python(
         "import onnx, sys\n\
          m = onnx.load(sys.argv[1])\n\
-         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(sys.argv[3]))\n\
+         for name in sys.argv[3:]:\n\
+         \x20   m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))\n\
          onnx.save(m, sys.argv[2])\n",
-        &[d.to_str().unwrap(), tapped.to_str().unwrap(), mid],
+        &[d.to_str().unwrap(), tapped.to_str().unwrap(), tap, softmax],
     );
+    let job = [
+        "--calib",
+        i.to_str().unwrap(),
+        "--null-ids",
+        "2,3",
+        "--measure",
+        tap,
+    ];
+    for (skips, after_only) in [(&[3, 8][..], false), (&[7, 8], true)] {
+        common::write_skip_plan(pl, n, skips);
+        let out = dir.path().join(format!("tapped-{skips:?}.onnx"));
+        let apply = [
+            "apply",
+            tapped.to_str().unwrap(),
+            pl.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ];
+        common::skrr_ok(apply);
+        let score = [
+            "score",
+            tapped.to_str().unwrap(),
+            "--plan",
+            pl.to_str().unwrap(),
+            "--json",
+        ];
+        let score: serde_json::Value =
+            serde_json::from_str(&common::skrr_ok(score.iter().chain(&job))).unwrap();
+        let engine = score["d"].as_f64().unwrap();
+        let limits = ["--min-cos=-1", "--max-null-ratio", "1e9", "--measure", tap];
+        let (code, got) = compare_json(&tapped, &out, i, &limits);
+        assert_eq!((code, got["output"].as_str()), (0, Some(tap)), "{got}");
+        let file = got["d"].as_f64().unwrap();
+        assert!(
+            close(engine, file, 1e-5),
+            "{skips:?}: engine D {engine}, file D {file}"
+        );
+        assert_eq!(engine == 0.0, after_only, "{skips:?}: {engine}");
+    }
+    // An output that is not one of the model's, and a value inside a sub-block.
     for (model, name, needle) in [
         (
             d,
@@ -333,8 +376,8 @@ fn compare_measures_the_output_the_search_measured() {
         ),
         (
             &tapped,
-            mid,
-            "is not computed from the encoder's last layer",
+            softmax,
+            "is neither a stream value between layers nor computed from the encoder's last layer",
         ),
     ] {
         let args = [

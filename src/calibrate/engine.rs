@@ -514,7 +514,7 @@ impl Engine {
             .iter()
             .filter(|a| **a != Action::Skip)
             .count() as u64;
-        for p in start..actions.len() {
+        for p in start..self.partition.measured_after {
             let q = match actions[p] {
                 Action::Skip => continue,
                 Action::Keep => p,

@@ -66,8 +66,8 @@ pub struct CalibArgs {
     #[arg(long, value_name = "BYTES")]
     pub cache_mem: Option<String>,
     /// The graph output D and the fidelity check are measured on (default: last_hidden_state,
-    /// else the first output), e.g. text_embeds for a pipeline that uses CLIP's pooled
-    /// embedding. It must be computed from the encoder's last layer.
+    /// else the first output): one computed from the last layer (text_embeds, CLIP's pooled
+    /// embedding) or a stream value between layers (hidden_states.N, the penultimate layer).
     #[arg(long, value_name = "OUTPUT")]
     pub measure: Option<String>,
     /// Let ONNX Runtime keep pre-packed copies of the weights: faster runs for the weights'

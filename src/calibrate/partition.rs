@@ -75,8 +75,12 @@ pub struct Partition {
     graph: GraphProto,
     pub prologue: Part,
     pub blocks: Vec<Part>,
-    /// `None` when the measured output is the last stream value itself (e.g. BERT).
+    /// `None` when the measured output is a stream value itself (e.g. BERT's last one).
     pub epilogue: Option<Part>,
+    /// Sub-blocks that run before the measured output: all of them, or fewer when it is a
+    /// stream value inside the encoder (`hidden_states.N`, the penultimate layer SD 2 and SDXL
+    /// condition on), which later sub-blocks cannot change.
+    pub measured_after: usize,
     /// The model output D is measured on.
     pub output: String,
     /// Graph inputs that are fed, as declared by the model (the prologue and side inputs read
@@ -169,14 +173,20 @@ impl Partition {
                 )
             })
             .collect::<Vec<_>>();
-        let epilogue = if output == last.output {
+        // A stream value inside the encoder, as a graph output (a `hidden_states.N` tap).
+        let tapped = analysis
+            .sub_blocks
+            .iter()
+            .position(|sb| sb.output == output);
+        let measured_after = tapped.map_or(analysis.sub_blocks.len(), |p| p + 1);
+        let epilogue = if tapped.is_some() {
             None
         } else {
             if !epilogue_reads.contains(&last.output) {
                 return Err(crate::error::SkrrError::BadInput(format!(
-                    "output {output} is not computed from the encoder's last layer (its last \
-                     stream value is {}); D is measured on an output of the last layer, such \
-                     as last_hidden_state or a pooled embedding",
+                    "output {output} is neither a stream value between layers nor computed \
+                     from the encoder's last layer (its last stream value is {}): D is measured \
+                     on one of those",
                     last.output
                 ))
                 .into());
@@ -255,6 +265,7 @@ impl Partition {
             prologue,
             blocks,
             epilogue,
+            measured_after,
             output,
             graph_inputs: fed,
             shared_bytes,
