@@ -315,6 +315,35 @@ fn compare_measures_the_output_the_search_measured() {
             "{got}"
         );
     }
+    // Block Influence is a property of the dense stream: the measured output does not move it.
+    let influence = |extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join("sg.json");
+        let args = [
+            "plan",
+            d.to_str().unwrap(),
+            "--sparsity",
+            "0.3",
+            "--method",
+            "shortgpt",
+        ];
+        let job = [
+            "--calib",
+            i.to_str().unwrap(),
+            "--null-ids",
+            "2,3",
+            "--json",
+            "-o",
+        ];
+        let run = common::skrr_ok(
+            args.iter()
+                .chain(&job)
+                .copied()
+                .chain([out.to_str().unwrap()])
+                .chain(extra.iter().copied()),
+        );
+        serde_json::from_str::<serde_json::Value>(&run).unwrap()["block_influence"].clone()
+    };
+    assert_eq!(influence(&[]), influence(&["--measure", "text_embeds"]));
     // A stream value between layers tapped as an output (`hidden_states.N`, what SD 2 and
     // SDXL condition on): sub-blocks after it cannot change it, and the engine agrees with the
     // file on plans that skip before it.

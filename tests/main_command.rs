@@ -435,11 +435,15 @@ fn a_static_shape_export_asks_for_padding_and_batch_one() {
     let out = dir.path().join("pruned.onnx");
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
     let base = [i, o, "--sparsity", "0.25", "--num-prompts", "6"];
+    let long = vec!["7"; 20].join(",");
+    let padded = ["--include-padding", "--max-length", "16", "--chunk", "1"];
+    let null = [&padded[..], &["--null-ids", &long]].concat();
     for (extra, needle) in [
         (&[][..], "fixed length of 16"),
+        (&padded[..3], "--chunk 1"),
         (
-            &["--include-padding", "--max-length", "16"][..],
-            "--chunk 1",
+            &null[..],
+            "a row of 20 token ids is longer than the model's fixed length 16",
         ),
     ] {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();

@@ -249,11 +249,9 @@ impl Engine {
             let c = engine.chunks.len() - 1;
             let out = engine.forward(c, &dense)?;
             let chunk = &mut engine.chunks[c];
-            // A pooled output (one position per row) counts one position per prompt.
-            for n in &mut chunk.counted {
-                *n = (*n).min(out.positions());
-            }
-            let tokens: usize = chunk.counted.iter().sum();
+            // A pooled output (one position per row) counts one position per prompt in D
+            // (`row_sse` clamps alike); `counted` keeps the token counts Block Influence uses.
+            let tokens: usize = chunk.counted.iter().map(|&n| n.min(out.positions())).sum();
             let channels = out.channels() as f64;
             if chunk.null {
                 engine.denom_null += tokens as f64 * channels;

@@ -84,7 +84,8 @@ impl CalibArgs {
     pub fn calib_set(&self, model: &Model, part: Part) -> Result<CalibSet> {
         self.check_static_shape(model)?;
         let model_path = model.path.as_path();
-        let vocab = model.proto.graph.as_ref().and_then(inputs::model_vocab);
+        let graph = model.proto.graph.as_ref();
+        let vocab = graph.and_then(inputs::model_vocab);
         let tokenizer_path = inputs::find_tokenizer(model_path, self.tokenizer.as_deref())?;
         let tokenizer = tokenizer_path
             .as_deref()
@@ -142,6 +143,17 @@ impl CalibArgs {
             };
             SkrrError::Usage(format!("{whose}: {m}"))
         })?;
+        // Token ids are not truncated: a static-shape export cannot take a longer row.
+        if let Some(len) = graph.and_then(|g| inputs::fixed_token_shape(g).1) {
+            let too_long = prompts.iter().chain(&null).find(|r| r.len() as i64 > len);
+            if let Some(row) = too_long {
+                return Err(SkrrError::Usage(format!(
+                    "a row of {} token ids is longer than the model's fixed length {len}",
+                    row.len()
+                ))
+                .into());
+            }
+        }
         Ok(CalibSet {
             prompts,
             null,

@@ -180,12 +180,15 @@ pub fn apply_plan(
         .clone()
         .unwrap_or_else(|| PlanFile::describe(analysis, actions));
     // A model pruned before keeps the record of that rewrite: its plan and version move to
-    // `skrr.plan.N` / `skrr.version.N`, N counting the earlier rewrites from 1 (the oldest).
+    // `skrr.plan.N` / `skrr.version.N`, N one above the highest already there (1, the oldest,
+    // first), so no key is written twice even if some were deleted.
     let earlier = model
         .metadata_props
         .iter()
-        .filter(|e| e.key().starts_with(&format!("{META_PLAN}.")))
-        .count()
+        .filter_map(|e| e.key().strip_prefix(&format!("{META_PLAN}.")))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
         + 1;
     let mut metadata: Vec<StringStringEntryProto> = model
         .metadata_props

@@ -414,6 +414,17 @@ fn output_keeps_the_header_and_records_the_plan() {
         .iter()
         .filter(|e| e.key().starts_with(META_VERSION));
     assert_eq!(versions.count(), 3);
+    // With a record deleted by hand (no `.1`), the next number is above the highest left.
+    let mut gap = third.clone();
+    gap.metadata_props.retain(|e| !e.key().ends_with(".1"));
+    let (fourth, _) = apply_plan(&gap, &analysis, &[K; 4], &RewriteOptions::default()).unwrap();
+    let keys: Vec<&str> = fourth.metadata_props.iter().map(|e| e.key()).collect();
+    let unique: std::collections::HashSet<&&str> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "{keys:?}");
+    assert!(
+        keys.contains(&"skrr.plan.3") && keys.contains(&"skrr.version.3"),
+        "{keys:?}"
+    );
 }
 
 #[test]
