@@ -731,3 +731,87 @@ fn a_model_fed_embeddings_directly_starts_its_stream_at_the_input() {
     assert_eq!(a.sub_blocks[0].input, "h0");
     check_partition(&a);
 }
+
+/// `toy_encoder` with UMT5-style position biases: each layer's attention scores get a bias
+/// looked up in its *own* table, and, T5-style, one more from a table read by every layer.
+fn toy_encoder_with_bias_tables(layers: usize) -> ModelProto {
+    let mut m = toy_encoder(layers, false);
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.push(weight("shared_table", &[16, 8]));
+    // Bucket ids, stream-independent (T5 computes them from the sequence length).
+    let mut buckets = node("Constant", "", &[], &["positions"]);
+    buckets.attribute.push(skrr_onnx::onnx::AttributeProto {
+        name: Some("value_ints".into()),
+        ints: vec![0, 1, 2, 3],
+        r#type: Some(7),
+        ..Default::default()
+    });
+    let mut nodes = vec![
+        buckets,
+        node(
+            "Gather",
+            "",
+            &["shared_table", "positions"],
+            &["shared_bias"],
+        ),
+    ];
+    for n in std::mem::take(&mut g.node) {
+        let scores = n.output[0].clone();
+        let Some(l) = scores
+            .strip_suffix("_s")
+            .filter(|_| n.op_type() == "MatMul")
+        else {
+            nodes.push(n);
+            continue;
+        };
+        let (raw, own, table) = (
+            format!("{l}_raw"),
+            format!("{l}_bias"),
+            format!("{l}_table"),
+        );
+        g.initializer.push(weight(&table, &[16, 8]));
+        let mut n = n;
+        n.output[0] = raw.clone();
+        nodes.push(n);
+        nodes.push(node("Gather", "", &[&table, "positions"], &[&own]));
+        nodes.push(node("Add", "", &[&raw, &own], &[&format!("{l}_s1")]));
+        nodes.push(node(
+            "Add",
+            "",
+            &[&format!("{l}_s1"), "shared_bias"],
+            &[&scores],
+        ));
+    }
+    g.node = nodes;
+    m
+}
+
+#[test]
+fn a_table_read_by_one_layer_is_that_layers_and_one_read_by_all_is_shared_work() {
+    let a = analyze(&toy_encoder_with_bias_tables(3)).unwrap();
+    assert_eq!(a.layers, 3);
+    check_partition(&a);
+    let g = &a.graph;
+    for sb in &a.sub_blocks {
+        let own = format!("l{}_table", sb.layer);
+        if sb.kind == Kind::Attention {
+            // Its own table's lookup runs inside it: a re-use reads the source's table, a
+            // skip removes it with its 128 parameters.
+            assert!(sb.initializers.contains(&own), "{:?}", sb.initializers);
+            assert!(sb
+                .nodes
+                .iter()
+                .any(|&n| g.node[n].input.first() == Some(&own)));
+            assert_eq!(sb.params, 4 * 64 + 128);
+            // The bucket ids and the bias every layer reads are side inputs computed once.
+            assert_eq!(sb.side_inputs, ["positions", "shared_bias"]);
+        } else {
+            assert_eq!(sb.params, 2 * 64);
+        }
+    }
+    assert_eq!(
+        a.prologue_params,
+        100 * 8 + 16 * 8,
+        "embedding and the shared table"
+    );
+}

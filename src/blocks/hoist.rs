@@ -14,10 +14,12 @@ use crate::onnx::{tensor_proto::data_type, AttributeProto, GraphProto, NodeProto
 /// Returns the graph with every provable `Shape(v)` of a value computed from `h0` replaced:
 /// by `Shape(h0)` when `v` has `h0`'s shape, else by a selection from `Shape(h0)` and constants.
 /// Shape reads that cannot be proven stay as they are (their work then stays in its sub-block).
-pub fn hoist_shapes(proto: &GraphProto, h0: &str) -> Result<GraphProto> {
+/// `stream` holds the residual stream values, `h0` first.
+pub fn hoist_shapes(proto: &GraphProto, stream: &[String]) -> Result<GraphProto> {
+    let h0 = stream[0].as_str();
     let g = Graph::new(proto)?;
     let order: Vec<usize> = (0..g.len()).collect();
-    let shapes = Shapes::infer(&g, &order);
+    let shapes = Shapes::infer(&g, &order, stream);
     let Some(root) = g.producer(h0) else {
         return Ok(proto.clone());
     };
@@ -324,7 +326,7 @@ mod tests {
 
     #[test]
     fn shape_reads_become_selections_from_the_stream_shape() {
-        let out = hoist_shapes(&graph(), "h0").unwrap();
+        let out = hoist_shapes(&graph(), &["h0".into()]).unwrap();
         graph::check(&out).unwrap();
         let by_output = |v: &str| out.node.iter().find(|n| n.output[0] == v).unwrap();
         // Same shape as h0: a plain redirect.
@@ -362,7 +364,7 @@ mod tests {
         // A reshape to a target computed at run time: [b, s, 2, 4] is no longer provable.
         g.input.push(input("target_in", &["4"]));
         g.node[3].input[1] = "target_in".into();
-        let out = hoist_shapes(&g, "h0").unwrap();
+        let out = hoist_shapes(&g, &["h0".into()]).unwrap();
         let st = out.node.iter().find(|n| n.output[0] == "st").unwrap();
         assert_eq!((st.op_type(), st.input[0].as_str()), ("Shape", "t"));
     }

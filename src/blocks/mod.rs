@@ -179,7 +179,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         let g = Graph::new(&sorted)?;
         stream::find(&g).map_err(|stream::NotFound(m)| bad(m))?
     };
-    let graph = hoist::hoist_shapes(&sorted, &found.values[0])?;
+    let graph = hoist::hoist_shapes(&sorted, &found.values)?;
     let g = Graph::new(&graph)?;
     let part = partition::partition(&g, &found.values).map_err(bad)?;
 

@@ -35,6 +35,82 @@ pub struct Partition {
     pub initializers: Vec<Vec<String>>,
 }
 
+/// Stream-independent work computed from a table only one sub-block's work reads (UMT5's
+/// per-layer relative-attention-bias: a `Gather` from layer `l`'s table and what follows it
+/// up to that layer's attention) is that sub-block's, not the prologue's: under re-use the
+/// source's table must be read, and a skip must remove the table with its parameters. Work
+/// read by several regions (T5's one bias, computed from layer 0's table and read by every
+/// layer; masks; rotary tables) stays in the prologue, and so do its inputs that are shared.
+///
+/// A prologue node moves to sub-block `i` when every region its values reach (through other
+/// prologue nodes, not through the first stream value) is `i` and it reads a table owned by `i` or a value of a node that moved.
+/// A table is an initializer of more than one element whose readers are all prologue nodes
+/// reaching only `i` (scalars and index constants are not parameters of anyone).
+fn own_tables(g: &Graph, region: &mut [Region], h0: &str) {
+    let outputs: BTreeSet<&str> = g.proto.output.iter().map(|o| o.name()).collect();
+    // Regions reached from each prologue node; `None` for "several, or a graph output".
+    let mut reach: Vec<Option<Region>> = vec![None; g.len()];
+    for n in (0..g.len()).rev() {
+        // The first stream value is every sub-block's input, not sub-block 0's side value.
+        if region[n] != Region::Prologue
+            || g.node(n)
+                .output
+                .iter()
+                .any(|o| o == h0 || outputs.contains(o.as_str()))
+        {
+            continue;
+        }
+        let mut to: BTreeSet<Option<Region>> = BTreeSet::new();
+        for s in g.successors(n) {
+            to.insert(match region[s] {
+                Region::Prologue => reach[s],
+                r => Some(r),
+            });
+        }
+        reach[n] = match to.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(r @ Region::Sub(_))] => Some(*r),
+            _ => None,
+        };
+    }
+    let mut owner: HashMap<&str, Option<Region>> = HashMap::new();
+    for n in 0..g.len() {
+        for &v in g.reads(n) {
+            if g.initializer(v).is_some() {
+                let r = if region[n] == Region::Prologue {
+                    reach[n]
+                } else {
+                    None
+                };
+                owner
+                    .entry(v)
+                    .and_modify(|o| {
+                        if *o != r {
+                            *o = None
+                        }
+                    })
+                    .or_insert(r);
+            }
+        }
+    }
+    let table = |v: &str| {
+        g.initializer(v)
+            .is_some_and(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>() > 1)
+    };
+    for n in 0..g.len() {
+        let Some(r) = reach[n] else { continue };
+        let owned = g
+            .reads(n)
+            .iter()
+            .any(|&v| table(v) && owner.get(v).copied().flatten() == Some(r));
+        if owned
+            || g.predecessors(n)
+                .any(|p| reach[p] == Some(r) && region[p] == r)
+        {
+            region[n] = r;
+        }
+    }
+}
+
 /// `stream` holds `h_0 .. h_K`; `g` must be topologically sorted.
 pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
     let k = stream.len() - 1;
@@ -90,6 +166,7 @@ pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
             _ => Region::Epilogue,
         };
     }
+    own_tables(g, &mut region, h0);
     // Weight-only work (constants, and the Identity copies the legacy exporter makes of a
     // merged initializer) goes where its only readers are, so that a sub-block is
     // self-contained and its side inputs are the same for every layer.

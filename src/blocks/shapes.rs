@@ -114,11 +114,23 @@ pub struct Shapes {
     info: HashMap<String, Info>,
 }
 
+fn known(shape: &Option<Vec<Dim>>) -> bool {
+    shape
+        .as_ref()
+        .is_some_and(|d| d.iter().all(Option::is_some))
+}
+
 /// Element lists longer than this are not tracked (they are data, not shapes).
 const MAX_ELEMS: usize = 64;
 
 impl Shapes {
-    pub fn infer(g: &Graph, order: &[usize]) -> Shapes {
+    /// `stream` lists the residual stream values, first one first. Every stream value has the
+    /// first one's shape (a residual `Add` adds a branch to its input, and every layer of an
+    /// encoder maps `[batch, sequence, hidden]` to itself), so where the rules lose track of a
+    /// stream value's shape (a mask built by ops they do not model, broadcast into the
+    /// attention scores) it is taken from the first one. Without this, the shape reads of every
+    /// layer after such an op stay unproven while layer 0's are hoisted, and the layers differ.
+    pub fn infer(g: &Graph, order: &[usize], stream: &[String]) -> Shapes {
         let mut s = Shapes {
             info: HashMap::new(),
         };
@@ -157,13 +169,20 @@ impl Shapes {
         for t in &g.proto.initializer {
             s.info.insert(t.name().to_string(), tensor_info(t));
         }
+        let mut first: Option<Vec<Dim>> = None;
         for &n in order {
             let node = g.node(n);
             let outs = s.node(node);
-            for (o, info) in node.output.iter().zip(outs) {
-                if !o.is_empty() {
-                    s.info.insert(o.clone(), info);
+            for (o, mut info) in node.output.iter().zip(outs) {
+                if o.is_empty() {
+                    continue;
                 }
+                if stream.first() == Some(o) {
+                    first = info.shape.clone();
+                } else if stream.contains(o) && !known(&info.shape) && known(&first) {
+                    info.shape = first.clone();
+                }
+                s.info.insert(o.clone(), info);
             }
         }
         s
