@@ -354,7 +354,17 @@ impl Shapes {
                 };
                 perm.iter().map(|&p| d.get(p).cloned()).collect()
             })),
-            "MatMul" => shape_only(matmul(self.in_shape(node, 0), self.in_shape(node, 1))),
+            // Quantized graphs: integer products and (de)quantization keep the float shapes.
+            "MatMul" | "MatMulInteger" => {
+                shape_only(matmul(self.in_shape(node, 0), self.in_shape(node, 1)))
+            }
+            "QuantizeLinear" | "DequantizeLinear" => shape_only(self.in_shape(node, 0)),
+            "DynamicQuantizeLinear" => {
+                let scalar = shape_only(Some(Vec::new()));
+                let mut out = vec![shape_only(self.in_shape(node, 0)), scalar.clone(), scalar];
+                out.resize(n_out, Info::default());
+                return out;
+            }
             "Gemm" => shape_only((|| {
                 let a = self.in_shape(node, 0)?;
                 let b = self.in_shape(node, 1)?;

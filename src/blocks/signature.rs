@@ -104,13 +104,17 @@ pub fn kind(g: &Graph, nodes: &[usize]) -> Kind {
     let inside: std::collections::HashSet<usize> = nodes.iter().copied().collect();
     let attention = nodes.iter().any(|&n| {
         let node = g.node(n);
-        // `Attention` is the fused standard op of opset 23.
+        // `Attention` is the fused standard op of opset 23. A weight computed inside (QDQ's
+        // `DequantizeLinear` of an int8 weight) is not an activation.
         matches!(node.op_type(), "Softmax" | "Attention")
             || (matches!(node.op_type(), "MatMul" | "Einsum")
                 && node
                     .input
                     .iter()
-                    .filter(|v| g.producer(v).is_some_and(|p| inside.contains(&p)))
+                    .filter(|v| {
+                        g.producer(v).is_some_and(|p| inside.contains(&p))
+                            && !super::is_weight(g, v)
+                    })
                     .count()
                     >= 2)
     });
