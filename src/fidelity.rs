@@ -177,6 +177,8 @@ struct Runner {
     output: String,
     /// Rows of the token-embedding table, when the graph shows it.
     vocab: Option<usize>,
+    /// Its rows depend on their batch mates (`graph::couples_batch_rows`): run one at a time.
+    coupled: bool,
     size: ModelSize,
 }
 
@@ -225,6 +227,7 @@ impl Runner {
         Ok(Runner {
             inputs,
             output,
+            coupled: crate::graph::couples_batch_rows(graph),
             vocab: crate::calibrate::inputs::model_vocab(graph),
             size,
         })
@@ -365,9 +368,14 @@ pub fn measure(
         .transpose()?;
     let batch = |rows| Batch::new(rows, opts.include_padding, calib.max_length);
     // The prompt chunks, then the null input (last, if measured).
+    let chunk = if a.coupled || b.coupled {
+        1
+    } else {
+        opts.chunk.max(1)
+    };
     let mut batches: Vec<Batch> = calib
         .prompts
-        .chunks(opts.chunk.max(1))
+        .chunks(chunk)
         .map(|rows| batch(rows.iter().map(Vec::as_slice).collect()))
         .collect();
     let prompt_batches = batches.len();

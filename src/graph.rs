@@ -266,6 +266,31 @@ impl GraphProto {
 }
 
 /// True when the node carries a subgraph (If/Loop/Scan bodies, or any custom op's graph).
+/// Whether a row's output depends on the other rows of its batch: `DynamicQuantizeLinear`
+/// (dynamic int8 quantization) takes one scale and zero point over the whole tensor, so each
+/// prompt's embedding changes with its batch mates and their padding. Such a model is run one
+/// prompt at a time, as a pipeline encoding one prompt runs it, so that D is a property of the
+/// prompts (method doc: the same alone or in a padded batch) and not of how they were batched.
+pub fn couples_batch_rows(g: &GraphProto) -> bool {
+    g.node
+        .iter()
+        .any(|n| n.op_type() == "DynamicQuantizeLinear")
+}
+
+/// `chunk` prompts per batch, or one for a model whose rows are coupled
+/// ([`couples_batch_rows`]).
+pub fn batch_size(g: &GraphProto, chunk: usize) -> usize {
+    if chunk > 1 && couples_batch_rows(g) {
+        log::info!(
+            "dynamically quantized model (DynamicQuantizeLinear: one scale per batch): each \
+             prompt runs alone"
+        );
+        1
+    } else {
+        chunk
+    }
+}
+
 pub fn has_subgraph(node: &NodeProto) -> bool {
     node.attribute
         .iter()

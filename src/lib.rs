@@ -12,6 +12,7 @@ pub mod error;
 pub mod fidelity;
 pub mod graph;
 pub mod interrupt;
+pub mod loadable;
 pub mod model_io;
 pub mod onnx;
 pub mod ops;

@@ -154,12 +154,13 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
 
     let model = clock.phase("read", || read_model(input))?;
     check_outputs_apart_from_reads(args, output, &model)?;
+    crate::runtime::init(&ctx.runtime)?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
+    crate::loadable::check_input(&model.proto, input)?;
     check_targets(&analysis, &[sparsity])?;
     warn_if_short_of_space(&model, output, sparsity);
     let (calib, held_out) = prompt_sets(args, &model)?;
     let prompts = PromptsReport::of(args, &calib, held_out.as_ref());
-    crate::runtime::init(&ctx.runtime)?;
     let method = args.search.method;
     let (level, plan, search) = clock.phase("search", || {
         let sha256 = file_sha256(input)?;

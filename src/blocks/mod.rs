@@ -142,6 +142,34 @@ fn check_supported(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses the files of an encoder-decoder (a whole T5 from Optimum's
+/// `main_export(task="feature-extraction")`, or its decoder alone), whose second stream the
+/// analysis would otherwise take for the encoder's and refuse for reasons that help nobody.
+/// Told by the interface, which every exporter of `transformers` models names alike.
+fn not_encoder_decoder(g: &GraphProto) -> Result<(), String> {
+    const WAY_OUT: &str = "skrr-onnx prunes the text encoder alone: export it by itself \
+        (e.g. torch.onnx.export of transformers' T5EncoderModel / UMT5EncoderModel, or the \
+        text_encoder*/model.onnx that Optimum writes for a diffusers pipeline)";
+    let fed: Vec<&str> = graph::fed_inputs(g).map(|i| i.name()).collect();
+    if let Some(d) = fed.iter().find(|n| n.starts_with("decoder_")) {
+        return Err(format!(
+            "an encoder-decoder model (it takes {d} besides the encoder's inputs); {WAY_OUT}"
+        ));
+    }
+    let cross = [
+        "encoder_hidden_states",
+        "encoder_attention_mask",
+        "encoder_outputs",
+    ];
+    if let Some(e) = fed.iter().find(|n| cross.contains(n)) {
+        return Err(format!(
+            "the decoder of an encoder-decoder model (it reads the encoder's output as {e}); \
+             {WAY_OUT}"
+        ));
+    }
+    Ok(())
+}
+
 /// Block detection on a model; errors name the model as "model" (see `analyze_at`).
 pub fn analyze(model: &ModelProto) -> Result<Analysis> {
     analyze_at(model, Path::new("model"))
@@ -174,6 +202,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         )));
     }
     check_supported(model, input).map_err(bad)?;
+    not_encoder_decoder(input).map_err(bad)?;
     let sorted = graph::sorted(input).map_err(|e| bad(format!("invalid graph: {e:#}")))?;
     let found = {
         let g = Graph::new(&sorted)?;
@@ -302,7 +331,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
                     && node
                         .input
                         .first()
-                        .and_then(|v| g.initializer(v))
+                        .and_then(|v| stored_weight(&g, v))
                         .is_some_and(|t| t.dims.len() == 2)
             })
             .count(),
@@ -349,11 +378,36 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
 /// output is a LayerNormalization or applies a weight (the affine part of a decomposed norm);
 /// a pre-norm sub-block ends with the residual Add (or weight-free fp16 clamps).
 fn ends_with_norm(g: &Graph, output: &str) -> bool {
-    g.producer(output).is_some_and(|p| {
+    // A QDQ model quantizes the stream after the residual Add: the pair's scales are not a
+    // norm's weights.
+    let mut producer = g.producer(output);
+    while let Some(p) =
+        producer.filter(|&p| matches!(g.node(p).op_type(), "QuantizeLinear" | "DequantizeLinear"))
+    {
+        producer = g.node(p).input.first().and_then(|v| g.producer(v));
+    }
+    producer.is_some_and(|p| {
         let node = g.node(p);
         matches!(node.op_type(), "LayerNormalization" | "RMSNormalization")
             || node.input.iter().any(|v| is_weight(g, v))
     })
+}
+
+/// The initializer `v` is, or is a stored form of: an int8 table that QDQ quantization reads
+/// through `DequantizeLinear` (the dims are the table's either way).
+fn stored_weight<'g>(g: &Graph<'g>, v: &str) -> Option<&'g crate::onnx::TensorProto> {
+    let mut v = v;
+    for _ in 0..4 {
+        if let Some(t) = g.initializer(v) {
+            return Some(t);
+        }
+        let node = g.node(g.producer(v)?);
+        if !matches!(node.op_type(), "DequantizeLinear" | "Identity" | "Cast") {
+            return None;
+        }
+        v = node.input.first()?;
+    }
+    None
 }
 
 /// An initializer, or a value computed from initializers only (the legacy exporter reads a

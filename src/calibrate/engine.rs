@@ -199,7 +199,8 @@ impl Engine {
                 groups.push((true, Vec::new()));
             }
         }
-        groups.extend(order.chunks(opts.chunk).map(|c| (false, c.to_vec())));
+        let chunk = crate::graph::batch_size(&analysis.graph, opts.chunk);
+        groups.extend(order.chunks(chunk).map(|c| (false, c.to_vec())));
 
         let mut engine = Engine {
             layers: analysis.sub_blocks.iter().map(|s| s.layer).collect(),

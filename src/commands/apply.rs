@@ -76,6 +76,7 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
         &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
+    crate::loadable::check_input(&model.proto, &model.path)?;
     let plan = PlanFile::read(&args.plan)?;
     plan.check_model_file(&model.path)?;
     let actions = plan.to_actions(&analysis).with_context(|| {
@@ -132,6 +133,7 @@ pub fn apply_to_file(
             report.params_removed
         );
     }
+    crate::loadable::check_rewritten(&proto)?;
     let write = model_io::write_model(&proto, &model.weights, out, write_opts)?;
     let input_bytes = model.file_bytes()?;
     Ok(ApplyReport {

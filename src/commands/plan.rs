@@ -131,9 +131,10 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         &named,
         &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
-    let analysis = analyze_at(&model.proto, &args.model)?;
-    check_targets(&analysis, &targets)?;
     crate::runtime::init(&ctx.runtime)?;
+    let analysis = analyze_at(&model.proto, &args.model)?;
+    crate::loadable::check_input(&model.proto, &args.model)?;
+    check_targets(&analysis, &targets)?;
     let sha256 = file_sha256(&args.model)?;
     let calib = args.calib.calib_set(&model, Part::Calibration)?;
     let opts = args.calib.engine_options()?;
