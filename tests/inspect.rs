@@ -183,10 +183,10 @@ fn every_fixture_is_analyzed_exactly() {
         failed.is_empty(),
         "fixtures failing (see above): {failed:?}"
     );
-    // Other exports of one model (fp16, dynamo, external data) share its structure signature,
-    // so a plan moves between them; different models do not.
+    // Other exports of one model (fp16, dynamo, external data, sdpa attention) share its
+    // structure signature, so a plan moves between them; different models do not.
     let base = |n: &str| {
-        ["_fp16", "_dynamo", "_external"]
+        ["_fp16", "_dynamo", "_external", "_sdpa"]
             .iter()
             .fold(n.to_string(), |n, s| n.replace(s, ""))
     };

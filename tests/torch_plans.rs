@@ -1,0 +1,205 @@
+//! The files `skrr-onnx apply` writes compute what PyTorch computes under the same plan (issue
+//! #12), a reference that shares nothing with skrr-onnx: fixtures/<name>/plans.json, written by
+//! fixtures/generate.py, holds the `last_hidden_state` of the `transformers` model each fixture
+//! was exported from, run with its sub-blocks skipped or re-used as four plans say (keep-all;
+//! skip {0, 3, last}; re-use from the left; re-use from the right, layer 0's attention included),
+//! on three right-padded token rows. For every fixture this test writes each plan as a
+//! skrr-plan/1 file, runs the real binary's `apply`, runs the written file with ONNX Runtime
+//! (tests/oracles/run_models.py, one process per fixture) on the stored rows and compares, over
+//! every position: relative error norm ‖ort − torch‖ / ‖torch‖ <= 1e-5 in fp32, 2e-3 in fp16 (an
+//! fp16 fixture's reference is its fp16 weights computed in float32); the largest element error
+//! (max |ort − torch| / max |torch|) is reported. Each output is also compared with another plan's
+//! reference, which must be more than 50 tolerances away: the comparison can fail.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+use skrr_onnx::plan::Action;
+
+/// How far an output is from a reference.
+#[derive(Clone, Copy)]
+struct Errors {
+    /// ‖a − b‖ / ‖b‖.
+    norm: f64,
+    /// max |a − b| / max |b|.
+    max: f64,
+}
+
+impl Errors {
+    fn of(a: &[f64], b: &[f64]) -> Errors {
+        assert_eq!(a.len(), b.len(), "output sizes differ");
+        let (mut sq, mut b_sq, mut max, mut scale) = (0f64, 0f64, 0f64, 0f64);
+        for (&x, &y) in a.iter().zip(b) {
+            sq += (x - y) * (x - y);
+            b_sq += y * y;
+            max = max.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+        Errors {
+            norm: (sq / b_sq).sqrt(),
+            max: max / scale,
+        }
+    }
+}
+
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+/// A plan's `sub_blocks` list (skrr-plan/1 form) as actions, position by position.
+fn actions(sub_blocks: &Value) -> Vec<Action> {
+    sub_blocks
+        .as_array()
+        .expect("sub_blocks")
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            assert_eq!(s["index"].as_u64(), Some(i as u64), "sub_blocks in order");
+            match s["action"].as_str().expect("action") {
+                "keep" => Action::Keep,
+                "skip" => Action::Skip,
+                "reuse" => Action::Reuse(s["source"].as_u64().expect("source") as usize),
+                other => panic!("unknown action {other}"),
+            }
+        })
+        .collect()
+}
+
+/// One plan's result on one fixture.
+struct Row {
+    plan: String,
+    own: Errors,
+    /// Relative error norm against the next plan's reference.
+    other: f64,
+}
+
+/// Applies every plan of the fixture's plans.json with the binary and runs the written files;
+/// returns one row per plan (tolerances are checked by the caller, after every figure is out).
+fn check_fixture(f: &Value, dir: &Path) -> Vec<Row> {
+    let name = f["name"].as_str().unwrap();
+    let plans_path = common::fixtures().join(
+        f["plans"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no `plans` in the manifest entry")),
+    );
+    let refs: Value = serde_json::from_str(
+        &std::fs::read_to_string(&plans_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", plans_path.display())),
+    )
+    .expect("plans.json is JSON");
+    assert_eq!(refs["format"], "skrr-torch-plans/1");
+    assert_eq!(refs["fixture"], name);
+    let n = 2 * f["layers"].as_u64().unwrap() as usize;
+    let model = common::fixtures().join(f["model"].as_str().unwrap());
+    let plans = refs["plans"].as_array().expect("plans");
+    assert_eq!(plans.len(), 4, "{name}: four plans");
+    let mut outs = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        let actions = actions(&p["sub_blocks"]);
+        assert_eq!(actions.len(), n, "{name}: one action per sub-block");
+        let plan = dir.join(format!("plan{i}.json"));
+        common::write_plan(&plan, &actions);
+        let out = dir.join(format!("plan{i}.onnx"));
+        common::skrr_ok([
+            "apply".as_ref(),
+            model.as_os_str(),
+            plan.as_os_str(),
+            out.as_os_str(),
+        ]);
+        outs.push(out.to_str().unwrap().to_string());
+    }
+    let job = serde_json::json!({
+        "models": outs,
+        "inputs": {"input_ids": refs["input_ids"], "attention_mask": refs["attention_mask"]},
+        "output": "last_hidden_state",
+    });
+    let job_path = dir.join("job.json");
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let script = common::repo_root().join("tests/oracles/run_models.py");
+    let ran = common::run_python_json(
+        &std::fs::read_to_string(script).unwrap(),
+        &[job_path.to_str().unwrap()],
+    );
+    let ran = ran["outputs"].as_array().expect("outputs");
+    let want: Vec<Vec<f64>> = plans
+        .iter()
+        .map(|p| numbers(&p["last_hidden_state"]))
+        .collect();
+    plans
+        .iter()
+        .zip(ran)
+        .enumerate()
+        .map(|(i, (p, o))| {
+            assert_eq!(
+                o["shape"], refs["shape"],
+                "{name} {}: output shape",
+                p["name"]
+            );
+            let got = numbers(&o["data"]);
+            let own = Errors::of(&got, &want[i]);
+            let other = Errors::of(&got, &want[(i + 1) % want.len()]);
+            Row {
+                plan: p["name"].as_str().unwrap().to_string(),
+                own,
+                other: other.norm,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_pruned_fixture_equals_pytorch_under_the_plan() {
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let fixtures = manifest["fixtures"].as_array().unwrap();
+    assert!(fixtures.len() >= 13);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut failed, mut out_of_tolerance) = (Vec::new(), Vec::new());
+    for f in fixtures {
+        let name = f["name"].as_str().unwrap().to_string();
+        let fp16 = f["dtype"] == "float16";
+        let tol = if fp16 { 2e-3 } else { 1e-5 };
+        let dir = tmp.path().join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let rows = match std::panic::catch_unwind(|| check_fixture(f, &dir)) {
+            Ok(rows) => rows,
+            Err(_) => {
+                failed.push(name);
+                continue;
+            }
+        };
+        for r in rows {
+            eprintln!(
+                "{name} ({}) {}: rel err norm {:.2e}, max rel err {:.2e}; vs another plan's reference {:.2e}",
+                f["dtype"].as_str().unwrap(),
+                r.plan,
+                r.own.norm,
+                r.own.max,
+                r.other,
+            );
+            if r.own.norm > tol || r.other <= 50.0 * tol || !r.own.norm.is_finite() {
+                out_of_tolerance.push(format!(
+                    "{name} {}: {:.2e} (tolerance {tol:e}), another plan's reference {:.2e}",
+                    r.plan, r.own.norm, r.other
+                ));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "fixtures failing (see above): {failed:?}"
+    );
+    assert!(
+        out_of_tolerance.is_empty(),
+        "ONNX Runtime on the written file vs PyTorch under the plan:\n{}",
+        out_of_tolerance.join("\n")
+    );
+}
