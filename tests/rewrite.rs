@@ -177,8 +177,13 @@ fn check_fixture(entry: &Value) {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
+        // Identity for a graph output a skip took away; the hoisted shape reads (blocks::hoist:
+        // a Gather from the first stream value's shape, with constants) may bring op types a
+        // dynamo export had no use for.
         assert!(
-            added.iter().all(|op| *op == "Identity"),
+            added
+                .iter()
+                .all(|op| ["Identity", "Shape", "Gather", "Concat", "Constant"].contains(op)),
             "{ctx}: new op types {added:?}"
         );
         assert_eq!(r["domains"], json!([""]), "{ctx}: only standard ONNX ops");

@@ -5,6 +5,8 @@
 //! everything up.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod engine_check;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::Write;
@@ -37,17 +39,106 @@ pub fn minilm(test: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// The other exports of the real all-MiniLM-L6-v2, in fixtures/ beside `minilm` (the legacy fp32
+/// export): committed graphs whose weights `fixtures/minilm_weights.py --all` rebuilds
+/// (`fixtures/minilm_variants.py` made them), and int8 quantizations of fixtures/minilm that
+/// `fixtures/minilm_quantized.py` builds (not committed). `scripts/test.sh` makes them all.
+pub const MINILM_VARIANTS: [&str; 4] = [
+    "minilm_dynamo",
+    "minilm_fp16",
+    "minilm_int8_dynamic",
+    "minilm_int8_qdq",
+];
+
+/// fixtures/minilm, the legacy fp32 export that the variants are compared with (and the int8
+/// ones quantized from), whatever `SKRR_MINILM` names, or `None`, saying the test was skipped,
+/// when its weights were not rebuilt.
+pub fn minilm_legacy(test: &str) -> Option<PathBuf> {
+    let dir = fixtures().join("minilm");
+    if !dir.join("model.onnx.data").is_file() {
+        eprintln!(
+            "{test}: skipped, fixtures/minilm/model.onnx.data was not rebuilt \
+             (`python fixtures/minilm_weights.py`; scripts/test.sh does)"
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+/// fixtures/`name` (one of [`MINILM_VARIANTS`]) and its manifest.json entry (its `model` path is
+/// relative to fixtures/), or `None`, saying the test was skipped, when the folder was not built
+/// or its weights were not rebuilt.
+pub fn minilm_variant(test: &str, name: &str) -> Option<(PathBuf, serde_json::Value)> {
+    let dir = fixtures().join(name);
+    let committed = dir.join("weights.json").is_file();
+    let how = if committed {
+        format!("python fixtures/minilm_weights.py --dir fixtures/{name}")
+    } else {
+        "python fixtures/minilm_quantized.py".to_string()
+    };
+    if !dir.join("manifest.json").is_file() || !dir.join("model.onnx").is_file() {
+        eprintln!("{test}: skipped, fixtures/{name} was not built (`{how}`; scripts/test.sh does)");
+        return None;
+    }
+    if committed && !dir.join("model.onnx.data").is_file() {
+        eprintln!(
+            "{test}: skipped, fixtures/{name}/model.onnx.data was not rebuilt (`{how}`; scripts/test.sh does)"
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("fixtures/{name}/manifest.json: {e}"));
+    assert_eq!(entry["name"], name, "fixtures/{name}/manifest.json");
+    Some((dir, entry))
+}
+
 /// Writes a hand-written plan file for `n` sub-blocks at `path` that skips those in `skip` and
 /// keeps the others (the minimal form the method doc allows).
 pub fn write_skip_plan(path: &Path, n: usize, skip: &[usize]) {
-    let entries: Vec<serde_json::Value> = (0..n)
+    use skrr_onnx::plan::Action;
+    let actions: Vec<Action> = (0..n)
         .map(|i| {
-            let action = if skip.contains(&i) { "skip" } else { "keep" };
-            serde_json::json!({"index": i, "action": action})
+            if skip.contains(&i) {
+                Action::Skip
+            } else {
+                Action::Keep
+            }
+        })
+        .collect();
+    write_plan(path, &actions);
+}
+
+/// Writes a hand-written plan file at `path` with one action per sub-block (`index`, `action`
+/// and, for a re-use, `source`: the minimal form the method doc allows).
+pub fn write_plan(path: &Path, actions: &[skrr_onnx::plan::Action]) {
+    use skrr_onnx::plan::Action;
+    let entries: Vec<serde_json::Value> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match a {
+            Action::Keep => serde_json::json!({"index": i, "action": "keep"}),
+            Action::Skip => serde_json::json!({"index": i, "action": "skip"}),
+            Action::Reuse(q) => serde_json::json!({"index": i, "action": "reuse", "source": q}),
         })
         .collect();
     let plan = serde_json::json!({"format": "skrr-plan/1", "sub_blocks": entries});
     std::fs::write(path, plan.to_string()).unwrap();
+}
+
+/// `input_ids` and `attention_mask` (`[rows, len]`, int64) for token rows right-padded with
+/// `pad_id` to `len`, as the tokenizers pad a batch.
+pub fn padded_batch(rows: &[&[i64]], len: usize, pad_id: i64) -> [(&'static str, ArrayD<i64>); 2] {
+    let mut ids = ArrayD::from_elem(IxDyn(&[rows.len(), len]), pad_id);
+    let mut mask = ArrayD::zeros(IxDyn(&[rows.len(), len]));
+    for (r, row) in rows.iter().enumerate() {
+        assert!(row.len() <= len, "row {r} is longer than {len}");
+        for (t, &id) in row.iter().enumerate() {
+            ids[[r, t]] = id;
+            mask[[r, t]] = 1;
+        }
+    }
+    [("input_ids", ids), ("attention_mask", mask)]
 }
 
 /// The `skrr-onnx` binary cargo built for this test run.

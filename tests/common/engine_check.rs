@@ -1,0 +1,235 @@
+//! The calibration engine against the file `apply` writes, for one fixture (issue #6, #12):
+//! used by tests/engine_vs_rewrite.rs under ONNX Runtime's default optimizations and by
+//! tests/minilm_variants.rs with them off (where a dynamically quantized re-use is compared).
+
+use std::path::Path;
+
+use ort::session::{Session, SessionInputValue};
+use serde_json::Value;
+use skrr_onnx::blocks::{analyze, Analysis};
+use skrr_onnx::calibrate::tensors::{dense, feeds, Dense};
+use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
+use skrr_onnx::commands::apply::apply_to_file;
+use skrr_onnx::model_io::{read_model, Model, WriteOptions};
+use skrr_onnx::onnx::ValueInfoProto;
+use skrr_onnx::plan::Action;
+use skrr_onnx::rewrite::RewriteOptions;
+
+use Action::{Keep as K, Reuse as R, Skip as S};
+
+/// (batch, sequence): within every fixture's positions (CLIP has 77, dynamo exports allow 64).
+const SHAPES: [(usize, usize); 3] = [(1, 5), (3, 16), (4, 33)];
+
+/// The plans, for `n` sub-blocks (attention at even positions, feed-forward at odd ones; every
+/// fixture has at least 4 layers).
+fn plans(n: usize) -> Vec<(&'static str, Vec<Action>)> {
+    let with = |changes: &[(usize, Action)]| {
+        let mut a = vec![K; n];
+        for &(p, action) in changes {
+            a[p] = action;
+        }
+        a
+    };
+    vec![
+        ("skip", with(&[(0, S), (3, S), (n - 1, S)])),
+        ("reuse", with(&[(3, R(1)), (4, S), (n - 2, R(2))])),
+        ("reuse at 0", with(&[(0, R(2)), (5, S), (n - 1, R(1))])),
+    ]
+}
+
+/// `batch` token rows, the first `seq` long and the others shorter (right padding inside the
+/// batch), ids spread over the vocabulary.
+fn rows(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<i64>> {
+    (0..batch)
+        .map(|k| {
+            let len = (seq - 2 * k).max(1);
+            (0..len)
+                .map(|t| ((k * 131 + t * 37 + 5) % vocab) as i64)
+                .collect()
+        })
+        .collect()
+}
+
+/// How far an output is from another, over every element (padded positions too: both sides
+/// compute them from the same inputs).
+#[derive(Clone, Copy, Default)]
+pub struct Errors {
+    /// max |a − b| / max |b|.
+    pub max: f64,
+    /// ‖a − b‖ / ‖b‖.
+    pub norm: f64,
+}
+
+impl Errors {
+    fn of(a: &Dense, b: &Dense) -> Errors {
+        assert_eq!(a.shape, b.shape);
+        let (mut max, mut scale, mut sq, mut b_sq) = (0f64, 0f64, 0f64, 0f64);
+        for (&x, &y) in a.data.iter().zip(&b.data) {
+            let (x, y) = (f64::from(x), f64::from(y));
+            max = max.max((x - y).abs());
+            scale = scale.max(y.abs());
+            sq += (x - y) * (x - y);
+            b_sq += y * y;
+        }
+        Errors {
+            max: max / scale,
+            norm: (sq / b_sq).sqrt(),
+        }
+    }
+
+    /// The error held to the issue's tolerance: element by element in fp32 (1e-5), the relative
+    /// error norm in fp16 (2e-3). Single elements of an fp16 BERT come out a few fp16 rounding
+    /// steps apart between the engine's part sessions and a whole file, dense model included
+    /// (tests/calibrate.rs): max error up to 1.6e-3 on bert_fp16 and 2.9e-3 on an fp16 MiniLM,
+    /// while the norm stays at 0.9e-3 and 1.3e-3.
+    fn held(self, by_norm: bool) -> f64 {
+        if by_norm {
+            self.norm
+        } else {
+            self.max
+        }
+    }
+
+    fn worst(self, o: Errors) -> Errors {
+        Errors {
+            max: self.max.max(o.max),
+            norm: self.norm.max(o.norm),
+        }
+    }
+}
+
+/// A session on a rewritten file, with the inputs it must be fed.
+struct Written {
+    session: Session,
+    inputs: Vec<ValueInfoProto>,
+}
+
+impl Written {
+    fn output(&mut self, rows: &[&[i64]], len: usize, pad_id: i64) -> Dense {
+        let values = feeds(&self.inputs, rows, len, pad_id).unwrap();
+        let out = self
+            .session
+            .run(
+                values
+                    .into_iter()
+                    .map(|(n, v)| (n, SessionInputValue::from(v)))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        dense(&out["last_hidden_state"]).unwrap()
+    }
+}
+
+fn write(model: &Model, analysis: &Analysis, actions: &[Action], out: &Path) -> Written {
+    apply_to_file(
+        model,
+        analysis,
+        actions,
+        &RewriteOptions::default(),
+        out,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let written = read_model(out).unwrap();
+    let graph = written.proto.graph.as_ref().unwrap();
+    Written {
+        session: skrr_onnx::runtime::session_from_file(out).unwrap(),
+        inputs: skrr_onnx::graph::fed_inputs(graph).cloned().collect(),
+    }
+}
+
+/// Checks one manifest entry (its `model` path is relative to `base`); returns the largest
+/// errors of a plan against its own file, and the smallest held error against another plan's
+/// file.
+pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
+    let name = f["name"].as_str().unwrap();
+    let pad_id = f["pad_id"].as_i64().unwrap();
+    let vocab = f["vocab"].as_u64().unwrap() as usize;
+    let fp16 = f["dtype"] == "float16";
+    let dir = tempfile::tempdir().unwrap();
+    let model = read_model(&base.join(f["model"].as_str().unwrap())).unwrap();
+    let analysis = analyze(&model.proto).unwrap();
+    let coupled = skrr_onnx::graph::couples_batch_rows(model.proto.graph.as_ref().unwrap());
+    let by_norm = fp16;
+    let tol = if fp16 { 2e-3 } else { 1e-5 };
+    let plans = plans(analysis.sub_blocks.len());
+    let mut written: Vec<Written> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, (_, actions))| {
+            let out = dir.path().join(format!("plan{i}.onnx"));
+            write(&model, &analysis, actions, &out)
+        })
+        .collect();
+    let (mut worst, mut other_best) = (Errors::default(), f64::INFINITY);
+    for (batch, seq) in SHAPES {
+        let calib = CalibSet {
+            prompts: rows(batch, seq, vocab),
+            null: None,
+            pad_id,
+            max_length: seq,
+        };
+        let opts = EngineOptions {
+            null: false,
+            include_padding: false,
+            chunk: batch,
+            cache_mem: 1 << 28,
+            projection: None,
+            prepack: Prepack::Auto,
+            measure: None,
+        };
+        let mut engine = Engine::new(&model, &analysis, calib.clone(), opts).unwrap();
+        // The whole batch in one chunk; a prompt per chunk when a row's output depends on its
+        // batch mates (dynamic quantization's one scale per tensor): the file is then fed the
+        // same single rows.
+        assert_eq!(engine.chunks(), if coupled { batch } else { 1 }, "{name}");
+        for c in 0..engine.chunks() {
+            let order = engine.chunk_rows(c).1.to_vec();
+            let batch_rows: Vec<&[i64]> =
+                order.iter().map(|&i| calib.prompts[i].as_slice()).collect();
+            let gots: Vec<Dense> = plans
+                .iter()
+                .map(|(_, actions)| engine.output(c, actions).unwrap())
+                .collect();
+            let len = gots[0].shape[1];
+            let longest = batch_rows.iter().map(|r| r.len()).max().unwrap();
+            assert!(
+                (longest..=seq).contains(&len),
+                "{name}: chunk {c} padded to {len}"
+            );
+            let files: Vec<Dense> = written
+                .iter_mut()
+                .map(|w| w.output(&batch_rows, len, pad_id))
+                .collect();
+            for (i, ((label, _), got)) in plans.iter().zip(&gots).enumerate() {
+                assert_eq!(got.shape, files[i].shape, "{name} {label}");
+                assert_eq!(got.shape[..2], [batch_rows.len(), len]);
+                let errors = Errors::of(got, &files[i]);
+                let err = errors.held(by_norm);
+                assert!(
+                    err <= tol,
+                    "{name} {label} ({batch}, {seq}) chunk {c}: engine vs rewritten file {err:e} > {tol:e}"
+                );
+                worst = worst.worst(errors);
+                // A different plan's file is clearly told apart: the comparison can fail.
+                let other = Errors::of(got, &files[(i + 1) % files.len()]).held(by_norm);
+                assert!(
+                    other > 50.0 * tol,
+                    "{name} {label} ({batch}, {seq}) chunk {c}: another plan's file is within {other:e}"
+                );
+                other_best = other_best.min(other);
+            }
+        }
+    }
+    (worst, other_best)
+}
+
+pub fn report(f: &Value, (worst, other): (Errors, f64)) {
+    eprintln!(
+        "{} ({}): max rel err {:.2e}, rel err norm {:.2e}; vs another plan's file >= {other:.2e}",
+        f["name"].as_str().unwrap(),
+        f["dtype"].as_str().unwrap(),
+        worst.max,
+        worst.norm,
+    );
+}
