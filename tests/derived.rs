@@ -58,6 +58,7 @@ const CASES: &[&str] = &[
     "clip_int8",
     "bert_qdq",
     "clip_qdq",
+    "bert_qoperator",
     "bert_fp16_occ",
     "t5_gated_fp16_occ",
     "t5_encdec",
@@ -384,4 +385,9 @@ macro_rules! cases {
 cases! {
     check_works: bert_int8, t5_gated_int8, clip_int8, bert_qdq, clip_qdq, bert_fp16_occ;
     check_refused: t5_gated_fp16_occ, t5_encdec;
+}
+
+#[test]
+fn bert_qoperator() {
+    check_refused("bert_qoperator");
 }

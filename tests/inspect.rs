@@ -815,3 +815,28 @@ fn a_table_read_by_one_layer_is_that_layers_and_one_read_by_all_is_shared_work()
         "embedding and the shared table"
     );
 }
+
+/// The files of an encoder-decoder are named for what they are, with the way out, whatever
+/// the analysis would otherwise have made of their second stream.
+#[test]
+fn encoder_decoder_files_are_refused_as_such() {
+    for (input, phrase) in [
+        (
+            "decoder_input_ids",
+            "an encoder-decoder model (it takes decoder_input_ids",
+        ),
+        (
+            "encoder_hidden_states",
+            "the decoder of an encoder-decoder model (it reads the encoder's output as \
+             encoder_hidden_states)",
+        ),
+    ] {
+        let mut m = toy_encoder(2, false);
+        m.graph.as_mut().unwrap().input.push(vi(input));
+        let e = analyze(&m).unwrap_err();
+        assert_eq!(exit_code_of(&e), exit::BAD_MODEL);
+        let msg = e.to_string();
+        assert!(msg.contains(phrase), "{msg}");
+        assert!(msg.contains("export it by itself"), "{msg}");
+    }
+}

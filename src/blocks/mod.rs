@@ -142,6 +142,50 @@ fn check_supported(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
     Ok(())
 }
 
+/// Graphs in forms only ONNX Runtime's own operators express, each named with the way out:
+/// quantized with operators outside standard ONNX (the QOperator format's `QLinear*`, 4-bit
+/// `MatMulNBits`, fused integer products), or fused by its transformer optimizer.
+/// (Standard-op quantization, dynamic int8 and QDQ, is analyzed like a float model.)
+fn refuse_foreign_forms(g: &GraphProto) -> Result<(), String> {
+    let ops = |pick: &dyn Fn(&crate::onnx::NodeProto) -> bool| -> Vec<&str> {
+        let set: BTreeSet<&str> = g
+            .node
+            .iter()
+            .filter(|n| pick(n))
+            .map(|n| n.op_type())
+            .collect();
+        set.into_iter().collect()
+    };
+    let quantized = ops(&|n| {
+        let op = n.op_type();
+        (n.op_domain() == "com.microsoft" || op.starts_with("QLinear"))
+            && (op.starts_with("QLinear")
+                || op.starts_with("QOrdered")
+                || op.starts_with("QAttention")
+                || op.contains("Integer")
+                || op.contains("Quantize")
+                || op.contains("NBits")
+                || op.contains("BlockQuantized"))
+    });
+    if !quantized.is_empty() {
+        return Err(format!(
+            "a quantized model in a form only ONNX Runtime's own operators express ({}); prune \
+             the float export, then quantize it (quantize_dynamic, or QDQ with quantize_static, \
+             are supported as they are)",
+            quantized.join(", ")
+        ));
+    }
+    let fused = ops(&|n| n.op_domain() == "com.microsoft");
+    if !fused.is_empty() {
+        return Err(format!(
+            "this graph was optimized by ONNX Runtime's transformer optimizer (fused \
+             com.microsoft ops: {}); export the unoptimized model",
+            fused.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses the files of an encoder-decoder (a whole T5 from Optimum's
 /// `main_export(task="feature-extraction")`, or its decoder alone), whose second stream the
 /// analysis would otherwise take for the encoder's and refuse for reasons that help nobody.
@@ -188,19 +232,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         .graph
         .as_ref()
         .ok_or_else(|| bad("the model has no graph".into()))?;
-    let fused: BTreeSet<&str> = input
-        .node
-        .iter()
-        .filter(|n| n.op_domain() == "com.microsoft")
-        .map(|n| n.op_type())
-        .collect();
-    if !fused.is_empty() {
-        return Err(bad(format!(
-            "this graph was optimized by ONNX Runtime's transformer optimizer (fused \
-             com.microsoft ops: {}); export the unoptimized model",
-            fused.into_iter().collect::<Vec<_>>().join(", ")
-        )));
-    }
+    refuse_foreign_forms(input).map_err(bad)?;
     check_supported(model, input).map_err(bad)?;
     not_encoder_decoder(input).map_err(bad)?;
     let sorted = graph::sorted(input).map_err(|e| bad(format!("invalid graph: {e:#}")))?;
