@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod calibrate;
 pub mod cli;
 pub mod commands;
+pub mod compensate;
 pub mod error;
 pub mod fidelity;
 pub mod graph;

@@ -380,6 +380,25 @@ impl Engine {
         (self.chunks[c].null, &self.chunks[c].prompts)
     }
 
+    /// The dense model's (projected) output on chunk `c`, the positions of each row that count
+    /// in D, and the weight D gives each of their squared errors (1 / (tokens × channels) of
+    /// the calibration prompts, or of the null input): D of a plan is the weighted sum of its
+    /// squared errors against these targets.
+    pub fn target(&self, c: usize) -> (&Dense, &[usize], f64) {
+        let chunk = &self.chunks[c];
+        let denom = if chunk.null {
+            self.denom_null
+        } else {
+            self.denom_c
+        };
+        (&chunk.target, &chunk.counted, 1.0 / denom)
+    }
+
+    /// Whether the outputs pass through a denoiser projection before D is measured.
+    pub fn projected(&self) -> bool {
+        self.projection.is_some()
+    }
+
     /// The (projected) output of the plan on chunk `c` of the calibration set; exposed for
     /// tests that compare against the full model.
     pub fn output(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {

@@ -1,5 +1,6 @@
 //! `skrr-onnx score MODEL --plan plan.json`: the discrepancy D (D_c + D_null) of a plan on the
-//! calibration set, as the search would measure it.
+//! calibration set, as the search would measure it; with `--compensate linear`, also D after a
+//! linear map fitted on those prompts (`compensate`), on them and on held-out prompts.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,9 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde_json::json;
 
+use crate::blocks::Analysis;
 use crate::calibrate::{CalibArgs, Engine, Outcome, Part};
 use crate::cli::Context;
-use crate::plan::PlanFile;
+use crate::compensate::{self, FitReport};
+use crate::model_io::Model;
+use crate::plan::{Action, PlanFile};
 use crate::{blocks, model_io, runtime};
 
 #[derive(Debug, clap::Args)]
@@ -22,6 +26,20 @@ pub struct ScoreArgs {
     pub plan: PathBuf,
     #[command(flatten)]
     pub calib: CalibArgs,
+    /// Also fit a linear map on the plan's output (least squares on the calibration prompts,
+    /// ridge chosen on calibration chunks held out of the fit) and report D with it.
+    #[arg(long, value_enum, default_value_t = Compensate::None)]
+    pub compensate: Compensate,
+    /// Held-out prompts (same format as --calib / --prompts) to judge the compensation on. The
+    /// built-in set's held-out half is used when the calibration prompts are the built-in ones.
+    #[arg(long, value_name = "FILE", requires = "compensate")]
+    pub heldout: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compensate {
+    None,
+    Linear,
 }
 
 pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
@@ -38,6 +56,10 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
         Outcome::Scored(score) => score,
         Outcome::Abandoned { .. } => bail!("scoring without a bound was abandoned"),
     };
+    let compensation = match args.compensate {
+        Compensate::None => None,
+        Compensate::Linear => Some(compensated(args, &model, &analysis, &actions, &mut engine)?),
+    };
     let seconds = start.elapsed().as_secs_f64();
     if ctx.json {
         println!(
@@ -49,6 +71,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
                 "d": score.d(),
                 "d_c": score.d_c,
                 "d_null": score.d_null,
+                "compensation": compensation,
                 "seconds": seconds,
                 "stats": engine.stats(),
             }))?
@@ -57,6 +80,74 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
         println!("D      = {:.6e}", score.d());
         println!("D_c    = {:.6e}  ({prompts} prompts)", score.d_c);
         println!("D_null = {:.6e}", score.d_null);
+        if let Some(c) = &compensation {
+            println!(
+                "linear compensation ({} parameters, ridge {:.0e}, fit {:.2} s): D {:.6e} -> {:.6e} \
+                 on these prompts",
+                c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
+            );
+            if let Some(h) = &c.held_out {
+                println!(
+                    "held-out ({} prompts, {}): D {:.6e} -> {:.6e} ({:+.1}%)",
+                    h.prompts,
+                    h.source,
+                    h.d_before,
+                    h.d_after,
+                    100.0 * (h.d_after / h.d_before - 1.0)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// The compensation's fit and, where held-out prompts exist, its D on them.
+#[derive(Debug, serde::Serialize)]
+struct Compensated {
+    fit: FitReport,
+    held_out: Option<HeldOut>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct HeldOut {
+    source: String,
+    prompts: usize,
+    d_before: f64,
+    d_after: f64,
+}
+
+fn compensated(
+    args: &ScoreArgs,
+    model: &Model,
+    analysis: &Analysis,
+    actions: &[Action],
+    engine: &mut Engine,
+) -> Result<Compensated> {
+    let (map, fit) = compensate::fit(engine, actions)?;
+    let user = args.calib.calib.is_some() || args.calib.prompts.is_some();
+    // Prompts the map was not fitted on: a --heldout file, or the built-in held-out half. The
+    // user's own calibration file alone has none (the main job holds some of it out instead).
+    if args.heldout.is_none() && user {
+        log::warn!(
+            "no held-out prompts (--heldout FILE): the compensation is judged in-sample only"
+        );
+        return Ok(Compensated {
+            fit,
+            held_out: None,
+        });
+    }
+    let (_, held, source) = args
+        .calib
+        .calib_and_held_out(model, args.heldout.as_deref())?;
+    let prompts = held.prompts.len();
+    let mut held_engine = Engine::new(model, analysis, held, args.calib.engine_options()?)?;
+    Ok(Compensated {
+        fit,
+        held_out: Some(HeldOut {
+            source,
+            prompts,
+            d_before: compensate::score(&mut held_engine, actions, None)?,
+            d_after: compensate::score(&mut held_engine, actions, Some(&map))?,
+        }),
+    })
 }

@@ -1,0 +1,430 @@
+//! Closed-form linear compensation of removed sub-blocks (issue #13, beyond the paper).
+//!
+//! After a plan's skips, the pruned model's output `x` is a distorted copy of the dense one `y`.
+//! A linear map `y ≈ x W + b`, fitted by least squares on the calibration prompts, recovers
+//! much of what the removed sub-blocks did (ReplaceMe, arXiv 2505.02819, estimates such maps
+//! training-free). This module fits one map on the measured output ("output" placement): the
+//! objective is D itself, each squared error weighted as D weighs it (the calibration prompts'
+//! tokens and the null input's each by their own count), accumulated in f64 into the normal
+//! equations, and solved with a ridge term chosen on calibration chunks held out of the fit
+//! (never on the prompts a fidelity check uses). Deterministic: the same prompts, plan and
+//! model give the same map, bit for bit.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::calibrate::tensors::Dense;
+use crate::calibrate::Engine;
+use crate::plan::Action;
+
+/// `y = x W + b` on the last axis of an output with `dim` channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearMap {
+    pub dim: usize,
+    /// Row-major `dim × dim`: `weight[i * dim + j]` maps input channel `i` to output channel `j`.
+    pub weight: Vec<f64>,
+    pub bias: Vec<f64>,
+}
+
+impl LinearMap {
+    /// Applies the map to every position of `out` (computed in f64, stored as f32 like the
+    /// outputs the engine compares).
+    pub fn apply(&self, out: &Dense) -> Dense {
+        let d = self.dim;
+        let mut data = Vec::with_capacity(out.data.len());
+        let mut acc = vec![0f64; d];
+        for x in out.data.chunks_exact(d) {
+            acc.copy_from_slice(&self.bias);
+            for (i, &xi) in x.iter().enumerate() {
+                let xi = f64::from(xi);
+                for (a, &w) in acc.iter_mut().zip(&self.weight[i * d..(i + 1) * d]) {
+                    *a += xi * w;
+                }
+            }
+            data.extend(acc.iter().map(|&a| a as f32));
+        }
+        Dense {
+            shape: out.shape.clone(),
+            data,
+        }
+    }
+
+    /// Parameters the map adds to a model: `dim² + dim`.
+    pub fn params(&self) -> u64 {
+        (self.dim * self.dim + self.dim) as u64
+    }
+}
+
+/// Weighted normal equations of `y ≈ [x, 1] M`: `a = Σ w x̃ᵀx̃`, `b = Σ w x̃ᵀy`, `c = Σ w yᵀy`,
+/// with `x̃ = [x, 1]` (so `M`'s last row is the bias).
+#[derive(Debug, Clone)]
+struct Normal {
+    dim: usize,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    c: f64,
+}
+
+impl Normal {
+    fn new(dim: usize) -> Normal {
+        let n = dim + 1;
+        Normal {
+            dim,
+            a: vec![0.0; n * n],
+            b: vec![0.0; n * dim],
+            c: 0.0,
+        }
+    }
+
+    /// Adds the counted positions of every row of `x` (pruned) against `y` (dense).
+    fn add(&mut self, x: &Dense, y: &Dense, counted: &[usize], weight: f64) {
+        let d = self.dim;
+        let n = d + 1;
+        let per_row = x.positions() * d;
+        let mut xt = vec![0f64; n];
+        for (r, &count) in counted.iter().enumerate() {
+            let positions = count.min(x.positions());
+            for p in 0..positions {
+                let at = r * per_row + p * d;
+                for (t, &v) in xt.iter_mut().zip(&x.data[at..at + d]) {
+                    *t = f64::from(v);
+                }
+                xt[d] = 1.0;
+                let yv = &y.data[at..at + d];
+                for i in 0..n {
+                    let wi = weight * xt[i];
+                    if wi == 0.0 {
+                        continue;
+                    }
+                    // Upper triangle only; mirrored in `solve`.
+                    for (a, &xj) in self.a[i * n + i..(i + 1) * n].iter_mut().zip(&xt[i..]) {
+                        *a += wi * xj;
+                    }
+                    for (b, &yj) in self.b[i * d..(i + 1) * d].iter_mut().zip(yv) {
+                        *b += wi * f64::from(yj);
+                    }
+                }
+                self.c += weight * yv.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
+            }
+        }
+    }
+
+    fn plus(&self, o: &Normal) -> Normal {
+        let add = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x + y).collect();
+        Normal {
+            dim: self.dim,
+            a: add(&self.a, &o.a),
+            b: add(&self.b, &o.b),
+            c: self.c + o.c,
+        }
+    }
+
+    /// Mean of the channel diagonal of `a`: the scale ridge terms are relative to.
+    fn scale(&self) -> f64 {
+        let n = self.dim + 1;
+        (0..self.dim).map(|i| self.a[i * n + i]).sum::<f64>() / self.dim.max(1) as f64
+    }
+
+    /// The map minimizing `Σ w |y − x̃M|² + ridge |W|²` (the bias is not shrunk), or `None`
+    /// when the system is singular even with the ridge term.
+    fn solve(&self, ridge: f64) -> Option<LinearMap> {
+        let (d, n) = (self.dim, self.dim + 1);
+        let mut l = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                l[i * n + j] = self.a[j * n + i];
+            }
+            if i < d {
+                l[i * n + i] += ridge;
+            }
+        }
+        cholesky(&mut l, n)?;
+        let mut m = self.b.clone();
+        // Solve L Lᵀ M = B, every column of B at once (rows of M are contiguous).
+        for i in 0..n {
+            for k in 0..i {
+                let lik = l[i * n + k];
+                if lik != 0.0 {
+                    let (done, rest) = m.split_at_mut(i * d);
+                    for (x, &y) in rest[..d].iter_mut().zip(&done[k * d..(k + 1) * d]) {
+                        *x -= lik * y;
+                    }
+                }
+            }
+            let lii = l[i * n + i];
+            m[i * d..(i + 1) * d].iter_mut().for_each(|x| *x /= lii);
+        }
+        for i in (0..n).rev() {
+            for k in i + 1..n {
+                let lki = l[k * n + i];
+                if lki != 0.0 {
+                    let (head, tail) = m.split_at_mut(k * d);
+                    for (x, &y) in head[i * d..(i + 1) * d].iter_mut().zip(&tail[..d]) {
+                        *x -= lki * y;
+                    }
+                }
+            }
+            let lii = l[i * n + i];
+            m[i * d..(i + 1) * d].iter_mut().for_each(|x| *x /= lii);
+        }
+        let bias = m.split_off(d * d);
+        Some(LinearMap {
+            dim: d,
+            weight: m,
+            bias,
+        })
+    }
+
+    /// `Σ w |y − x̃M|²` of `map` on the data these equations hold, without visiting it again.
+    fn sse(&self, map: &LinearMap) -> f64 {
+        let (d, n) = (self.dim, self.dim + 1);
+        let row = |i: usize| -> &[f64] {
+            if i < d {
+                &map.weight[i * d..(i + 1) * d]
+            } else {
+                &map.bias
+            }
+        };
+        let dot = |u: &[f64], v: &[f64]| u.iter().zip(v).map(|(a, b)| a * b).sum::<f64>();
+        // tr(Mᵀ A M) with A symmetric (upper triangle stored), − 2 tr(Mᵀ B), + c.
+        let mut quad = 0.0;
+        for i in 0..n {
+            quad += self.a[i * n + i] * dot(row(i), row(i));
+            for j in i + 1..n {
+                quad += 2.0 * self.a[i * n + j] * dot(row(i), row(j));
+            }
+        }
+        let cross: f64 = (0..n)
+            .map(|i| dot(row(i), &self.b[i * d..(i + 1) * d]))
+            .sum();
+        (quad - 2.0 * cross + self.c).max(0.0)
+    }
+}
+
+/// In-place lower Cholesky factor of the symmetric positive definite `n × n` matrix whose lower
+/// triangle `l` holds; `None` if it is not positive definite.
+fn cholesky(l: &mut [f64], n: usize) -> Option<()> {
+    for j in 0..n {
+        let (done, rest) = l.split_at_mut(j * n);
+        let row_j = &mut rest[..n];
+        for k in 0..j {
+            let lk = &done[k * n..k * n + k];
+            let s: f64 = lk.iter().zip(&row_j[..k]).map(|(a, b)| a * b).sum();
+            row_j[k] = (row_j[k] - s) / done[k * n + k];
+        }
+        let s: f64 = row_j[..j].iter().map(|v| v * v).sum();
+        let diag = row_j[j] - s;
+        if diag.is_nan() || diag <= 0.0 || diag.is_infinite() {
+            return None;
+        }
+        row_j[j] = diag.sqrt();
+    }
+    Some(())
+}
+
+/// Ridge terms tried, relative to the mean channel energy (`Normal::scale`).
+const RIDGES: [f64; 8] = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
+/// What a fit found and cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    /// The ridge term used, relative to the mean channel energy.
+    pub ridge: f64,
+    /// The weighted squared error on the held-out chunks for each ridge tried, in `RIDGES`
+    /// order (empty when there were too few chunks to hold any out).
+    pub validation: Vec<(f64, f64)>,
+    /// D of the plan on the calibration set, without and with the map (in-sample).
+    pub d_before: f64,
+    pub d_after: f64,
+    pub params_added: u64,
+    pub seconds: f64,
+}
+
+/// Fits the output map of `actions` on the engine's calibration set. Every 4th prompt chunk
+/// (the null input's chunk always stays in the fit: it is one prompt D weighs like all the
+/// others) is held out to choose the ridge; the final map is fitted on all chunks.
+pub fn fit(engine: &mut Engine, actions: &[Action]) -> Result<(LinearMap, FitReport)> {
+    if engine.projected() {
+        bail!(
+            "linear compensation with --projection is not supported yet: the map would have to \
+             be fitted through the denoiser's projection"
+        );
+    }
+    let start = Instant::now();
+    let mut parts: Vec<(bool, Normal)> = Vec::new();
+    let mut prompt_chunks = 0usize;
+    let mut dim = 0usize;
+    for c in 0..engine.chunks() {
+        let out = engine.output(c, actions)?;
+        let (target, counted, weight) = engine.target(c);
+        if dim == 0 {
+            dim = out.channels();
+        }
+        let mut normal = Normal::new(dim);
+        normal.add(&out, target, counted, weight);
+        let null = engine.chunk_rows(c).0;
+        let held = !null && prompt_chunks % 4 == 3;
+        prompt_chunks += usize::from(!null);
+        parts.push((held, normal));
+    }
+    let sum = |pick: &dyn Fn(bool) -> bool| {
+        parts
+            .iter()
+            .filter(|(held, _)| pick(*held))
+            .fold(Normal::new(dim), |acc, (_, n)| acc.plus(n))
+    };
+    let (train, valid, all) = (sum(&|h| !h), sum(&|h| h), sum(&|_| true));
+    let mut validation = Vec::new();
+    let ridge = if parts.iter().any(|(held, _)| *held) {
+        let scale = train.scale();
+        let mut best: Option<(f64, f64)> = None;
+        for r in RIDGES {
+            let Some(map) = train.solve(r * scale) else {
+                continue;
+            };
+            let err = valid.sse(&map);
+            validation.push((r, err));
+            // Ties go to the larger ridge (the smoother map).
+            if best.is_none_or(|(_, e)| err <= e) {
+                best = Some((r, err));
+            }
+        }
+        best.map_or(1e-3, |(r, _)| r)
+    } else {
+        1e-3
+    };
+    let Some(map) = all.solve(ridge * all.scale()) else {
+        bail!("the linear compensation's normal equations are singular even with a ridge term");
+    };
+    let report = FitReport {
+        ridge,
+        validation,
+        d_before: all.sse(&LinearMap::identity(dim)),
+        d_after: all.sse(&map),
+        params_added: map.params(),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((map, report))
+}
+
+impl LinearMap {
+    fn identity(dim: usize) -> LinearMap {
+        let mut weight = vec![0.0; dim * dim];
+        for i in 0..dim {
+            weight[i * dim + i] = 1.0;
+        }
+        LinearMap {
+            dim,
+            weight,
+            bias: vec![0.0; dim],
+        }
+    }
+}
+
+/// D of `actions` followed by `map` on the engine's prompts (e.g. a held-out set the map was
+/// not fitted on), with every chunk run.
+pub fn score(engine: &mut Engine, actions: &[Action], map: Option<&LinearMap>) -> Result<f64> {
+    let mut d = 0.0;
+    for c in 0..engine.chunks() {
+        let out = engine.output(c, actions)?;
+        let out = match map {
+            Some(m) => m.apply(&out),
+            None => out,
+        };
+        let (target, counted, weight) = engine.target(c);
+        let sse = crate::calibrate::tensors::row_sse(&out, target, counted)?;
+        d += weight * sse.iter().sum::<f64>();
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dense(rows: usize, positions: usize, d: usize, f: impl Fn(usize) -> f32) -> Dense {
+        Dense {
+            shape: vec![rows, positions, d],
+            data: (0..rows * positions * d).map(f).collect(),
+        }
+    }
+
+    /// Pseudo-random but fixed values.
+    fn noise(i: usize) -> f32 {
+        // splitmix64
+        let mut z = (i as u64).wrapping_add(1).wrapping_mul(0x9e3779b97f4a7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    #[test]
+    fn an_exact_affine_relation_is_recovered() {
+        let d = 5;
+        let x = dense(3, 7, d, noise);
+        // y = x W + b with a known W, b.
+        let w: Vec<f64> = (0..d * d).map(|i| f64::from(noise(1000 + i))).collect();
+        let b: Vec<f64> = (0..d).map(|i| f64::from(noise(2000 + i))).collect();
+        let truth = LinearMap {
+            dim: d,
+            weight: w,
+            bias: b,
+        };
+        let y = truth.apply(&x);
+        let mut n = Normal::new(d);
+        n.add(&x, &y, &[7, 7, 7], 0.25);
+        let got = n.solve(1e-12).unwrap();
+        for (g, t) in got.weight.iter().zip(&truth.weight) {
+            assert!((g - t).abs() < 1e-4, "{g} vs {t}");
+        }
+        for (g, t) in got.bias.iter().zip(&truth.bias) {
+            assert!((g - t).abs() < 1e-4, "{g} vs {t}");
+        }
+        assert!(n.sse(&got) < 1e-8);
+    }
+
+    #[test]
+    fn sse_from_the_normal_equations_equals_the_direct_sum() {
+        let d = 4;
+        let x = dense(2, 6, d, noise);
+        let y = dense(2, 6, d, |i| noise(i + 77));
+        let counted = [6, 3];
+        let mut n = Normal::new(d);
+        n.add(&x, &y, &counted, 0.5);
+        let map = n.solve(0.1).unwrap();
+        let direct: f64 = crate::calibrate::tensors::row_sse(&map.apply(&x), &y, &counted)
+            .unwrap()
+            .iter()
+            .sum::<f64>()
+            * 0.5;
+        let from_normal = n.sse(&map);
+        assert!(
+            (direct - from_normal).abs() <= 1e-5 * direct.max(1e-9),
+            "{direct} vs {from_normal}"
+        );
+        // Padded positions (row 1 past 3) are not part of the fit.
+        let mut other = dense(2, 6, d, |i| noise(i + 77));
+        other.data[(6 + 4) * d] += 100.0;
+        let mut m = Normal::new(d);
+        m.add(&x, &other, &counted, 0.5);
+        assert_eq!(m.solve(0.1).unwrap(), map);
+    }
+
+    #[test]
+    fn a_larger_ridge_shrinks_the_map() {
+        let d = 3;
+        let x = dense(1, 20, d, noise);
+        let y = dense(1, 20, d, |i| noise(i + 5));
+        let mut n = Normal::new(d);
+        n.add(&x, &y, &[20], 1.0);
+        let norm = |m: &LinearMap| m.weight.iter().map(|w| w * w).sum::<f64>();
+        let small = n.solve(1e-9).unwrap();
+        let big = n.solve(1e3).unwrap();
+        assert!(norm(&big) < 0.01 * norm(&small));
+        // The least-squares fit is no worse in-sample than the shrunk one.
+        assert!(n.sse(&small) <= n.sse(&big));
+    }
+}
