@@ -94,9 +94,10 @@ pub fn refusal(model: &ModelProto) -> Result<Option<String>> {
 /// pruned version could not load either. Callers run it after block detection, whose refusals
 /// (not an encoder, an encoder-decoder, a malformed graph) say more than ONNX Runtime's. Without ONNX Runtime the check is skipped with a
 /// warning (`inspect` and `apply` need no runtime otherwise; the commands that do say so
-/// themselves).
-pub fn check_input(model: &ModelProto, path: &Path) -> Result<()> {
-    match refusal(model) {
+/// themselves). Invalid quantization scales are refused first (`check_quantization_scales`).
+pub fn check_input(model: &crate::model_io::Model, path: &Path) -> Result<()> {
+    check_quantization_scales(model)?;
+    match refusal(&model.proto) {
         Ok(None) => Ok(()),
         Ok(Some(reason)) => Err(SkrrError::BadModel {
             path: path.to_path_buf(),
@@ -133,6 +134,45 @@ pub fn check_rewritten(model: &ModelProto) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses a QDQ model whose quantizer wrote a scale that is not a positive finite number:
+/// ONNX Runtime loads it, then fails on some inputs only (T5's relative-position buckets take
+/// `Log(0) = -inf` during calibration, `quantize_static` writes an infinite scale, and prompts
+/// longer than the calibration ones index the bias table at -2^63). Only scales stored in the
+/// file are read (a few numbers each).
+fn check_quantization_scales(model: &crate::model_io::Model) -> Result<()> {
+    let Some(g) = model.proto.graph.as_ref() else {
+        return Ok(());
+    };
+    for n in &g.node {
+        if !matches!(n.op_type(), "QuantizeLinear" | "DequantizeLinear") {
+            continue;
+        }
+        let Some(t) = n
+            .input
+            .get(1)
+            .and_then(|s| g.initializer.iter().find(|t| t.name() == s))
+        else {
+            continue;
+        };
+        let values = model.weights.view(t)?.to_f32();
+        if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(SkrrError::BadModel {
+                path: model.path.clone(),
+                msg: format!(
+                    "a quantized model with an invalid scale: {} reads scale {} = {v}, so \
+                     ONNX Runtime computes garbage or fails on some inputs; quantize only the \
+                     matrix products (quantize_static(..., op_types_to_quantize=[\"MatMul\"])), \
+                     or prune the float export, then quantize",
+                    n.name(),
+                    t.name()
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// ONNX Runtime's messages may span lines; an error is one line.

@@ -156,7 +156,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     check_outputs_apart_from_reads(args, output, &model)?;
     crate::runtime::init(&ctx.runtime)?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
-    crate::loadable::check_input(&model.proto, input)?;
+    crate::loadable::check_input(&model, input)?;
     check_targets(&analysis, &[sparsity])?;
     warn_if_short_of_space(&model, output, sparsity);
     let (calib, held_out) = prompt_sets(args, &model)?;

@@ -9,18 +9,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
 use serde_json::{json, Value};
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::calibrate::{
     CalibArgs, CalibSet, Engine, EngineOptions, Outcome, Part, Prepack, Score,
 };
 use skrr_onnx::model_io::{self, Model};
-use skrr_onnx::onnx::proto::tensor_proto::data_type;
-use skrr_onnx::onnx::proto::type_proto;
-use skrr_onnx::onnx::{
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
-};
 use skrr_onnx::plan::Action;
 use skrr_onnx::runtime::{self, Input};
 
@@ -296,67 +290,6 @@ fn d_of_skip_and_reuse_plans_matches_the_oracle() {
     }
 }
 
-/// A tiny Linear projection (hidden → 8) as an ONNX model, like a denoiser's caption projection.
-fn projection_model(dir: &Path, hidden: usize, fp16: bool) -> PathBuf {
-    let elem = if fp16 {
-        data_type::FLOAT16
-    } else {
-        data_type::FLOAT
-    };
-    let weights: Vec<f32> = (0..hidden * 8)
-        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.3)
-        .collect();
-    let raw: Vec<u8> = if fp16 {
-        weights
-            .iter()
-            .flat_map(|&w| half::f16::from_f32(w).to_le_bytes())
-            .collect()
-    } else {
-        weights.iter().flat_map(|w| w.to_le_bytes()).collect()
-    };
-    let vi = |name: &str| ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: None,
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    };
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("projection".into()),
-            node: vec![NodeProto {
-                input: vec!["x".into(), "w".into()],
-                output: vec!["y".into()],
-                op_type: Some("MatMul".into()),
-                ..Default::default()
-            }],
-            initializer: vec![TensorProto {
-                name: Some("w".into()),
-                dims: vec![hidden as i64, 8],
-                data_type: Some(elem),
-                raw_data: Some(raw.into()),
-                ..Default::default()
-            }],
-            input: vec![vi("x")],
-            output: vec![vi("y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let path = dir.join("projection.onnx");
-    std::fs::write(&path, model.encode_to_vec()).unwrap();
-    path
-}
-
 #[test]
 fn projection_applies_to_dense_and_candidate() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,7 +297,7 @@ fn projection_applies_to_dense_and_candidate() {
         .into_iter()
         .filter(|f| f.name.starts_with("t5_gated") || f.name.starts_with("clip"))
     {
-        let proj = projection_model(dir.path(), f.hidden, f.fp16);
+        let proj = common::projection_model(dir.path(), f.hidden, f.fp16);
         let (model, analysis, calib, opts) = setup(
             &f,
             &["--projection", proj.to_str().unwrap(), "--chunk", "3"],

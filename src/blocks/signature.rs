@@ -46,8 +46,59 @@ fn attr_text(a: &AttributeProto) -> String {
     s
 }
 
-/// Op types, attributes, wiring and weight shapes of the nodes, in order; no names, no values.
+/// The sub-block's nodes in an order that does not depend on where an exporter or quantizer
+/// put its stream-independent work: the nodes computed from the stream keep their file order,
+/// and each is preceded by the stream-independent nodes it reads (recursively, in input order)
+/// that no earlier node read. ONNX Runtime's QDQ quantizer writes every weight's
+/// `DequantizeLinear` at the top of the graph, sorted by weight name as text, so with the
+/// dynamo exporter's `val_119`-style names layer 0's come in another order than layer 1's.
+fn canonical_order(g: &Graph, nodes: &[usize], input: &str) -> Vec<usize> {
+    let inside: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut from_stream = vec![false; nodes.len()];
+    for (i, &n) in nodes.iter().enumerate() {
+        from_stream[i] = g.node(n).input.iter().any(|v| {
+            v == input
+                || g.producer(v)
+                    .and_then(|p| inside.get(&p))
+                    .is_some_and(|&j| from_stream[j])
+        });
+    }
+    let mut placed = vec![false; nodes.len()];
+    let mut order = Vec::with_capacity(nodes.len());
+    fn place(
+        g: &Graph,
+        i: usize,
+        nodes: &[usize],
+        inside: &HashMap<usize, usize>,
+        placed: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        if placed[i] {
+            return;
+        }
+        placed[i] = true;
+        for v in &g.node(nodes[i]).input {
+            if let Some(&j) = g.producer(v).and_then(|p| inside.get(&p)) {
+                place(g, j, nodes, inside, placed, order);
+            }
+        }
+        order.push(nodes[i]);
+    }
+    for i in 0..nodes.len() {
+        if from_stream[i] {
+            place(g, i, nodes, &inside, &mut placed, &mut order);
+        }
+    }
+    for i in 0..nodes.len() {
+        place(g, i, nodes, &inside, &mut placed, &mut order);
+    }
+    order
+}
+
+/// Op types, attributes, wiring and weight shapes of the nodes, in a canonical order
+/// (`canonical_order`); no names, no values.
 pub fn signature(g: &Graph, nodes: &[usize], input: &str, side: &[String]) -> String {
+    let nodes = &canonical_order(g, nodes, input);
     // An Identity of an initializer (the legacy exporter's copy of a merged weight) reads as
     // the initializer itself, so that a layer reading the copy matches one reading the original.
     let mut weight_alias: HashMap<&str, &str> = HashMap::new();
@@ -178,8 +229,11 @@ impl Traits {
 pub fn family(t: &Traits) -> Option<&'static str> {
     let rotary = Traits::has(&t.prologue_ops, "Cos") && Traits::has(&t.prologue_ops, "Sin");
     if rotary && !t.mean_centred() {
-        // SwiGLU (x * sigmoid(x)) in Llama; GeGLU (tanh or erf gelu) in Gemma.
-        let gelu = Traits::has(&t.ffn_ops, "Tanh") || Traits::has(&t.ffn_ops, "Erf");
+        // SwiGLU (x * sigmoid(x)) in Llama; GeGLU in Gemma: tanh or erf gelu, or opset 20's
+        // one `Gelu` op (the dynamo exporter's).
+        let gelu = ["Tanh", "Erf", "Gelu"]
+            .iter()
+            .any(|op| Traits::has(&t.ffn_ops, op));
         return Some(if gelu && !Traits::has(&t.ffn_ops, "Sigmoid") {
             "gemma"
         } else {

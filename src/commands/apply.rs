@@ -76,7 +76,7 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
         &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
-    crate::loadable::check_input(&model.proto, &model.path)?;
+    crate::loadable::check_input(&model, &model.path)?;
     let plan = PlanFile::read(&args.plan)?;
     plan.check_model_file(&model.path)?;
     let actions = plan.to_actions(&analysis).with_context(|| {

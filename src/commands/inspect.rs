@@ -20,7 +20,7 @@ pub struct InspectArgs {
 pub fn run(args: &InspectArgs, ctx: &Context) -> Result<()> {
     let model = read_model(&args.model)?;
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
-    crate::loadable::check_input(&model.proto, &args.model)?;
+    crate::loadable::check_input(&model, &args.model)?;
     let norm = blocks::norm_position(&analysis)?;
     let text = if ctx.json {
         serde_json::to_string_pretty(&to_json(&args.model, &analysis, norm))? + "\n"

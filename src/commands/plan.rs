@@ -133,7 +133,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     )?;
     crate::runtime::init(&ctx.runtime)?;
     let analysis = analyze_at(&model.proto, &args.model)?;
-    crate::loadable::check_input(&model.proto, &args.model)?;
+    crate::loadable::check_input(&model, &args.model)?;
     check_targets(&analysis, &targets)?;
     let sha256 = file_sha256(&args.model)?;
     let calib = args.calib.calib_set(&model, Part::Calibration)?;

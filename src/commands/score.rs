@@ -46,7 +46,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
     runtime::init(&ctx.runtime)?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
-    crate::loadable::check_input(&model.proto, &args.model)?;
+    crate::loadable::check_input(&model, &args.model)?;
     let actions = PlanFile::load_actions(&args.plan, &analysis, &model.path)?;
     let calib = args.calib.calib_set(&model, Part::Calibration)?;
     let prompts = calib.prompts.len();

@@ -244,10 +244,22 @@ pub fn ort_reference(
     model: &Path,
     inputs: &[(&str, ArrayD<i64>)],
 ) -> BTreeMap<String, ArrayD<f32>> {
+    ort_reference_with(model, inputs, true)
+}
+
+/// [`ort_reference`], with ONNX Runtime's graph optimizations on (its default) or off.
+pub fn ort_reference_with(
+    model: &Path,
+    inputs: &[(&str, ArrayD<i64>)],
+    optimized: bool,
+) -> BTreeMap<String, ArrayD<f32>> {
     let code = r#"
 import json, sys, numpy as np, onnxruntime as ort
 feeds = {k: np.array(v["data"], dtype=np.int64).reshape(v["shape"]) for k, v in json.loads(sys.argv[2]).items()}
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+so = ort.SessionOptions()
+if sys.argv[3] == "off":
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
 outs = s.run(None, feeds)
 print(json.dumps({o.name: {"shape": list(v.shape), "data": v.astype(np.float64).ravel().tolist()}
                   for o, v in zip(s.get_outputs(), outs)}))
@@ -264,7 +276,11 @@ print(json.dumps({o.name: {"shape": list(v.shape), "data": v.astype(np.float64).
     let feeds = serde_json::Value::Object(feeds).to_string();
     let v = run_python_json(
         code,
-        &[model.to_str().expect("model path is not UTF-8"), &feeds],
+        &[
+            model.to_str().expect("model path is not UTF-8"),
+            &feeds,
+            if optimized { "on" } else { "off" },
+        ],
     );
     let outputs = v.as_object().expect("reference outputs");
     outputs
@@ -368,4 +384,71 @@ pub fn assert_error_contract<S: AsRef<OsStr>>(
         assert_eq!(sha256_file(p), h, "{} was modified", p.display());
     }
     last.to_string()
+}
+
+/// A tiny Linear projection (hidden → 8) as an ONNX model, like a denoiser's caption projection.
+pub fn projection_model(dir: &Path, hidden: usize, fp16: bool) -> PathBuf {
+    let elem = if fp16 {
+        skrr_onnx::onnx::proto::tensor_proto::data_type::FLOAT16
+    } else {
+        skrr_onnx::onnx::proto::tensor_proto::data_type::FLOAT
+    };
+    let weights: Vec<f32> = (0..hidden * 8)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.3)
+        .collect();
+    let raw: Vec<u8> = if fp16 {
+        weights
+            .iter()
+            .flat_map(|&w| half::f16::from_f32(w).to_le_bytes())
+            .collect()
+    } else {
+        weights.iter().flat_map(|w| w.to_le_bytes()).collect()
+    };
+    use prost::Message;
+    use skrr_onnx::onnx::proto::type_proto;
+    use skrr_onnx::onnx::{
+        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TypeProto,
+        ValueInfoProto,
+    };
+    let vi = |name: &str| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: None,
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("projection".into()),
+            node: vec![NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                op_type: Some("MatMul".into()),
+                ..Default::default()
+            }],
+            initializer: vec![TensorProto {
+                name: Some("w".into()),
+                dims: vec![hidden as i64, 8],
+                data_type: Some(elem),
+                raw_data: Some(raw.into()),
+                ..Default::default()
+            }],
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join("projection.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
 }
