@@ -84,10 +84,8 @@ fn canonical_order(g: &Graph, nodes: &[usize], input: &str) -> Vec<usize> {
         }
         order.push(nodes[i]);
     }
-    for i in 0..nodes.len() {
-        if from_stream[i] {
-            place(g, i, nodes, &inside, &mut placed, &mut order);
-        }
+    for (i, _) in from_stream.iter().enumerate().filter(|(_, s)| **s) {
+        place(g, i, nodes, &inside, &mut placed, &mut order);
     }
     for i in 0..nodes.len() {
         place(g, i, nodes, &inside, &mut placed, &mut order);
