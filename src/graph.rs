@@ -265,7 +265,6 @@ impl GraphProto {
     }
 }
 
-/// True when the node carries a subgraph (If/Loop/Scan bodies, or any custom op's graph).
 /// Whether a row's output depends on the other rows of its batch: `DynamicQuantizeLinear`
 /// (dynamic int8 quantization) takes one scale and zero point over the whole tensor, so each
 /// prompt's embedding changes with its batch mates and their padding. Such a model is run one
@@ -291,6 +290,7 @@ pub fn batch_size(g: &GraphProto, chunk: usize) -> usize {
     }
 }
 
+/// True when the node carries a subgraph (If/Loop/Scan bodies, or any custom op's graph).
 pub fn has_subgraph(node: &NodeProto) -> bool {
     node.attribute
         .iter()
