@@ -51,6 +51,19 @@ impl LinearMap {
         }
     }
 
+    /// The map that changes nothing: D without compensation, from the same normal equations.
+    fn identity(dim: usize) -> LinearMap {
+        let mut weight = vec![0.0; dim * dim];
+        for i in 0..dim {
+            weight[i * dim + i] = 1.0;
+        }
+        LinearMap {
+            dim,
+            weight,
+            bias: vec![0.0; dim],
+        }
+    }
+
     /// Parameters the map adds to a model: `dim² + dim`.
     pub fn params(&self) -> u64 {
         (self.dim * self.dim + self.dim) as u64
@@ -307,20 +320,6 @@ pub fn fit(engine: &mut Engine, actions: &[Action]) -> Result<(LinearMap, FitRep
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((map, report))
-}
-
-impl LinearMap {
-    fn identity(dim: usize) -> LinearMap {
-        let mut weight = vec![0.0; dim * dim];
-        for i in 0..dim {
-            weight[i * dim + i] = 1.0;
-        }
-        LinearMap {
-            dim,
-            weight,
-            bias: vec![0.0; dim],
-        }
-    }
 }
 
 /// D of `actions` followed by `map` on the engine's prompts (e.g. a held-out set the map was

@@ -368,11 +368,7 @@ pub fn measure(
         .transpose()?;
     let batch = |rows| Batch::new(rows, opts.include_padding, calib.max_length);
     // The prompt chunks, then the null input (last, if measured).
-    let chunk = if a.coupled || b.coupled {
-        1
-    } else {
-        opts.chunk.max(1)
-    };
+    let chunk = crate::graph::batch_size(a.coupled || b.coupled, opts.chunk.max(1));
     let mut batches: Vec<Batch> = calib
         .prompts
         .chunks(chunk)

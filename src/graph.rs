@@ -276,10 +276,10 @@ pub fn couples_batch_rows(g: &GraphProto) -> bool {
         .any(|n| n.op_type() == "DynamicQuantizeLinear")
 }
 
-/// `chunk` prompts per batch, or one for a model whose rows are coupled
+/// `chunk` prompts per batch, or one when a model run has coupled rows
 /// ([`couples_batch_rows`]).
-pub fn batch_size(g: &GraphProto, chunk: usize) -> usize {
-    if chunk > 1 && couples_batch_rows(g) {
+pub fn batch_size(coupled: bool, chunk: usize) -> usize {
+    if chunk > 1 && coupled {
         log::info!(
             "dynamically quantized model (DynamicQuantizeLinear: one scale per batch): each \
              prompt runs alone"

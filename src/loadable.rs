@@ -145,15 +145,13 @@ fn check_quantization_scales(model: &crate::model_io::Model) -> Result<()> {
     let Some(g) = model.proto.graph.as_ref() else {
         return Ok(());
     };
+    let initializers: std::collections::HashMap<&str, &crate::onnx::TensorProto> =
+        g.initializer.iter().map(|t| (t.name(), t)).collect();
     for n in &g.node {
         if !matches!(n.op_type(), "QuantizeLinear" | "DequantizeLinear") {
             continue;
         }
-        let Some(t) = n
-            .input
-            .get(1)
-            .and_then(|s| g.initializer.iter().find(|t| t.name() == s))
-        else {
+        let Some(&t) = n.input.get(1).and_then(|s| initializers.get(s.as_str())) else {
             continue;
         };
         let values = model.weights.view(t)?.to_f32();

@@ -7,8 +7,8 @@
 //!   fixture's layers with attention and feed-forward sub-blocks alternating; the files `apply`
 //!   writes pass `onnx.checker` (full check); `apply` of an
 //!   all-keep plan writes a model whose outputs are bit-identical to the input's in ONNX Runtime;
-//!   `apply` of a skip plan and of a re-use plan writes models whose ONNX Runtime outputs equal
-//!   what the calibration engine (whose D ranks the search's plans) computes for those plans on
+//!   `apply` of skip and re-use plans (tests/common/engine_check.rs's) writes models whose ONNX
+//!   Runtime outputs equal what the calibration engine (whose D ranks the search's plans) computes for those plans on
 //!   the same padded batch.
 //! - `refused` (fp16 by onnxconverter-common that ONNX Runtime refuses to load; a whole T5
 //!   encoder-decoder): `inspect`, the main job and `apply` exit with code 3 and one line
@@ -18,7 +18,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayD;
 use serde_json::Value;
 use skrr_onnx::blocks::analyze;
 use skrr_onnx::calibrate::tensors::Dense;
@@ -26,8 +25,9 @@ use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
 use skrr_onnx::model_io::read_model;
 use skrr_onnx::plan::Action;
 
+use common::engine_check::{plans, Errors};
 use common::{assert_error_contract, skrr};
-use Action::{Keep as K, Reuse as R, Skip as S};
+use Action::Keep as K;
 
 fn derived() -> PathBuf {
     common::fixtures().join("derived")
@@ -143,17 +143,15 @@ fn eval_rows(c: &Value) -> Vec<Vec<i64>> {
 }
 
 /// ONNX Runtime's (Python) `last_hidden_state` of `model` on `rows` right-padded to `len`.
-fn file_output(
-    model: &Path,
-    rows: &[&[i64]],
-    len: usize,
-    pad_id: i64,
-    optimized: bool,
-) -> ArrayD<f32> {
+fn file_output(model: &Path, rows: &[&[i64]], len: usize, pad_id: i64, optimized: bool) -> Dense {
     let feeds = common::padded_batch(rows, len, pad_id);
-    common::ort_reference_with(model, &feeds, optimized)
+    let out = common::ort_reference_with(model, &feeds, optimized)
         .remove("last_hidden_state")
-        .expect("output last_hidden_state")
+        .expect("output last_hidden_state");
+    Dense {
+        shape: out.shape().to_vec(),
+        data: out.iter().copied().collect(),
+    }
 }
 
 fn apply(input: &Path, actions: &[Action], dir: &Path, label: &str) -> PathBuf {
@@ -173,20 +171,6 @@ fn apply(input: &Path, actions: &[Action], dir: &Path, label: &str) -> PathBuf {
         String::from_utf8_lossy(&run.stderr)
     );
     out
-}
-
-/// max |a − b| / max |b| and ‖a − b‖ / ‖b‖.
-fn errors(a: &Dense, b: &ArrayD<f32>) -> (f64, f64) {
-    assert_eq!(a.shape, b.shape(), "output shapes");
-    let (mut max, mut scale, mut sq, mut b_sq) = (0f64, 0f64, 0f64, 0f64);
-    for (&x, &y) in a.data.iter().zip(b.iter()) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        max = max.max((x - y).abs());
-        scale = scale.max(y.abs());
-        sq += (x - y) * (x - y);
-        b_sq += y * y;
-    }
-    (max / scale, (sq / b_sq).sqrt())
 }
 
 fn check_works(name: &str) {
@@ -236,14 +220,15 @@ fn check_works(name: &str) {
     let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
     let want = file_output(&input, &refs, longest, pad_id, true);
     let got = file_output(&keep, &refs, longest, pad_id, true);
-    assert_eq!(got.shape(), want.shape(), "{name}");
-    let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(got.shape, want.shape, "{name}");
+    let differing = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .filter(|(a, b)| a != b)
+        .count();
     if fp16 {
-        let got = Dense {
-            shape: got.shape().to_vec(),
-            data: got.iter().copied().collect(),
-        };
-        let (_, norm) = errors(&got, &want);
+        let norm = Errors::of(&got, &want).norm;
         eprintln!("{name} keep: {differing} elements differ, relative error norm {norm:.2e}");
         assert!(
             norm <= 2e-3,
@@ -254,26 +239,15 @@ fn check_works(name: &str) {
             differing,
             0,
             "{name}: the all-keep rewrite differs from the input in {differing} of {} elements",
-            want.len()
+            want.data.len()
         );
     }
 
-    // A skip plan (layer 0's attention included) and a re-use plan: the written file computes
-    // what the engine computes, on the same padded batch in the engine's row order (dynamic
-    // quantization takes one scale per tensor over the whole batch, so rows and padding matter).
-    let plans: [(&str, Vec<Action>); 2] = {
-        let with = |changes: &[(usize, Action)]| {
-            let mut a = vec![K; n];
-            for &(p, action) in changes {
-                a[p] = action;
-            }
-            a
-        };
-        [
-            ("skip", with(&[(0, S), (3, S), (n - 1, S)])),
-            ("reuse", with(&[(3, R(1)), (4, S), (n - 2, R(2))])),
-        ]
-    };
+    // Skip and re-use plans (layer 0's attention skipped, and re-used into; as
+    // tests/engine_vs_rewrite.rs): the written file computes what the engine computes, on the
+    // same padded batch in the engine's row order (dynamic quantization takes one scale per
+    // tensor over the whole batch, so rows and padding matter).
+    let plans = plans(n);
     let model = read_model(&input).unwrap();
     let analysis = analyze(&model.proto).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let calib = CalibSet {
@@ -322,29 +296,28 @@ fn check_works(name: &str) {
     // fp32 and int8: element by element (1e-5 relative); fp16: the relative error norm (2e-3),
     // as tests/engine_vs_rewrite.rs holds the float fixtures.
     let tol = if fp16 { 2e-3 } else { 1e-5 };
-    let held = |(max, norm): (f64, f64)| if fp16 { norm } else { max };
     for chunk in 0..engine.chunks() {
         let (_, order) = engine.chunk_rows(chunk);
         let batch: Vec<&[i64]> = order.iter().map(|&i| rows[i].as_slice()).collect();
         let len = batch.iter().map(|r| r.len()).max().unwrap();
-        let files: Vec<ArrayD<f32>> = written
+        let files: Vec<Dense> = written
             .iter()
             .map(|file| file_output(file, &batch, len, pad_id, false))
             .collect();
         for (i, (label, actions)) in plans.iter().enumerate() {
             let engine_out = engine.output(chunk, actions).unwrap();
-            let err = held(errors(&engine_out, &files[i]));
+            let err = Errors::of(&engine_out, &files[i]).held(fp16);
             eprintln!("{name} {label} chunk {chunk}: engine vs the file apply wrote: {err:.2e}");
             assert!(
                 err <= tol,
                 "{name} {label} chunk {chunk}: the file apply wrote differs from the engine by \
                  {err:e} > {tol:e}"
             );
-            // The comparison can fail: the other plan's file is far from this plan's output.
-            let other = held(errors(&engine_out, &files[1 - i]));
+            // The comparison can fail: another plan's file is far from this plan's output.
+            let other = Errors::of(&engine_out, &files[(i + 1) % files.len()]).held(fp16);
             assert!(
                 other > 50.0 * tol,
-                "{name} {label}: the other plan's file is within {other:e}"
+                "{name} {label}: another plan's file is within {other:e}"
             );
         }
     }

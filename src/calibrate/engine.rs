@@ -199,7 +199,10 @@ impl Engine {
                 groups.push((true, Vec::new()));
             }
         }
-        let chunk = crate::graph::batch_size(&analysis.graph, opts.chunk);
+        let chunk = crate::graph::batch_size(
+            crate::graph::couples_batch_rows(&analysis.graph),
+            opts.chunk,
+        );
         groups.extend(order.chunks(chunk).map(|c| (false, c.to_vec())));
 
         let mut engine = Engine {

@@ -22,7 +22,7 @@ const SHAPES: [(usize, usize); 3] = [(1, 5), (3, 16), (4, 33)];
 
 /// The plans, for `n` sub-blocks (attention at even positions, feed-forward at odd ones; every
 /// fixture has at least 4 layers).
-fn plans(n: usize) -> Vec<(&'static str, Vec<Action>)> {
+pub fn plans(n: usize) -> Vec<(&'static str, Vec<Action>)> {
     let with = |changes: &[(usize, Action)]| {
         let mut a = vec![K; n];
         for &(p, action) in changes {
@@ -61,7 +61,7 @@ pub struct Errors {
 }
 
 impl Errors {
-    fn of(a: &Dense, b: &Dense) -> Errors {
+    pub fn of(a: &Dense, b: &Dense) -> Errors {
         assert_eq!(a.shape, b.shape);
         let (mut max, mut scale, mut sq, mut b_sq) = (0f64, 0f64, 0f64, 0f64);
         for (&x, &y) in a.data.iter().zip(&b.data) {
@@ -82,7 +82,7 @@ impl Errors {
     /// steps apart between the engine's part sessions and a whole file, dense model included
     /// (tests/calibrate.rs): max error up to 1.6e-3 on bert_fp16 and 2.9e-3 on an fp16 MiniLM,
     /// while the norm stays at 0.9e-3 and 1.3e-3.
-    fn held(self, by_norm: bool) -> f64 {
+    pub fn held(self, by_norm: bool) -> f64 {
         if by_norm {
             self.norm
         } else {
