@@ -78,7 +78,7 @@ def main() -> None:
                     "achieved": p["achieved_sparsity"],
                     "net_sparsity": (p["params_removed"] - added) / total,
                     "params_added": c["fit"]["params_added"],
-                    "heldout_d": c["held_out"]["d_after"] if comp else c["held_out"]["d_before"],
+                    "heldout_d": c["held_out"]["d_with"] if comp else c["held_out"]["d_without"],
                     "calib_d": c["fit"]["d_after"] if comp else c["fit"]["d_before"],
                     "ridge": c["fit"]["ridge"], "fit_seconds": c["fit"]["seconds"],
                     "skip_order": p.get("skip_order"),

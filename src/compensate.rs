@@ -13,11 +13,100 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use bytes::Bytes;
+use half::{bf16, f16};
 use serde::Serialize;
 
-use crate::calibrate::tensors::Dense;
-use crate::calibrate::Engine;
+use crate::calibrate::tensors::{row_cos_sum, row_sse, Dense};
+use crate::calibrate::{Engine, EngineOptions};
+use crate::error::SkrrError;
+use crate::model_io::type_name;
+use crate::onnx::proto::tensor_proto::data_type;
+use crate::onnx::{GraphProto, TensorProto};
 use crate::plan::Action;
+
+/// How the sub-blocks a plan removes are compensated (`--compensate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compensate {
+    /// The plan alone.
+    #[default]
+    None,
+    /// A linear map on the measured output, fitted in closed form on the calibration prompts;
+    /// its d² + d parameters count against the sparsity.
+    Linear,
+}
+
+/// A fitted map and the graph output it is applied to: what a rewrite writes into the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputMap {
+    pub output: String,
+    pub map: LinearMap,
+}
+
+/// The width (last axis) and element type of graph output `output`, which the map's shape and
+/// element type follow. The width must be declared: exporters declare the hidden size fixed.
+pub fn output_spec(graph: &GraphProto, output: &str) -> Result<(usize, i32)> {
+    let bad = |m: String| -> anyhow::Error { SkrrError::BadInput(m).into() };
+    let vi = graph
+        .output
+        .iter()
+        .find(|o| o.name() == output)
+        .ok_or_else(|| bad(format!("the model has no output {output:?} to compensate")))?;
+    let elem = crate::graph::elem_type(vi)
+        .ok_or_else(|| bad(format!("output {output:?} declares no element type")))?;
+    if !matches!(
+        elem,
+        data_type::FLOAT | data_type::FLOAT16 | data_type::BFLOAT16 | data_type::DOUBLE
+    ) {
+        return Err(bad(format!(
+            "output {output:?} is {}: linear compensation needs a floating-point output \
+             (use --compensate none)",
+            type_name(elem)
+        )));
+    }
+    let width = crate::graph::fixed_dims(vi)
+        .and_then(|d| d.last().copied().flatten())
+        .and_then(|w| usize::try_from(w).ok())
+        .filter(|&w| w > 0)
+        .ok_or_else(|| {
+            bad(format!(
+                "output {output:?} does not declare a fixed last dimension, so the size of its \
+                 linear compensation is unknown (use --compensate none)"
+            ))
+        })?;
+    Ok((width, elem))
+}
+
+/// The parameters `choice` will add to the model (0 for none), known before any search so that
+/// the search can remove that much more; refuses what cannot be compensated before the search.
+pub fn planned_params(choice: Compensate, graph: &GraphProto, opts: &EngineOptions) -> Result<u64> {
+    match choice {
+        Compensate::None => Ok(0),
+        Compensate::Linear => {
+            if opts.projection.is_some() {
+                return Err(SkrrError::Usage(PROJECTION_REFUSED.into()).into());
+            }
+            let output = crate::graph::measured_output(graph, opts.measure.as_deref())?;
+            Ok(map_params(output_spec(graph, &output)?.0))
+        }
+    }
+}
+
+/// Search targets that leave at least `targets` of *net* sparsity once `added` parameters are
+/// put back into a model of `total`.
+pub fn raised_targets(targets: &[f64], added: u64, total: u64) -> Vec<f64> {
+    let share = added as f64 / total.max(1) as f64;
+    targets.iter().map(|t| t + share).collect()
+}
+
+const PROJECTION_REFUSED: &str = "linear compensation with --projection is not supported yet: \
+                                  the map would have to be fitted through the denoiser's projection";
+
+/// Parameters a map on `dim` channels adds: `dim² + dim`.
+pub fn map_params(dim: usize) -> u64 {
+    (dim * dim + dim) as u64
+}
 
 /// `y = x W + b` on the last axis of an output with `dim` channels.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +155,100 @@ impl LinearMap {
 
     /// Parameters the map adds to a model: `dim² + dim`.
     pub fn params(&self) -> u64 {
-        (self.dim * self.dim + self.dim) as u64
+        map_params(self.dim)
+    }
+
+    /// The map as a model of `elem_type` holds it: every value rounded to that type, so that
+    /// the engine scores, and the plan's sidecar records, exactly what the written file computes.
+    pub fn stored_as(&self, elem_type: i32) -> Result<LinearMap> {
+        let round: fn(f64) -> f64 = match elem_type {
+            data_type::FLOAT => |x| f64::from(x as f32),
+            data_type::FLOAT16 => |x| f16::from_f64(x).to_f64(),
+            data_type::BFLOAT16 => |x| bf16::from_f64(x).to_f64(),
+            data_type::DOUBLE => |x| x,
+            other => bail!("a linear map cannot be stored as {}", type_name(other)),
+        };
+        Ok(LinearMap {
+            dim: self.dim,
+            weight: self.weight.iter().map(|&x| round(x)).collect(),
+            bias: self.bias.iter().map(|&x| round(x)).collect(),
+        })
+    }
+
+    /// The plan's sidecar form: little-endian f64, the weight row-major, then the bias.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        self.weight
+            .iter()
+            .chain(&self.bias)
+            .flat_map(|x| x.to_le_bytes())
+            .collect()
+    }
+
+    /// Reads `to_le_bytes`'s form for a map on `dim` channels.
+    pub fn from_le_bytes(dim: usize, bytes: &[u8]) -> Result<LinearMap> {
+        let want = map_params(dim) * 8;
+        if bytes.len() as u64 != want {
+            bail!(
+                "holds {} bytes; a map on {dim} channels takes {want}",
+                bytes.len()
+            );
+        }
+        let mut values: Vec<f64> = bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            bail!("value {i} is {}, not a finite number", values[i]);
+        }
+        let bias = values.split_off(dim * dim);
+        Ok(LinearMap {
+            dim,
+            weight: values,
+            bias,
+        })
+    }
+
+    /// The weight (`[dim, dim]`, so that `MatMul(x, weight)` is `x W`) and the bias (`[dim]`)
+    /// as initializers of `elem_type`, inline.
+    pub fn tensors(
+        &self,
+        elem_type: i32,
+        weight: &str,
+        bias: &str,
+    ) -> Result<(TensorProto, TensorProto)> {
+        let encode = |values: &[f64]| -> Result<Bytes> {
+            let bytes: Vec<u8> = match elem_type {
+                data_type::FLOAT => values
+                    .iter()
+                    .flat_map(|&x| (x as f32).to_le_bytes())
+                    .collect(),
+                data_type::FLOAT16 => values
+                    .iter()
+                    .flat_map(|&x| f16::from_f64(x).to_le_bytes())
+                    .collect(),
+                data_type::BFLOAT16 => values
+                    .iter()
+                    .flat_map(|&x| bf16::from_f64(x).to_le_bytes())
+                    .collect(),
+                data_type::DOUBLE => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                other => bail!("a linear map cannot be stored as {}", type_name(other)),
+            };
+            Ok(Bytes::from(bytes))
+        };
+        let d = self.dim as i64;
+        let tensor = |name: &str, dims: Vec<i64>, values: &[f64]| -> Result<TensorProto> {
+            Ok(TensorProto {
+                name: Some(name.to_string()),
+                data_type: Some(elem_type),
+                dims,
+                raw_data: Some(encode(values)?),
+                ..Default::default()
+            })
+        };
+        Ok((
+            tensor(weight, vec![d, d], &self.weight)?,
+            tensor(bias, vec![d], &self.bias)?,
+        ))
     }
 }
 
@@ -255,16 +437,20 @@ pub struct FitReport {
     pub seconds: f64,
 }
 
-/// Fits the output map of `actions` on the engine's calibration set. Every 4th prompt chunk
-/// (the null input's chunk always stays in the fit: it is one prompt D weighs like all the
-/// others) is held out to choose the ridge; the final map is fitted on all chunks.
-pub fn fit(engine: &mut Engine, actions: &[Action]) -> Result<(LinearMap, FitReport)> {
+/// Fits the output map of `actions` on the engine's calibration set, for the measured output
+/// of `graph` (the model the engine runs), rounded to that output's element type. Every 4th
+/// prompt chunk (the null input's chunk always stays in the fit: it is one prompt D weighs like
+/// all the others) is held out to choose the ridge; the final map is fitted on all chunks.
+pub fn fit(
+    engine: &mut Engine,
+    graph: &GraphProto,
+    actions: &[Action],
+) -> Result<(OutputMap, FitReport)> {
     if engine.projected() {
-        bail!(
-            "linear compensation with --projection is not supported yet: the map would have to \
-             be fitted through the denoiser's projection"
-        );
+        return Err(SkrrError::Usage(PROJECTION_REFUSED.into()).into());
     }
+    let output = engine.measured_output().to_string();
+    let (width, elem) = output_spec(graph, &output)?;
     let start = Instant::now();
     let mut parts: Vec<(bool, Normal)> = Vec::new();
     let mut prompt_chunks = 0usize;
@@ -311,6 +497,13 @@ pub fn fit(engine: &mut Engine, actions: &[Action]) -> Result<(LinearMap, FitRep
     let Some(map) = all.solve(ridge * all.scale()) else {
         bail!("the linear compensation's normal equations are singular even with a ridge term");
     };
+    if map.dim != width {
+        bail!(
+            "output {output:?} declares {width} channels, the model computes {}",
+            map.dim
+        );
+    }
+    let map = map.stored_as(elem)?;
     let report = FitReport {
         ridge,
         validation,
@@ -319,24 +512,49 @@ pub fn fit(engine: &mut Engine, actions: &[Action]) -> Result<(LinearMap, FitRep
         params_added: map.params(),
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((map, report))
+    Ok((OutputMap { output, map }, report))
 }
 
-/// D of `actions` followed by `map` on the engine's prompts (e.g. a held-out set the map was
-/// not fitted on), with every chunk run.
-pub fn score(engine: &mut Engine, actions: &[Action], map: Option<&LinearMap>) -> Result<f64> {
-    let mut d = 0.0;
+/// D and mean token cosine of a plan without and with its map, on an engine's prompts (e.g. a
+/// held-out set the map was not fitted on).
+#[derive(Debug, Clone, Serialize)]
+pub struct Effect {
+    pub d_without: f64,
+    pub d_with: f64,
+    /// Mean cosine similarity of the prompts' tokens to the dense model's (the null input is in
+    /// D, not here).
+    pub cos_without: f64,
+    pub cos_with: f64,
+}
+
+/// Runs every chunk of `engine` once under `actions` and measures the output with and without
+/// `map`.
+pub fn effect(engine: &mut Engine, actions: &[Action], map: &LinearMap) -> Result<Effect> {
+    let (mut d_without, mut d_with, mut cos_without, mut cos_with) = (0.0, 0.0, 0.0, 0.0);
+    let mut tokens = 0usize;
     for c in 0..engine.chunks() {
-        let out = engine.output(c, actions)?;
-        let out = match map {
-            Some(m) => m.apply(&out),
-            None => out,
-        };
+        let plain = engine.output(c, actions)?;
+        let mapped = map.apply(&plain);
+        let null = engine.chunk_rows(c).0;
         let (target, counted, weight) = engine.target(c);
-        let sse = crate::calibrate::tensors::row_sse(&out, target, counted)?;
-        d += weight * sse.iter().sum::<f64>();
+        d_without += weight * row_sse(&plain, target, counted)?.iter().sum::<f64>();
+        d_with += weight * row_sse(&mapped, target, counted)?.iter().sum::<f64>();
+        if !null {
+            cos_without += row_cos_sum(&plain, target, counted)?;
+            cos_with += row_cos_sum(&mapped, target, counted)?;
+            tokens += counted
+                .iter()
+                .map(|&n| n.min(plain.positions()))
+                .sum::<usize>();
+        }
     }
-    Ok(d)
+    let per_token = 1.0 / tokens.max(1) as f64;
+    Ok(Effect {
+        d_without,
+        d_with,
+        cos_without: cos_without * per_token,
+        cos_with: cos_with * per_token,
+    })
 }
 
 #[cfg(test)]
@@ -394,7 +612,7 @@ mod tests {
         let mut n = Normal::new(d);
         n.add(&x, &y, &counted, 0.5);
         let map = n.solve(0.1).unwrap();
-        let direct: f64 = crate::calibrate::tensors::row_sse(&map.apply(&x), &y, &counted)
+        let direct: f64 = row_sse(&map.apply(&x), &y, &counted)
             .unwrap()
             .iter()
             .sum::<f64>()

@@ -280,24 +280,19 @@ impl Runner {
 /// A pruned model must be a drop-in replacement: same input names and types, same first
 /// output. Anything else is a different model, not a less faithful one.
 fn same_interface(a: &Runner, b: &Runner) -> Result<()> {
-    let sig = |r: &Runner| -> Vec<(String, Option<crate::onnx::TypeProto>)> {
+    let sig = |r: &Runner| -> Vec<(String, Option<i32>)> {
         r.inputs
             .iter()
-            .map(|v| (v.name().to_string(), v.r#type.clone()))
+            .map(|v| (v.name().to_string(), crate::graph::elem_type(v)))
             .collect()
     };
     let names = |r: &Runner| -> Vec<String> { sig(r).into_iter().map(|(n, _)| n).collect() };
     let (sa, sb) = (sig(a), sig(b));
-    let elem = |t: &Option<crate::onnx::TypeProto>| match t.as_ref().and_then(|t| t.value.as_ref())
-    {
-        Some(crate::onnx::type_proto::Value::TensorType(t)) => t.elem_type,
-        _ => None,
-    };
     let same_inputs = sa.len() == sb.len()
         && sa
             .iter()
             .zip(&sb)
-            .all(|((na, ta), (nb, tb))| na == nb && elem(ta) == elem(tb));
+            .all(|((na, ta), (nb, tb))| na == nb && ta == tb);
     if !same_inputs || a.output != b.output {
         return Err(SkrrError::BadInput(format!(
             "{} is not a drop-in replacement for {}: inputs {:?} → {:?}, first output {:?} → {:?}",

@@ -339,6 +339,34 @@ fn collect_outer_reads<'a>(
     }
 }
 
+/// The element type a value info declares, when it declares a tensor.
+pub fn elem_type(vi: &ValueInfoProto) -> Option<i32> {
+    match vi.r#type.as_ref()?.value.as_ref()? {
+        crate::onnx::type_proto::Value::TensorType(t) => t.elem_type,
+        _ => None,
+    }
+}
+
+/// The fixed sizes a value info declares for a tensor's axes (`None` for a symbolic or missing
+/// size), or `None` when it declares no shape.
+pub fn fixed_dims(vi: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
+    use crate::onnx::proto::tensor_shape_proto::dimension::Value;
+    match vi.r#type.as_ref()?.value.as_ref()? {
+        crate::onnx::type_proto::Value::TensorType(t) => Some(
+            t.shape
+                .as_ref()?
+                .dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Value::DimValue(v)) => Some(v),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 /// The output D and the fidelity check are measured on, the same for the engine and for
 /// `compare`: `chosen` (`--measure`) when given, else `last_hidden_state` when the model has it
 /// (CLIP with projection lists `text_embeds` first), else the first output.

@@ -15,8 +15,7 @@ use anyhow::Result;
 use prost::Message;
 
 use crate::error::SkrrError;
-use crate::onnx::tensor_shape_proto::{dimension, Dimension};
-use crate::onnx::{type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto};
+use crate::onnx::{ModelProto, ValueInfoProto};
 use crate::runtime::{self, Provider, RuntimeConfig};
 
 /// `model` without its weights, each declared as a graph input instead; `None` when a nested
@@ -43,25 +42,11 @@ fn weightless(model: &ModelProto) -> Option<ModelProto> {
         if listed.contains(t.name()) {
             continue;
         }
-        let dim = t
-            .dims
-            .iter()
-            .map(|&d| Dimension {
-                value: Some(dimension::Value::DimValue(d)),
-                denotation: None,
-            })
-            .collect();
-        g.input.push(ValueInfoProto {
-            name: Some(t.name().to_string()),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: Some(t.data_type()),
-                    shape: Some(TensorShapeProto { dim }),
-                })),
-                denotation: None,
-            }),
-            ..Default::default()
-        });
+        g.input.push(ValueInfoProto::fixed_tensor(
+            t.name(),
+            t.data_type(),
+            &t.dims,
+        ));
     }
     g.sparse_initializer.clear();
     Some(m)

@@ -14,12 +14,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, CalibSet, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Engine, Part};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
 use crate::commands::plan::SearchArgs;
 use crate::commands::ExternalDataArgs;
+use crate::compensate::{self, Compensate, Effect, FitReport};
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
 use crate::model_io::{
@@ -105,9 +106,20 @@ pub struct RunReport {
     pub rewrite: RewriteReport,
     pub written: WriteReport,
     pub fidelity: Option<Fidelity>,
+    /// The linear map written after the plan (`--compensate linear`).
+    pub compensation: Option<CompensationReport>,
     pub phases: Vec<Phase>,
     pub seconds: f64,
     pub verdict: String,
+}
+
+/// The map's fit, and D and token cosine on the held-out prompts with and without it (the
+/// fidelity check measures the written file, with it).
+#[derive(Debug, Serialize)]
+pub struct CompensationReport {
+    pub output: String,
+    pub fit: FitReport,
+    pub held_out: Option<Effect>,
 }
 
 /// Times phases as they run.
@@ -157,43 +169,50 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     crate::runtime::init(&ctx.runtime)?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
     crate::loadable::check_input(&model, input)?;
-    check_targets(&analysis, &[sparsity])?;
+    let engine_opts = args.calib.engine_options()?;
+    let added = compensate::planned_params(args.search.compensate, &analysis.graph, &engine_opts)?;
+    let target = compensate::raised_targets(&[sparsity], added, analysis.total_params)[0];
+    check_targets(&analysis, &[target])?;
     warn_if_short_of_space(&model, output, sparsity);
     let (calib, held_out) = prompt_sets(args, &model)?;
     let prompts = PromptsReport::of(args, &calib, held_out.as_ref());
     let method = args.search.method;
-    let (level, plan, search) = clock.phase("search", || {
+    let (level, mut plan, search, mut engine) = clock.phase("search", || {
         let sha256 = file_sha256(input)?;
-        let cfg = args.search.config(vec![sparsity]);
-        let run = run_method(
-            &model,
-            &analysis,
-            calib,
-            args.calib.engine_options()?,
-            method,
-            &cfg,
-        )?;
+        let cfg = args.search.config(vec![target]);
+        let (run, engine) =
+            run_method(&model, &analysis, calib, engine_opts.clone(), method, &cfg)?;
         let level = run.levels.into_iter().next().ok_or_else(|| {
             anyhow::anyhow!("the search returned no plan (a bug in skrr-onnx: please report it)")
         })?;
-        let plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
+        let mut plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
+        plan.target_sparsity = Some(sparsity);
         let search = serde_json::json!({
             "method": run.method, "beam": run.beam, "criterion": run.criterion,
             "report": run.search, "block_influence": run.block_influence, "engine": run.engine,
         });
-        Ok((level, plan, search))
+        Ok((level, plan, search, engine))
     })?;
+    let compensation = match args.search.compensate {
+        Compensate::None => None,
+        Compensate::Linear => Some(clock.phase("compensate", || {
+            let (comp, fit) = compensate::fit(&mut engine, &analysis.graph, &level.actions)?;
+            let file = args.plan_out.as_deref().map(PlanFile::sidecar_name);
+            plan.compensate(&comp, fit.ridge, fit.d_after, file);
+            Ok((comp, fit))
+        })?),
+    };
+    // The search's sessions hold memory the writer and the comparison need.
+    drop(engine);
     if let Some(p) = &args.plan_out {
-        write_file(
-            p,
-            format!("{}\n", serde_json::to_string_pretty(&plan)?).as_bytes(),
-        )?;
+        plan.write(p, compensation.as_ref().map(|(c, _)| &c.map))?;
     }
 
     let applied = clock.phase("rewrite+write", || {
         let opts = RewriteOptions {
             reuse_weights: args.reuse_weights,
             plan_record: Some(plan.clone()),
+            compensation: compensation.as_ref().map(|(c, _)| c.clone()),
         };
         apply_to_file(
             &model,
@@ -210,6 +229,25 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         Some((set, _)) => Some(clock.phase("compare", || {
             fidelity_on(input, output, set, &args.calib, &tolerances)
         })?),
+    };
+    // What the map does on the held-out prompts, against the plan alone (which no file holds).
+    let compensation = match compensation {
+        None => None,
+        Some((comp, fit)) => {
+            let held_out = match &held_out {
+                None => None,
+                Some((set, _)) => Some(clock.phase("compare without compensation", || {
+                    let mut engine =
+                        Engine::new(&model, &analysis, set.clone(), engine_opts.clone())?;
+                    compensate::effect(&mut engine, &level.actions, &comp.map)
+                })?),
+            };
+            Some(CompensationReport {
+                output: comp.output,
+                fit,
+                held_out,
+            })
+        }
     };
 
     let seconds = clock.start.elapsed().as_secs_f64();
@@ -237,6 +275,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         rewrite: applied.rewrite,
         written: applied.write,
         fidelity,
+        compensation,
         phases: clock.phases,
         seconds,
         verdict: verdict_line.clone(),
@@ -288,12 +327,20 @@ fn check_outputs_apart_from_reads(
     let mut reads = model.files();
     reads.extend(args.calib.files(model)?);
     reads.extend(args.heldout.clone());
+    let sidecar = match args.search.compensate {
+        Compensate::None => None,
+        Compensate::Linear => args
+            .plan_out
+            .as_deref()
+            .map(|p| p.with_file_name(PlanFile::sidecar_name(p))),
+    };
     let outputs = [
         (output, "pruned model"),
         (data.as_path(), "pruned model's external data"),
     ]
     .into_iter()
     .chain(args.plan_out.as_deref().map(|p| (p, "plan")))
+    .chain(sidecar.as_deref().map(|p| (p, "plan's compensation map")))
     .chain(args.report.as_deref().map(|p| (p, "report")))
     .collect::<Vec<_>>();
     check_outputs_apart(
@@ -351,8 +398,16 @@ fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
         0 => String::new(),
         n => format!(", {n} re-used parameters copied back"),
     };
+    let net = match plan.net_sparsity {
+        Some(net) => format!(
+            " ({:.1}% net of a {}-parameter linear map)",
+            100.0 * net,
+            rewrite.params_added
+        ),
+        None => String::new(),
+    };
     format!(
-        "removed {:.1}% of parameters ({}, {}{copied})",
+        "removed {:.1}% of parameters{net} ({}, {}{copied})",
         100.0 * plan.achieved_sparsity.unwrap_or(0.0),
         count("skip", "skip", "skips"),
         count("reuse", "re-use", "re-uses")
@@ -445,6 +500,24 @@ fn render_run(r: &RunReport) -> String {
         r.rewrite.params_after,
         r.rewrite.params_removed
     );
+    if let Some(c) = &r.compensation {
+        let held = c.held_out.as_ref().map_or(String::new(), |e| {
+            format!(
+                "; held out: D {:.4e} → {:.4e} ({:+.1}%), cosine {:.4} → {:.4}",
+                e.d_without,
+                e.d_with,
+                100.0 * (e.d_with / e.d_without - 1.0),
+                e.cos_without,
+                e.cos_with
+            )
+        });
+        let _ = writeln!(
+            s,
+            "compens linear map on {} ({} parameters, ridge {:.0e}, fit {:.2} s): calibration D \
+             {:.4e} → {:.4e}{held}",
+            c.output, c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
+        );
+    }
     if let Some(f) = &r.fidelity {
         s.push_str(&render(f));
     }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::blocks::{Analysis, Kind};
+use crate::compensate::{LinearMap, OutputMap};
 use crate::error::SkrrError;
+use crate::model_io::write_file;
 use crate::onnx::GraphProto;
 
 pub const FORMAT: &str = "skrr-plan/1";
@@ -58,6 +60,34 @@ pub struct SubBlockEntry {
     pub source: Option<usize>,
 }
 
+/// How a plan compensates what it removes (issue #13): a linear map on a graph output
+/// (`placement: "output"`), `y = x W + b`. Its values are in a sidecar file beside the plan
+/// (little-endian f64, W row-major then b, exactly as the written model holds them once rounded
+/// to its element type), checked by SHA-256 when the plan is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompensationEntry {
+    /// `linear`.
+    pub kind: String,
+    /// `output`: the map computes graph output `output` from the value the plan leaves there.
+    pub placement: String,
+    pub output: String,
+    pub dim: usize,
+    /// Parameters the map adds (`dim² + dim`).
+    pub params: u64,
+    /// SHA-256 of the map's values (the sidecar's bytes).
+    pub sha256: String,
+    /// The sidecar's file name, in the plan's folder. Absent in a plan recorded without one
+    /// (the main job without `--plan-out`): the model written holds the map itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The ridge term the fit chose, relative to the mean channel energy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ridge: Option<f64>,
+    /// D of the plan with the map, on the calibration prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discrepancy: Option<f64>,
+}
+
 /// The JSON plan file. Only `sub_blocks[].index/.action/.source` are required.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PlanFile {
@@ -81,6 +111,15 @@ pub struct PlanFile {
     pub skip_order: Option<Vec<usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discrepancy: Option<Discrepancy>,
+    /// Parameters the compensation adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_added: Option<u64>,
+    /// (Parameters removed − parameters added) / all parameters: what the target is met with
+    /// when the plan compensates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_sparsity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<CompensationEntry>,
     pub sub_blocks: Vec<SubBlockEntry>,
 }
 
@@ -137,8 +176,114 @@ impl PlanFile {
             beam: None,
             skip_order: None,
             discrepancy: None,
+            params_added: None,
+            net_sparsity: None,
+            compensation: None,
             sub_blocks,
         }
+    }
+
+    /// Records `comp` (fitted with `ridge`, D `d` with it on the calibration prompts) and the
+    /// net sparsity it leaves. `file` names the sidecar `write` will put beside the plan.
+    pub fn compensate(&mut self, comp: &OutputMap, ridge: f64, d: f64, file: Option<String>) {
+        let added = comp.map.params();
+        self.params_added = Some(added);
+        if let (Some(total), Some(removed)) = (self.params_total, self.params_removed) {
+            self.net_sparsity = Some((removed as f64 - added as f64) / total.max(1) as f64);
+        }
+        self.compensation = Some(CompensationEntry {
+            kind: "linear".into(),
+            placement: "output".into(),
+            output: comp.output.clone(),
+            dim: comp.map.dim,
+            params: added,
+            sha256: hex::encode(Sha256::digest(comp.map.to_le_bytes())),
+            file,
+            ridge: Some(ridge),
+            discrepancy: Some(d),
+        });
+    }
+
+    /// The sidecar's file name for a plan written at `path`: `plan.json` → `plan.map.bin`.
+    pub fn sidecar_name(path: &Path) -> String {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plan".into());
+        format!("{stem}.map.bin")
+    }
+
+    /// Writes the plan to `path`, and first the compensation's values to the sidecar its entry
+    /// names (each file atomically).
+    pub fn write(&self, path: &Path, map: Option<&LinearMap>) -> Result<()> {
+        match (
+            self.compensation.as_ref().and_then(|c| c.file.as_ref()),
+            map,
+        ) {
+            (Some(file), Some(map)) => write_file(&path.with_file_name(file), &map.to_le_bytes())?,
+            (None, None) => {}
+            _ => bail!("a plan's compensation entry and its map must be written together"),
+        }
+        write_file(
+            path,
+            format!("{}\n", serde_json::to_string_pretty(self)?).as_bytes(),
+        )
+    }
+
+    /// The compensation of a plan read from `path`, validated against the model's `graph`:
+    /// its sidecar read from the plan's folder only, its size and SHA-256 checked.
+    pub fn load_compensation(&self, path: &Path, graph: &GraphProto) -> Result<Option<OutputMap>> {
+        let Some(c) = &self.compensation else {
+            return Ok(None);
+        };
+        let bad = |m: String| -> anyhow::Error {
+            SkrrError::BadInput(format!("plan {}: {m}", path.display())).into()
+        };
+        if c.kind != "linear" || c.placement != "output" {
+            return Err(bad(format!(
+                "compensation {:?} placed at {:?} is not one this version applies (linear, output)",
+                c.kind, c.placement
+            )));
+        }
+        let (width, _) = crate::compensate::output_spec(graph, &c.output)
+            .map_err(|e| bad(format!("compensation: {e}")))?;
+        if width != c.dim || c.params != crate::compensate::map_params(c.dim) {
+            return Err(bad(format!(
+                "the compensation is a map on {} channels ({} parameters); output {:?} has {width}",
+                c.dim, c.params, c.output
+            )));
+        }
+        let Some(file) = &c.file else {
+            return Err(bad(
+                "its compensation names no file holding the map (a plan recorded inside a \
+                 pruned model); apply the plan file written with --plan-out"
+                    .into(),
+            ));
+        };
+        // A bare file name: the sidecar is beside the plan, never elsewhere.
+        if Path::new(file).file_name().and_then(|n| n.to_str()) != Some(file.as_str()) {
+            return Err(bad(format!(
+                "the compensation's file {file:?} must be a file name in the plan's folder"
+            )));
+        }
+        let sidecar = path.with_file_name(file);
+        let bytes = std::fs::read(&sidecar)
+            .map_err(|e| bad(format!("cannot read its map {}: {e}", sidecar.display())))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if !sha.eq_ignore_ascii_case(&c.sha256) {
+            return Err(bad(format!(
+                "its map {} has SHA-256 {sha}, the plan says {} (the file was changed or belongs \
+                 to another plan)",
+                sidecar.display(),
+                c.sha256
+            )));
+        }
+        let map = LinearMap::from_le_bytes(c.dim, &bytes)
+            .map_err(|e| bad(format!("its map {}: {e}", sidecar.display())))?;
+        Ok(Some(OutputMap {
+            output: c.output.clone(),
+            map,
+        }))
     }
 
     /// Reads the plan file at `path` and maps it onto `analysis`; every error names the file

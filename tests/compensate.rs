@@ -73,7 +73,7 @@ fn the_output_map_is_deterministic_and_consistent_with_score() {
     close(&fa["d_before"], &a["d"], "in-sample D without the map");
     let plain_held = score(&[model, "--plan", plan, "--calib", held, "--chunk", "2"]);
     close(
-        &a["compensation"]["held_out"]["d_before"],
+        &a["compensation"]["held_out"]["d_without"],
         &plain_held["d"],
         "held-out D without the map",
     );

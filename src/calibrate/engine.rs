@@ -397,6 +397,11 @@ impl Engine {
         (&chunk.target, &chunk.counted, 1.0 / denom)
     }
 
+    /// The graph output D is measured on.
+    pub fn measured_output(&self) -> &str {
+        &self.partition.output
+    }
+
     /// Whether the outputs pass through a denoiser projection before D is measured.
     pub fn projected(&self) -> bool {
         self.projection.is_some()

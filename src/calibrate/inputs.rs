@@ -254,27 +254,19 @@ impl PromptTokenizer {
     }
 }
 
-/// Vocabulary size of the model: rows of the embedding table gathered by `input_ids`.
 /// The fixed (batch, sequence) sizes of the token inputs of a static-shape export (CLIP
 /// exported as `input_ids [1, 77]` for TensorRT), `None` for a dynamic axis.
 pub fn fixed_token_shape(graph: &GraphProto) -> (Option<i64>, Option<i64>) {
-    use crate::onnx::proto::tensor_shape_proto::dimension::Value;
-    use crate::onnx::proto::type_proto;
     let mut fed = crate::graph::fed_inputs(graph);
     let Some(ids) = fed.find(|i| i.name() == "input_ids") else {
         return (None, None);
     };
-    let dims = match ids.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map(|s| &s.dim[..]),
-        _ => None,
-    };
-    let fixed = |i: usize| match dims.and_then(|d| d.get(i)).and_then(|d| d.value.as_ref()) {
-        Some(Value::DimValue(v)) => Some(*v),
-        _ => None,
-    };
+    let dims = crate::graph::fixed_dims(ids).unwrap_or_default();
+    let fixed = |i: usize| dims.get(i).copied().flatten();
     (fixed(0), fixed(1))
 }
 
+/// Vocabulary size of the model: rows of the embedding table gathered by `input_ids`.
 pub fn model_vocab(graph: &GraphProto) -> Option<usize> {
     let input = graph.input.iter().find(|i| i.name() == "input_ids")?.name();
     graph

@@ -8,7 +8,6 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use crate::error::SkrrError;
 use crate::onnx::proto::tensor_proto::data_type;
-use crate::onnx::proto::type_proto;
 use crate::onnx::ValueInfoProto;
 
 /// A row-major f32 tensor `[rows, positions, channels]` (rank-2 outputs have one position).
@@ -127,13 +126,6 @@ pub fn row_cos_sum(a: &Dense, b: &Dense, counted: &[usize]) -> Result<f64> {
     Ok(sum)
 }
 
-fn elem_type(vi: &ValueInfoProto) -> Option<i32> {
-    match vi.r#type.as_ref()?.value.as_ref()? {
-        type_proto::Value::TensorType(t) => t.elem_type,
-        _ => None,
-    }
-}
-
 /// The model's graph inputs for a batch of id rows right-padded to `len` with `pad_id`:
 /// `input_ids`, `attention_mask` (1 on tokens), `token_type_ids` (0), `position_ids` (0..len),
 /// each in the element type the model declares. Any other input is an error naming it.
@@ -168,7 +160,7 @@ pub fn feeds(
                 }
             };
             let shape = shape.clone();
-            let value = match elem_type(vi) {
+            let value = match crate::graph::elem_type(vi) {
                 Some(data_type::INT64) => Tensor::from_array((shape, values))?.into_dyn(),
                 Some(data_type::INT32) => {
                     let v: Vec<i32> = values.iter().map(|&x| x as i32).collect();

@@ -60,13 +60,20 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
     // rewriting anything (the writer checks the input's data files too, when it knows them).
     model_io::check_output_not_input(&args.output, &args.input, "pruned model")?;
     let model = model_io::read_model(&args.input)?;
+    let plan = PlanFile::read(&args.plan)?;
     let data = args
         .output
         .with_file_name(args.data.write_options().data_file_name(&args.output)?);
+    let sidecar = plan
+        .compensation
+        .as_ref()
+        .and_then(|c| c.file.as_ref())
+        .map(|f| args.plan.with_file_name(f));
     let reads: Vec<PathBuf> = model
         .files()
         .into_iter()
         .chain([args.plan.clone()])
+        .chain(sidecar)
         .collect();
     model_io::check_outputs_apart(
         &[
@@ -77,7 +84,6 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
     )?;
     let analysis = blocks::analyze_at(&model.proto, &model.path)?;
     crate::loadable::check_input(&model, &model.path)?;
-    let plan = PlanFile::read(&args.plan)?;
     plan.check_model_file(&model.path)?;
     let actions = plan.to_actions(&analysis).with_context(|| {
         format!(
@@ -86,9 +92,11 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
             args.input.display()
         )
     })?;
+    let compensation = plan.load_compensation(&args.plan, &analysis.graph)?;
     let opts = RewriteOptions {
         reuse_weights: args.reuse_weights,
         plan_record: Some(plan.clone()),
+        compensation,
     };
     let mut report = apply_to_file(
         &model,
@@ -178,6 +186,14 @@ fn print_report(r: &ApplyReport, json: bool) -> Result<()> {
         "  parameters   {} -> {}  (removed {}, sparsity {:.4})",
         rw.params_before, rw.params_after, rw.params_removed, r.sparsity
     )?;
+    if rw.params_added > 0 {
+        writeln!(
+            out,
+            "  compensation {} parameters added (a linear map on the output): net sparsity {:.4}",
+            rw.params_added,
+            (rw.params_removed as f64 - rw.params_added as f64) / rw.params_before.max(1) as f64
+        )?;
+    }
     if rw.params_copied > 0 {
         let net = rw.params_before.saturating_sub(rw.params_after);
         writeln!(

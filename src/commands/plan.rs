@@ -11,9 +11,10 @@ use serde_json::json;
 use crate::blocks::analyze_at;
 use crate::calibrate::{CalibArgs, Part};
 use crate::cli::Context;
+use crate::compensate::{self, Compensate};
 use crate::error::SkrrError;
-use crate::model_io::{check_output_not_input, check_outputs_apart, read_model, write_file};
-use crate::plan::{file_sha256, Action};
+use crate::model_io::{check_output_not_input, check_outputs_apart, read_model};
+use crate::plan::{file_sha256, Action, PlanFile};
 use crate::search::methods::{run_method, Method};
 use crate::search::{check_targets, plot, Config, Limits};
 
@@ -52,6 +53,11 @@ pub struct SearchArgs {
     /// Stop the skip phase after this many seconds (an error if no target was reached).
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
+    /// Compensate what the plan removes: `linear` fits a map on the measured output in closed
+    /// form on the calibration prompts (its d² + d parameters count against the sparsity, so
+    /// the search removes that much more).
+    #[arg(long, value_enum, default_value_t = Compensate::None)]
+    pub compensate: Compensate,
 }
 
 impl SearchArgs {
@@ -108,6 +114,13 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     for o in &outputs {
         check_output_not_input(o, &args.model, "plan")?;
     }
+    let sidecars: Vec<PathBuf> = match args.search.compensate {
+        Compensate::None => Vec::new(),
+        Compensate::Linear => outputs
+            .iter()
+            .map(|o| o.with_file_name(PlanFile::sidecar_name(o)))
+            .collect(),
+    };
 
     let model = read_model(&args.model)?;
     let plot = args
@@ -125,6 +138,11 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     let named: Vec<(&Path, &str)> = outputs
         .iter()
         .map(|o| (o.as_path(), "plan"))
+        .chain(
+            sidecars
+                .iter()
+                .map(|s| (s.as_path(), "plan's compensation map")),
+        )
         .chain(plot.as_deref().map(|p| (p, "plot")))
         .collect();
     check_outputs_apart(
@@ -134,19 +152,31 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     crate::runtime::init(&ctx.runtime)?;
     let analysis = analyze_at(&model.proto, &args.model)?;
     crate::loadable::check_input(&model, &args.model)?;
-    check_targets(&analysis, &targets)?;
+    let opts = args.calib.engine_options()?;
+    let added = compensate::planned_params(args.search.compensate, &analysis.graph, &opts)?;
+    let search_targets = compensate::raised_targets(&targets, added, analysis.total_params);
+    check_targets(&analysis, &search_targets)?;
     let sha256 = file_sha256(&args.model)?;
     let calib = args.calib.calib_set(&model, Part::Calibration)?;
-    let opts = args.calib.engine_options()?;
-    let cfg = args.search.config(targets.clone());
+    let cfg = args.search.config(search_targets);
     let method = args.search.method;
-    let run = run_method(&model, &analysis, calib, opts, method, &cfg)?;
+    let (run, mut engine) = run_method(&model, &analysis, calib, opts, method, &cfg)?;
 
-    for (level, path) in run.levels.iter().zip(&outputs) {
-        let plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
-        let mut text = serde_json::to_string_pretty(&plan)?;
-        text.push('\n');
-        write_file(path, text.as_bytes())?;
+    let mut fits = Vec::new();
+    for ((level, path), target) in run.levels.iter().zip(&outputs).zip(&targets) {
+        let mut plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
+        plan.target_sparsity = Some(*target);
+        let map = match args.search.compensate {
+            Compensate::None => None,
+            Compensate::Linear => {
+                let (comp, fit) = compensate::fit(&mut engine, &analysis.graph, &level.actions)?;
+                let file = PlanFile::sidecar_name(path);
+                plan.compensate(&comp, fit.ridge, fit.d_after, Some(file));
+                fits.push(fit);
+                Some(comp.map)
+            }
+        };
+        plan.write(path, map.as_ref())?;
     }
     if let Some(p) = &plot {
         plot::write_png(&run.levels, method.name(), p)?;
@@ -163,6 +193,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
             "model": args.model, "sha256": sha256, "method": run.method, "beam": run.beam,
             "plans": plans, "plot": plot, "criterion": run.criterion, "search": run.search,
             "block_influence": run.block_influence, "engine": run.engine,
+            "compensation": fits,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -178,7 +209,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         "{:>8} {:>9} {:>12} {:>6} {:>6} {:>12} {:>12}  plan",
         "target", "achieved", "removed", "skips", "reuses", "D skip", "D final"
     );
-    for (l, p) in run.levels.iter().zip(&outputs) {
+    for ((l, p), target) in run.levels.iter().zip(&outputs).zip(&targets) {
         let reuses = l
             .actions
             .iter()
@@ -186,7 +217,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
             .count();
         println!(
             "{:>8} {:>9.4} {:>12} {:>6} {:>6} {:>12.5e} {:>12.5e}  {}",
-            l.target,
+            target,
             l.sparsity,
             l.params_removed,
             l.skip_order.len() - reuses,
@@ -204,6 +235,18 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
             r.candidates_abandoned,
             r.seconds,
             r.stop
+        );
+    }
+    for (fit, p) in fits.iter().zip(&outputs) {
+        println!(
+            "compensation of {}: a linear map on the output ({} parameters, ridge {:.0e}, fit \
+             {:.2} s), D {:.5e} -> {:.5e}",
+            p.display(),
+            fit.params_added,
+            fit.ridge,
+            fit.seconds,
+            fit.d_before,
+            fit.d_after
         );
     }
     if let Some(p) = plot {

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibArgs, Engine, Outcome, Part};
 use crate::cli::Context;
-use crate::compensate::{self, FitReport};
+use crate::compensate::{self, Compensate, Effect, FitReport};
 use crate::model_io::Model;
 use crate::plan::{Action, PlanFile};
 use crate::{blocks, model_io, runtime};
@@ -34,12 +34,6 @@ pub struct ScoreArgs {
     /// built-in set's held-out half is used when the calibration prompts are the built-in ones.
     #[arg(long, value_name = "FILE", requires = "compensate")]
     pub heldout: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Compensate {
-    None,
-    Linear,
 }
 
 pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
@@ -87,13 +81,17 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
                 c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
             );
             if let Some(h) = &c.held_out {
+                let e = &h.effect;
                 println!(
-                    "held-out ({} prompts, {}): D {:.6e} -> {:.6e} ({:+.1}%)",
+                    "held-out ({} prompts, {}): D {:.6e} -> {:.6e} ({:+.1}%), token cosine \
+                     {:.4} -> {:.4}",
                     h.prompts,
                     h.source,
-                    h.d_before,
-                    h.d_after,
-                    100.0 * (h.d_after / h.d_before - 1.0)
+                    e.d_without,
+                    e.d_with,
+                    100.0 * (e.d_with / e.d_without - 1.0),
+                    e.cos_without,
+                    e.cos_with
                 );
             }
         }
@@ -112,8 +110,8 @@ struct Compensated {
 struct HeldOut {
     source: String,
     prompts: usize,
-    d_before: f64,
-    d_after: f64,
+    #[serde(flatten)]
+    effect: Effect,
 }
 
 fn compensated(
@@ -123,7 +121,7 @@ fn compensated(
     actions: &[Action],
     engine: &mut Engine,
 ) -> Result<Compensated> {
-    let (map, fit) = compensate::fit(engine, actions)?;
+    let (comp, fit) = compensate::fit(engine, &analysis.graph, actions)?;
     let user = args.calib.calib.is_some() || args.calib.prompts.is_some();
     // Prompts the map was not fitted on: a --heldout file, or the built-in held-out half. The
     // user's own calibration file alone has none (the main job holds some of it out instead).
@@ -146,8 +144,7 @@ fn compensated(
         held_out: Some(HeldOut {
             source,
             prompts,
-            d_before: compensate::score(&mut held_engine, actions, None)?,
-            d_after: compensate::score(&mut held_engine, actions, Some(&map))?,
+            effect: compensate::effect(&mut held_engine, actions, &comp.map)?,
         }),
     })
 }

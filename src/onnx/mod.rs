@@ -25,6 +25,32 @@ impl TensorProto {
     }
 }
 
+impl ValueInfoProto {
+    /// A tensor of `elem_type` with every axis of fixed size, as an initializer declared as a
+    /// graph input is described.
+    pub fn fixed_tensor(name: &str, elem_type: i32, dims: &[i64]) -> Self {
+        use tensor_shape_proto::{dimension, Dimension};
+        let dim = dims
+            .iter()
+            .map(|&d| Dimension {
+                value: Some(dimension::Value::DimValue(d)),
+                denotation: None,
+            })
+            .collect();
+        ValueInfoProto {
+            name: Some(name.to_string()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(elem_type),
+                    shape: Some(TensorShapeProto { dim }),
+                })),
+                denotation: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 impl StringStringEntryProto {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
         Self {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{anyhow, bail, ensure, Result};
 
 use crate::blocks::Analysis;
+use crate::compensate::OutputMap;
 use crate::graph;
 use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::plan::Action;
@@ -37,6 +38,17 @@ pub enum Edit {
     /// A copy of initializer `from` named `to` (`--reuse-weights copy`, for engines that cannot
     /// share a weight between two layers). A graph input declaring `from` is copied along.
     CopyInitializer { from: String, to: String },
+    /// Graph output `output` becomes `Add(MatMul(pre, weight), bias)`, `pre` being the value
+    /// that computed it, renamed; every node that read the output reads `pre`, so the other
+    /// outputs (a pooler) are the uncompensated plan's (issue #13, output placement).
+    OutputMap {
+        output: String,
+        pre: String,
+        product: String,
+        /// The weight `[d, d]` and the bias `[d]`.
+        tensors: Box<[TensorProto; 2]>,
+        node_names: [String; 2],
+    },
 }
 
 /// Turns a validated plan into edits on `analysis.graph`.
@@ -49,6 +61,7 @@ pub fn plan_edits(
     analysis: &Analysis,
     actions: &[Action],
     reuse: ReuseWeights,
+    compensation: Option<&OutputMap>,
 ) -> Result<Vec<Edit>> {
     ensure!(
         actions.len() == analysis.sub_blocks.len(),
@@ -156,6 +169,31 @@ pub fn plan_edits(
             }
         }
     }
+    if let Some(c) = compensation {
+        let (width, elem) = crate::compensate::output_spec(graph, &c.output)?;
+        ensure!(
+            width == c.map.dim,
+            "the compensation maps {} channels; output {:?} has {width}",
+            c.map.dim,
+            c.output
+        );
+        let tag = "skrr_compensation";
+        let (weight, bias) = c.map.tensors(
+            elem,
+            &names.fresh_value(&format!("{}.weight", c.output), tag),
+            &names.fresh_value(&format!("{}.bias", c.output), tag),
+        )?;
+        edits.push(Edit::OutputMap {
+            pre: names.fresh_value(&c.output, "skrr_uncompensated"),
+            product: names.fresh_value(&format!("{}.product", c.output), tag),
+            output: c.output.clone(),
+            tensors: Box::new([weight, bias]),
+            node_names: [
+                names.fresh_node(&format!("{}/MatMul", c.output), tag),
+                names.fresh_node(&format!("{}/Add", c.output), tag),
+            ],
+        });
+    }
     Ok(edits)
 }
 
@@ -236,6 +274,7 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
                     }
                 }
             }
+            Edit::OutputMap { .. } => {}
             Edit::CopyInitializer { from, to } => {
                 let t = graph
                     .initializer
@@ -302,7 +341,72 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
     out.initializer.extend(copies);
     out.input.extend(copied_inputs);
     out.value_info.extend(cloned_info);
+    for e in edits {
+        if let Edit::OutputMap {
+            output,
+            pre,
+            product,
+            tensors,
+            node_names,
+        } = e
+        {
+            map_output(&mut out, output, pre, product, tensors, node_names)?;
+        }
+    }
     crate::graph::sorted(&out)
+}
+
+/// `Edit::OutputMap` on the edited graph.
+fn map_output(
+    g: &mut GraphProto,
+    output: &str,
+    pre: &str,
+    product: &str,
+    [weight, bias]: &[TensorProto; 2],
+    [matmul, add]: &[String; 2],
+) -> Result<()> {
+    ensure!(
+        g.output.iter().any(|o| o.name() == output),
+        "the compensation's output {output:?} is not a graph output"
+    );
+    let producer = g
+        .node
+        .iter_mut()
+        .find(|n| n.output.iter().any(|o| o == output))
+        .ok_or_else(|| {
+            anyhow!("output {output:?} is not computed by a node, so it cannot be compensated")
+        })?;
+    for o in producer.output.iter_mut().filter(|o| *o == output) {
+        *o = pre.to_string();
+    }
+    let rename = |v: &str| -> Result<String> { Ok(if v == output { pre } else { v }.to_string()) };
+    for node in &mut g.node {
+        rename_inputs(node, &rename)?;
+    }
+    for vi in g.value_info.iter_mut().filter(|v| v.name() == output) {
+        vi.name = Some(pre.to_string());
+    }
+    let node = |op: &str, name: &str, inputs: [&str; 2], out: &str| NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.to_string()],
+        name: Some(name.to_string()),
+        op_type: Some(op.into()),
+        ..Default::default()
+    };
+    g.node
+        .push(node("MatMul", matmul, [pre, weight.name()], product));
+    g.node
+        .push(node("Add", add, [product, bias.name()], output));
+    // A graph that declares its initializers as inputs (IR version < 4 requires it) declares
+    // these too.
+    let declared: HashSet<&str> = g.input.iter().map(|i| i.name()).collect();
+    if g.initializer.iter().any(|t| declared.contains(t.name())) {
+        let declare =
+            |t: &TensorProto| ValueInfoProto::fixed_tensor(t.name(), t.data_type(), &t.dims);
+        g.input.extend([declare(weight), declare(bias)]);
+    }
+    g.initializer.extend([weight.clone(), bias.clone()]);
+    Ok(())
 }
 
 /// Redirects a node's inputs (and the outer-scope reads of its subgraphs) through `resolve`.

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::Analysis;
+use crate::compensate::OutputMap;
 use crate::model_io::{element_count, stored_len};
 use crate::onnx::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::plan::{Action, PlanFile};
@@ -44,6 +45,8 @@ pub struct RewriteOptions {
     /// The plan to record in the output's metadata; `PlanFile::describe` of the actions when
     /// absent. Pass the plan file as given so its search details (skip order, D) travel along.
     pub plan_record: Option<PlanFile>,
+    /// A fitted map written after the plan's output (issue #13).
+    pub compensation: Option<OutputMap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,6 +76,8 @@ pub struct RewriteReport {
     /// Elements and bytes added by `--reuse-weights copy` (0 when sharing).
     pub params_copied: u64,
     pub bytes_copied: u64,
+    /// Elements the compensation added (0 without).
+    pub params_added: u64,
 }
 
 /// Rewrites `analysis.graph` under `actions`: edits, dead-code elimination, check.
@@ -81,7 +86,12 @@ pub fn rewrite_graph(
     actions: &[Action],
     opts: &RewriteOptions,
 ) -> Result<(GraphProto, RewriteReport)> {
-    let edits = plan_edits(analysis, actions, opts.reuse_weights)?;
+    let edits = plan_edits(
+        analysis,
+        actions,
+        opts.reuse_weights,
+        opts.compensation.as_ref(),
+    )?;
     for e in &edits {
         log::debug!("edit: {e:?}");
     }
@@ -150,6 +160,7 @@ pub fn rewrite_graph(
         bytes_removed: sum(gone, stored_len)?,
         params_copied: sum(copies.clone(), element_count)?,
         bytes_copied: sum(copies, stored_len)?,
+        params_added: opts.compensation.as_ref().map_or(0, |c| c.map.params()),
     };
     Ok((graph, report))
 }

@@ -361,7 +361,7 @@ fn reuse_runs_the_source_weights_on_the_target_stream() {
 fn reuse_with_copied_weights_reports_the_copies() {
     let opts = RewriteOptions {
         reuse_weights: ReuseWeights::Copy,
-        plan_record: None,
+        ..Default::default()
     };
     let (out, report) = run(2, true, &[K, S, R(0), K], &opts);
     let g = out.graph.as_ref().unwrap();
@@ -506,7 +506,7 @@ fn graph_inputs_declaring_initializers_follow_them() {
     ] {
         let opts = RewriteOptions {
             reuse_weights,
-            plan_record: None,
+            ..Default::default()
         };
         let (out, report) = apply_plan(&model, &analysis, &actions, &opts).unwrap();
         let g = out.graph.as_ref().unwrap();

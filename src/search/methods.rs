@@ -74,7 +74,8 @@ fn full_d(engine: &mut Engine, actions: &[Action]) -> Result<f64> {
     }
 }
 
-/// Runs `method` for `cfg.targets` (the caller has checked them with `check_targets`).
+/// Runs `method` for `cfg.targets` (the caller has checked them with `check_targets`), and
+/// hands back the engine that scored with the full D (a compensation is fitted on it).
 pub fn run_method(
     model: &Model,
     analysis: &Analysis,
@@ -82,12 +83,12 @@ pub fn run_method(
     opts: EngineOptions,
     method: Method,
     cfg: &Config,
-) -> Result<MethodRun> {
+) -> Result<(MethodRun, Engine)> {
     match method {
         Method::Skrr => {
             let mut engine = Engine::new(model, analysis, calib, opts)?;
             let (levels, report) = search(analysis, &mut engine, cfg)?;
-            Ok(MethodRun {
+            let run = MethodRun {
                 method,
                 beam: Some(cfg.beam),
                 criterion: levels.iter().map(|l| Some(l.d_final)).collect(),
@@ -95,7 +96,8 @@ pub fn run_method(
                 search: Some(report),
                 block_influence: None,
                 engine: engine.stats(),
-            })
+            };
+            Ok((run, engine))
         }
         Method::Finercut => {
             let fc_opts = EngineOptions {
@@ -122,7 +124,7 @@ pub fn run_method(
                 l.d_skip = full_d(&mut full, &l.actions)?;
                 l.d_final = l.d_skip;
             }
-            Ok(MethodRun {
+            let run = MethodRun {
                 method,
                 beam: Some(1),
                 levels,
@@ -130,7 +132,8 @@ pub fn run_method(
                 search: Some(report),
                 block_influence: None,
                 engine: full.stats(),
-            })
+            };
+            Ok((run, full))
         }
         Method::Shortgpt => {
             let mut engine = Engine::new(model, analysis, calib, opts)?;
@@ -143,7 +146,7 @@ pub fn run_method(
                 let d = full_d(&mut engine, &actions)?;
                 levels.push(Level::skipping(analysis, *t, order, d));
             }
-            Ok(MethodRun {
+            let run = MethodRun {
                 method,
                 beam: None,
                 criterion: vec![None; levels.len()],
@@ -151,7 +154,8 @@ pub fn run_method(
                 search: None,
                 block_influence: Some(bi),
                 engine: engine.stats(),
-            })
+            };
+            Ok((run, engine))
         }
     }
 }
