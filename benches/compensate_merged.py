@@ -421,12 +421,14 @@ def main():
                 D, c = measure(yh_a, dense_h, hel, th)
                 add(f"(a) {v} + (b)", ach - share, D, c, ridge=r)
     (args.work / "results.json").write_text(json.dumps(rows, indent=1))
-    print("| level | plan | skipped | compensation | net sparsity | held-out D | vs Skrr | D_null | token cos | fit s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    # D_null is never held out (the same null input is in the fit): D_c shows the held-out prompts alone.
+    print("| level | plan | skipped | compensation | net sparsity | held-out D | vs Skrr | D_c | D_null | token cos | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next(x for x in rows if x["level"] == r["level"] and x["plan"] == r["plan"] and x["comp"] == "none")
         print(f"| {r['level']:.2f} | {r['plan']} | {','.join(map(str, r['skip']))} | {r['comp']} | {r['net']:.4f} "
-              f"| {r['heldout_d']:.5f} | {100 * (r['heldout_d'] / ref['heldout_d'] - 1):+.1f}% | {r['d_null']:.5f} | {r['cos']:.4f} "
+              f"| {r['heldout_d']:.5f} | {100 * (r['heldout_d'] / ref['heldout_d'] - 1):+.1f}% "
+              f"| {r['heldout_d'] - r['d_null']:.5f} | {r['d_null']:.5f} | {r['cos']:.4f} "
               f"| {'' if r['fit_seconds'] is None else format(r['fit_seconds'], '.2f')} |")
 
 

@@ -168,11 +168,23 @@ impl LinearMap {
             data_type::DOUBLE => |x| x,
             other => bail!("a linear map cannot be stored as {}", type_name(other)),
         };
-        Ok(LinearMap {
+        let stored = LinearMap {
             dim: self.dim,
             weight: self.weight.iter().map(|&x| round(x)).collect(),
             bias: self.bias.iter().map(|&x| round(x)).collect(),
-        })
+        };
+        if let Some(x) = stored
+            .weight
+            .iter()
+            .chain(&stored.bias)
+            .find(|x| !x.is_finite())
+        {
+            bail!(
+                "the linear map has a value ({x}) that {} cannot hold; use --compensate none",
+                type_name(elem_type)
+            );
+        }
+        Ok(stored)
     }
 
     /// The plan's sidecar form: little-endian f64, the weight row-major, then the bias.
@@ -643,5 +655,46 @@ mod tests {
         assert!(norm(&big) < 0.01 * norm(&small));
         // The least-squares fit is no worse in-sample than the shrunk one.
         assert!(n.sse(&small) <= n.sse(&big));
+    }
+
+    #[test]
+    fn stored_maps_round_to_the_models_type_and_survive_the_sidecar() {
+        let map = LinearMap {
+            dim: 2,
+            weight: vec![0.1, -1.0 / 3.0, 1e-9, 60000.5],
+            bias: vec![std::f64::consts::PI, -0.0],
+        };
+        let f32_map = map.stored_as(data_type::FLOAT).unwrap();
+        assert_eq!(f32_map.weight[0], f64::from(0.1f32));
+        let f16_map = map.stored_as(data_type::FLOAT16).unwrap();
+        assert_eq!(f16_map.bias[0], 3.140625);
+        // Rounding is idempotent: what the sidecar holds is what the file holds.
+        assert_eq!(f16_map.stored_as(data_type::FLOAT16).unwrap(), f16_map);
+        let bytes = f16_map.to_le_bytes();
+        assert_eq!(bytes.len(), 6 * 8);
+        assert_eq!(LinearMap::from_le_bytes(2, &bytes).unwrap(), f16_map);
+        assert!(LinearMap::from_le_bytes(3, &bytes).is_err());
+        let mut nan = bytes.clone();
+        nan[..8].copy_from_slice(&f64::NAN.to_le_bytes());
+        let err = LinearMap::from_le_bytes(2, &nan).unwrap_err().to_string();
+        assert!(err.contains("not a finite number"), "{err}");
+        assert!(map.stored_as(data_type::INT8).is_err());
+        let mut big = map.clone();
+        big.weight[3] = 70000.0;
+        let err = big.stored_as(data_type::FLOAT16).unwrap_err().to_string();
+        assert!(err.contains("cannot hold"), "{err}");
+        let (w, b) = f16_map.tensors(data_type::FLOAT16, "w", "b").unwrap();
+        assert_eq!(
+            (w.dims.as_slice(), b.dims.as_slice()),
+            (&[2i64, 2][..], &[2i64][..])
+        );
+        let halves: Vec<f16> = w
+            .raw_data
+            .unwrap()
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let back: Vec<f64> = halves.iter().map(|h| h.to_f64()).collect();
+        assert_eq!(back, f16_map.weight);
     }
 }

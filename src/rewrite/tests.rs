@@ -533,3 +533,74 @@ fn check_interface_finds_an_input_left_without_its_initializer() {
     let e = check_interface(&before, &after).unwrap_err().to_string();
     assert!(e.contains("w0"), "{e}");
 }
+
+#[test]
+fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
+    use crate::calibrate::tensors::Dense;
+    use crate::compensate::{LinearMap, OutputMap};
+    let (model, mut analysis) = toy(2, true);
+    let g = &mut analysis.graph;
+    g.output[0] = ValueInfoProto::fixed_tensor("y", data_type::FLOAT, &[1, W as i64]);
+    // A second output computed from the compensated one, like a pooler.
+    g.node.push(node("Sigmoid", "pool", &["y"], "pooled"));
+    g.output.push(vi("pooled"));
+    analysis.epilogue.push(g.node.len() - 1);
+    let map = LinearMap {
+        dim: W,
+        weight: (0..W * W).map(|k| k as f64 / 4.0 - 1.0).collect(),
+        bias: vec![0.5, -0.25, 2.0],
+    };
+    let compensation = Some(OutputMap {
+        output: "y".into(),
+        map: map.clone(),
+    });
+    let actions = [K, S, R(0), K];
+    let plain_opts = RewriteOptions::default();
+    let opts = RewriteOptions {
+        compensation: compensation.clone(),
+        ..Default::default()
+    };
+    let (plain, _) = apply_plan(&model, &analysis, &actions, &plain_opts).unwrap();
+    let (out, report) = apply_plan(&model, &analysis, &actions, &opts).unwrap();
+    let g = out.graph.as_ref().unwrap();
+    check(g).unwrap();
+    assert_eq!(report.params_added, (W * W + W) as u64);
+    let (x, m) = ([0.3, -1.2, 0.7], [0.1, 2.0, -0.5]);
+    let (p, c) = (eval(plain.graph.as_ref().unwrap(), &x, &m), eval(g, &x, &m));
+    let want = map.apply(&Dense {
+        shape: vec![1, W],
+        data: p[0].clone(),
+    });
+    for (a, b) in c[0].iter().zip(&want.data) {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "{c:?} vs {want:?}"
+        );
+    }
+    assert_ne!(c[0], p[0]);
+    assert_eq!(c[1], p[1], "the pooler reads the uncompensated value");
+    let adds: Vec<&str> = g.node.iter().rev().take(2).map(|n| n.op_type()).collect();
+    assert!(
+        adds.contains(&"MatMul") && adds.contains(&"Add"),
+        "{adds:?}"
+    );
+
+    // A graph that declares its initializers as inputs declares the map's too.
+    let declared: Vec<ValueInfoProto> = analysis
+        .graph
+        .initializer
+        .iter()
+        .map(|t| ValueInfoProto::fixed_tensor(t.name(), t.data_type(), &t.dims))
+        .collect();
+    analysis.graph.input.extend(declared);
+    let (out, _) = apply_plan(&model, &analysis, &actions, &opts).unwrap();
+    let g = out.graph.as_ref().unwrap();
+    for t in g
+        .initializer
+        .iter()
+        .filter(|t| t.name().contains("skrr_compensation"))
+    {
+        assert!(g.input.iter().any(|i| i.name() == t.name()), "{}", t.name());
+    }
+    check_interface(&analysis.graph, g).unwrap();
+}

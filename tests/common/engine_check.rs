@@ -1,4 +1,5 @@
-//! The calibration engine against the file `apply` writes, for one fixture (issue #6, #12):
+//! The calibration engine against the file `apply` writes, for one fixture (issue #6, #12), the
+//! first plan also with a fitted linear map on its output (issue #13):
 //! used by tests/engine_vs_rewrite.rs under ONNX Runtime's default optimizations and by
 //! tests/minilm_variants.rs with them off (where a dynamically quantized re-use is compared).
 
@@ -10,6 +11,7 @@ use skrr_onnx::blocks::{analyze, Analysis};
 use skrr_onnx::calibrate::tensors::{dense, feeds, Dense};
 use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
 use skrr_onnx::commands::apply::apply_to_file;
+use skrr_onnx::compensate::{self, OutputMap};
 use skrr_onnx::model_io::{read_model, Model, WriteOptions};
 use skrr_onnx::onnx::ValueInfoProto;
 use skrr_onnx::plan::Action;
@@ -120,12 +122,22 @@ impl Written {
     }
 }
 
-fn write(model: &Model, analysis: &Analysis, actions: &[Action], out: &Path) -> Written {
+fn write(
+    model: &Model,
+    analysis: &Analysis,
+    actions: &[Action],
+    compensation: Option<OutputMap>,
+    out: &Path,
+) -> Written {
+    let opts = RewriteOptions {
+        compensation,
+        ..Default::default()
+    };
     apply_to_file(
         model,
         analysis,
         actions,
-        &RewriteOptions::default(),
+        &opts,
         out,
         &WriteOptions::default(),
     )
@@ -158,9 +170,12 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
         .enumerate()
         .map(|(i, (_, actions))| {
             let out = dir.path().join(format!("plan{i}.onnx"));
-            write(&model, &analysis, actions, &out)
+            write(&model, &analysis, actions, None, &out)
         })
         .collect();
+    // The first plan with a linear map on its output (issue #13), fitted on the first shape's
+    // prompts and written once: the engine's output through the map must be the file's.
+    let mut compensated: Option<(OutputMap, Written)> = None;
     let (mut worst, mut other_best) = (Errors::default(), f64::INFINITY);
     for (batch, seq) in SHAPES {
         let calib = CalibSet {
@@ -179,6 +194,13 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
             measure: None,
         };
         let mut engine = Engine::new(&model, &analysis, calib.clone(), opts).unwrap();
+        if compensated.is_none() {
+            let (comp, _) = compensate::fit(&mut engine, &analysis.graph, &plans[0].1).unwrap();
+            let out = dir.path().join("compensated.onnx");
+            let file = write(&model, &analysis, &plans[0].1, Some(comp.clone()), &out);
+            compensated = Some((comp, file));
+        }
+        let (comp, comp_file) = compensated.as_mut().unwrap();
         // The whole batch in one chunk; a prompt per chunk when a row's output depends on its
         // batch mates (dynamic quantization's one scale per tensor): the file is then fed the
         // same single rows.
@@ -219,6 +241,21 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
                 );
                 other_best = other_best.min(other);
             }
+            let got = comp.map.apply(&gots[0]);
+            let file = comp_file.output(&batch_rows, len, pad_id);
+            let errors = Errors::of(&got, &file);
+            let err = errors.held(by_norm);
+            assert!(
+                err <= tol,
+                "{name} skip + linear map ({batch}, {seq}) chunk {c}: engine vs rewritten file {err:e} > {tol:e}"
+            );
+            worst = worst.worst(errors);
+            let other = Errors::of(&got, &files[0]).held(by_norm);
+            assert!(
+                other > 50.0 * tol,
+                "{name} skip + linear map ({batch}, {seq}) chunk {c}: the file without the map is within {other:e}"
+            );
+            other_best = other_best.min(other);
         }
     }
     (worst, other_best)
