@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""docs/benchmarks.md, "Linear compensation": held-out D of Skrr, FinerCut and ShortGPT plans
-without and with the output map of `skrr-onnx score --compensate linear`, at equal or higher
-*net* sparsity (parameters removed minus the map's d² + d): each compensated plan is searched at
-the uncompensated plan's achieved sparsity plus the map's share, so its net sparsity is at least
-that plan's.
+"""docs/benchmarks.md, "Linear compensation": held-out D and token cosine of Skrr, FinerCut and
+ShortGPT plans without and with the output map (`skrr-onnx plan --compensate linear`, which
+searches at the level plus the map's share, so every row meets the level *net* of the map's
+d² + d parameters), and of Skrr ranking candidates by their compensated D (`--rank
+compensated`). Held-out figures come from `skrr-onnx score --compensate linear --heldout`.
 
     .venv/bin/python benches/compensate.py [--model fixtures/minilm/model.onnx]
         [--levels 0.10,0.23,0.30] [--work /tmp/skrr-bench-compensate] [--null-ids 101,102]
@@ -57,42 +57,60 @@ def main() -> None:
     # An empty --null-ids leaves the null input to the tool (the empty prompt, tokenized).
     common = ["--calib", str(calib)] + (["--null-ids", args.null_ids] if args.null_ids else [])
     total = run("inspect", str(args.model))["total_params"]
+    # (method, --compensate, --rank): each method alone and with the output map; Skrr also
+    # ranking candidates by their compensated D.
+    variants = []
+    for method in args.methods.split(","):
+        variants += [(method, "none", "plain"), (method, "linear", "plain")]
+        if method == "skrr":
+            variants.append((method, "linear", "compensated"))
     rows = []
     for level in [float(x) for x in args.levels.split(",")]:
-        for method in args.methods.split(","):
-            for comp in (False, True):
-                plan = args.work / f"{method}_{level}_{int(comp)}.json"
-                # With the map, at least the net sparsity the same method reached without it:
-                # its achieved sparsity plus the map's d² + d (known from that row's fit).
-                target = rows[-1]["achieved"] + rows[-1]["params_added"] / total if comp else level
-                run("plan", str(args.model), "-o", str(plan), "--sparsity", f"{target:.6f}",
-                    "--method", method, *common)
-                p = json.loads(plan.read_text())
-                score = ["score", str(args.model), "--plan", str(plan), *common,
-                         "--compensate", "linear", "--heldout", str(heldout)]
-                s = run(*score)
-                c = s["compensation"]
-                added = c["fit"]["params_added"] if comp else 0
-                rows.append({
-                    "level": level, "method": method, "compensated": comp,
-                    "achieved": p["achieved_sparsity"],
-                    "net_sparsity": (p["params_removed"] - added) / total,
-                    "params_added": c["fit"]["params_added"],
-                    "heldout_d": c["held_out"]["d_with"] if comp else c["held_out"]["d_without"],
-                    "calib_d": c["fit"]["d_after"] if comp else c["fit"]["d_before"],
-                    "ridge": c["fit"]["ridge"], "fit_seconds": c["fit"]["seconds"],
-                    "skip_order": p.get("skip_order"),
-                })
-                r = rows[-1]
-                print(f"{level:.2f} {method:9s} comp={int(comp)} net {r['net_sparsity']:.4f} "
-                      f"held-out D {r['heldout_d']:.5f} (fit {r['fit_seconds']:.2f} s)", file=sys.stderr, flush=True)
+        for method, comp, rank in variants:
+            plan = args.work / f"{method}_{level}_{comp}_{rank}.json"
+            # With the map, the tool itself searches at the level plus the map's share, so
+            # every row meets the level net of what the map adds.
+            out = run("plan", str(args.model), "-o", str(plan), "--sparsity", f"{level}",
+                      "--method", method, "--compensate", comp,
+                      *(["--rank", rank] if method == "skrr" else []), *common)
+            p = json.loads(plan.read_text())
+            s = run("score", str(args.model), "--plan", str(plan), *common,
+                    "--compensate", "linear", "--heldout", str(heldout))
+            c = s["compensation"]
+            h = c["held_out"]
+            mapped = comp == "linear"
+            if mapped:
+                # The map score refits is the plan's own (the fit is deterministic).
+                assert p["compensation"]["discrepancy"] == c["fit"]["d_after"], plan
+            added = p.get("params_added", 0)
+            rows.append({
+                "level": level, "method": method, "compensate": comp, "rank": rank,
+                "achieved": p["achieved_sparsity"],
+                "net_sparsity": (p["params_removed"] - added) / total,
+                "heldout_d": h["d_with"] if mapped else h["d_without"],
+                "heldout_cos": h["cos_with"] if mapped else h["cos_without"],
+                "calib_d": c["fit"]["d_after"] if mapped else c["fit"]["d_before"],
+                "search_seconds": (out.get("search") or {}).get("seconds"),
+                "fit_seconds": c["fit"]["seconds"] if mapped else None,
+                "skip_order": p.get("skip_order"),
+            })
+            r = rows[-1]
+            print(f"{level:.2f} {method:9s} {comp:6s} {rank:11s} net {r['net_sparsity']:.4f} "
+                  f"held-out D {r['heldout_d']:.5f} cos {r['heldout_cos']:.4f}", file=sys.stderr, flush=True)
     (args.work / "results.json").write_text(json.dumps(rows, indent=1))
-    print("| level | method | net sparsity | held-out D | + output map: net sparsity | held-out D | change |")
-    print("|---|---|---|---|---|---|---|")
-    for plain, comp in zip(rows[0::2], rows[1::2]):
-        change = 100 * (comp["heldout_d"] / plain["heldout_d"] - 1)
-        print(f"| {plain['level']:.2f} | {plain['method']} | {plain['net_sparsity']:.4f} | {plain['heldout_d']:.5f} "
-              f"| {comp['net_sparsity']:.4f} | **{comp['heldout_d']:.5f}** | {change:+.1f}% |")
+    print("| level | method | compensation | net sparsity | held-out D | vs skrr | token cosine | search s | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = next(b for b in rows if b["level"] == r["level"] and b["method"] == "skrr"
+                    and b["compensate"] == "none")
+        change = 100 * (r["heldout_d"] / base["heldout_d"] - 1)
+        label = {"none": "-", "linear": "output map"}[r["compensate"]]
+        if r["rank"] == "compensated":
+            label += ", ranked compensated"
+        search = f"{r['search_seconds']:.1f}" if r["search_seconds"] is not None else "-"
+        fit = f"{r['fit_seconds']:.2f}" if r["fit_seconds"] is not None else "-"
+        print(f"| {r['level']:.2f} | {r['method']} | {label} | {r['net_sparsity']:.4f} | {r['heldout_d']:.5f} "
+              f"| {change:+.1f}% | {r['heldout_cos']:.4f} | {search} | {fit} |")
 
 
 if __name__ == "__main__":

@@ -308,7 +308,7 @@ def fit_output(y, t, batch, force_ridge=None):
     fit_at = lambda lam, m: wls(x[m], yt[m], w[m], lam, prior)  # noqa: E731
     err_of = lambda th, m: float((w[m][:, None] * (x[m] @ th[:-1] + th[-1] - yt[m]) ** 2).sum())  # noqa: E731
     if force_ridge is not None:
-        return force_ridge, fit_at(force_ridge * energy(x[~held], w[~held]), torch.ones_like(held))
+        return force_ridge, fit_at(force_ridge * energy(x, w), torch.ones_like(held))
     # src/compensate.rs scales by the train part's energy for the selection and by all for the final fit.
     best = None
     for r in RIDGES:

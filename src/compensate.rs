@@ -527,6 +527,26 @@ pub fn fit(
     Ok((OutputMap { output, map }, report))
 }
 
+/// Ranks plans by their D once their own output map is fitted (`--rank compensated`): a plan
+/// whose removed work a linear map recovers well ranks above one that merely removed less
+/// harmful work. One stage (the fit needs every chunk), so candidates are never abandoned early.
+pub struct CompensatedScorer<'a> {
+    pub engine: &'a mut Engine,
+    pub graph: &'a GraphProto,
+}
+
+impl crate::search::Scorer for CompensatedScorer<'_> {
+    fn stages(&self) -> usize {
+        1
+    }
+
+    fn advance(&mut self, actions: &[Action], _stage: usize, terms: &mut Vec<f64>) -> Result<f64> {
+        let (_, fit) = fit(self.engine, self.graph, actions)?;
+        terms.push(fit.d_after);
+        Ok(fit.d_after)
+    }
+}
+
 /// D and mean token cosine of a plan without and with its map, on an engine's prompts (e.g. a
 /// held-out set the map was not fitted on).
 #[derive(Debug, Clone, Serialize)]

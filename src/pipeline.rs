@@ -179,7 +179,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     let method = args.search.method;
     let (level, mut plan, search, mut engine) = clock.phase("search", || {
         let sha256 = file_sha256(input)?;
-        let cfg = args.search.config(vec![target]);
+        let cfg = args.search.config(vec![target])?;
         let (run, engine) =
             run_method(&model, &analysis, calib, engine_opts.clone(), method, &cfg)?;
         let level = run.levels.into_iter().next().ok_or_else(|| {

@@ -305,3 +305,39 @@ fn the_output_map_lowers_held_out_d_on_the_real_minilm() {
     assert!(c["cos_with"].as_f64().unwrap() > c["cos_without"].as_f64().unwrap());
     assert!(a.report["plan"]["net_sparsity"].as_f64().unwrap() >= 0.23);
 }
+
+/// `--rank compensated`: the search ranks by D after each candidate's own map, so the plan's D
+/// is its compensated D; it needs `--compensate linear`.
+#[test]
+fn ranking_by_compensated_d_scores_with_the_map() {
+    let model = common::fixtures().join("t5_gated/model.onnx");
+    let a = Compensated::run(&model, "0.2", &["--rank", "compensated", "--no-compare"]);
+    let plan = &a.report["plan"];
+    assert_eq!(
+        plan["discrepancy"]["final"],
+        plan["compensation"]["discrepancy"]
+    );
+    let plain = Compensated::run(&model, "0.2", &["--no-compare"]);
+    let plan = &plain.report["plan"];
+    assert_ne!(
+        plan["discrepancy"]["final"],
+        plan["compensation"]["discrepancy"]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let args: [&std::ffi::OsStr; 6] = [
+        model.as_os_str(),
+        out.as_os_str(),
+        "--sparsity".as_ref(),
+        "0.2".as_ref(),
+        "--rank".as_ref(),
+        "compensated".as_ref(),
+    ];
+    common::assert_error_contract(
+        &args,
+        2,
+        "give --compensate linear too",
+        Some(&out),
+        &[&model],
+    );
+}

@@ -16,7 +16,7 @@ use crate::error::SkrrError;
 use crate::model_io::{check_output_not_input, check_outputs_apart, read_model};
 use crate::plan::{file_sha256, Action, PlanFile};
 use crate::search::methods::{run_method, Method};
-use crate::search::{check_targets, plot, Config, Limits};
+use crate::search::{check_targets, plot, Config, Limits, Rank};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -58,19 +58,32 @@ pub struct SearchArgs {
     /// the search removes that much more).
     #[arg(long, value_enum, default_value_t = Compensate::None)]
     pub compensate: Compensate,
+    /// What the Skrr search ranks candidates by: their D, or (with --compensate linear) their
+    /// D after a map fitted for each, which costs a fit per candidate.
+    #[arg(long, value_enum, default_value_t = Rank::Plain)]
+    pub rank: Rank,
 }
 
 impl SearchArgs {
     /// The search configuration for `targets`; warns about options the method ignores.
-    pub fn config(&self, targets: Vec<f64>) -> Config {
+    pub fn config(&self, targets: Vec<f64>) -> Result<Config> {
         let beam = self.beam as usize;
-        if self.method != Method::Skrr && (beam != 3 || self.no_reuse) {
+        if self.method != Method::Skrr && (beam != 3 || self.no_reuse || self.rank != Rank::Plain) {
             log::warn!(
-                "--beam and --no-reuse apply to --method skrr only ({} has its own definition)",
+                "--beam, --no-reuse and --rank apply to --method skrr only ({} has its own \
+                 definition)",
                 self.method.name()
             );
         }
-        Config {
+        if self.rank == Rank::Compensated && self.compensate == Compensate::None {
+            return Err(SkrrError::Usage(
+                "--rank compensated ranks plans by D after their linear map: give --compensate \
+                 linear too"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(Config {
             beam,
             targets,
             reuse: !self.no_reuse,
@@ -78,7 +91,8 @@ impl SearchArgs {
                 time: self.time_limit.map(Duration::from_secs_f64),
                 steps: None,
             },
-        }
+            rank: self.rank,
+        })
     }
 }
 
@@ -158,7 +172,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     check_targets(&analysis, &search_targets)?;
     let sha256 = file_sha256(&args.model)?;
     let calib = args.calib.calib_set(&model, Part::Calibration)?;
-    let cfg = args.search.config(search_targets);
+    let cfg = args.search.config(search_targets)?;
     let method = args.search.method;
     let (run, mut engine) = run_method(&model, &analysis, calib, opts, method, &cfg)?;
 

@@ -9,9 +9,10 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{search, shortgpt_orders, Config, Level, Report, Scorer};
+use super::{search, shortgpt_orders, Config, Level, Rank, Report, Scorer};
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats, Outcome};
+use crate::compensate::CompensatedScorer;
 use crate::model_io::Model;
 use crate::plan::Action;
 
@@ -87,7 +88,16 @@ pub fn run_method(
     match method {
         Method::Skrr => {
             let mut engine = Engine::new(model, analysis, calib, opts)?;
-            let (levels, report) = search(analysis, &mut engine, cfg)?;
+            let (levels, report) = match cfg.rank {
+                Rank::Plain => search(analysis, &mut engine, cfg)?,
+                Rank::Compensated => {
+                    let mut scorer = CompensatedScorer {
+                        engine: &mut engine,
+                        graph: &analysis.graph,
+                    };
+                    search(analysis, &mut scorer, cfg)?
+                }
+            };
             let run = MethodRun {
                 method,
                 beam: Some(cfg.beam),

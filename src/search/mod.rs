@@ -163,6 +163,19 @@ pub struct Config {
     /// Run the re-use phase after the skip phase.
     pub reuse: bool,
     pub limits: Limits,
+    /// What Skrr ranks candidates by.
+    pub rank: Rank,
+}
+
+/// What the Skrr search ranks candidate plans by (`--rank`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Rank {
+    /// D of the plan (the method doc's search).
+    #[default]
+    Plain,
+    /// D of the plan followed by its own fitted output map (`--compensate linear` only).
+    Compensated,
 }
 
 /// The plan found for one target sparsity.
@@ -468,6 +481,7 @@ mod tests {
             targets: vec![0.3, 0.1],
             reuse: true,
             limits: Limits::default(),
+            rank: Rank::Plain,
         };
         let (levels, report) = search(&a, &mut d, &cfg).unwrap();
         assert_eq!(levels.len(), 2);
