@@ -161,6 +161,20 @@ fn every_pruned_fixture_equals_pytorch_under_the_plan() {
     .unwrap();
     let fixtures = manifest["fixtures"].as_array().unwrap();
     assert!(fixtures.len() >= 13);
+    check_all(fixtures);
+}
+
+/// The exports Hugging Face Optimum writes (`common::optimum_fixtures`): BERT with
+/// token_type_ids, CLIP text and T5 encoders with input_ids only (their plans.json rows have an
+/// all-ones mask: the export sees the padding as tokens, and so did PyTorch), a CLIP with
+/// projection whose every layer's output is also a graph output.
+#[test]
+fn every_optimum_export_equals_pytorch_under_the_plan() {
+    check_all(&common::optimum_fixtures());
+}
+
+/// Applies and checks every plan of every fixture; fails after all are reported.
+fn check_all(fixtures: &[Value]) {
     let tmp = tempfile::tempdir().unwrap();
     let (mut failed, mut out_of_tolerance) = (Vec::new(), Vec::new());
     for f in fixtures {
