@@ -25,6 +25,15 @@ fn engine_output_equals_the_rewritten_file_for_every_fixture_plan_and_shape() {
     }
 }
 
+/// The exports Hugging Face Optimum writes (`common::optimum_fixtures`): inputs without
+/// attention_mask (CLIP text, T5) or with token_type_ids (BERT), several outputs.
+#[test]
+fn engine_output_equals_the_rewritten_file_for_every_optimum_export() {
+    for f in common::optimum_fixtures() {
+        report(&f, check_fixture(&f, &common::fixtures()));
+    }
+}
+
 /// The real all-MiniLM-L6-v2 (`common::minilm`).
 #[test]
 fn engine_output_equals_the_rewritten_file_on_the_real_minilm() {

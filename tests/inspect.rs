@@ -155,6 +155,8 @@ for batch, seq in [(1, 5), (3, 9)]:
         if "mask" in i.name:
             m = np.ones((batch, seq), dtype=np.int64); m[-1, seq - 2:] = 0
             feeds[i.name] = m
+        elif i.name == "token_type_ids":  # BERT as Optimum exports it: one segment
+            feeds[i.name] = np.zeros((batch, seq), dtype=np.int64)
         else:
             feeds[i.name] = rng.integers(3, 50, size=(batch, seq), dtype=np.int64)
     for x, y in zip(sa.run(None, feeds), sb.run(None, feeds)):
@@ -195,6 +197,36 @@ fn every_fixture_is_analyzed_exactly() {
             assert_eq!(base(a) == base(b), sa == sb, "structure of {a} vs {b}");
         }
     }
+}
+
+/// The exports Hugging Face Optimum writes (`common::optimum_fixtures`), checked like the others:
+/// layers, kinds, family, norm position, parameters per region (the default init's all-ones
+/// norms and zero biases, merged by the exporter into initializers every layer reads, count as
+/// shared), and the analysis graph computes what the file computes, on every output. The CLIP
+/// text encoder with and without projection share their text transformer's structure.
+#[test]
+fn every_optimum_export_is_analyzed_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut failed = Vec::new();
+    let mut structures = std::collections::BTreeMap::new();
+    for f in &common::optimum_fixtures() {
+        let name = f["name"].as_str().unwrap_or("?").to_string();
+        match std::panic::catch_unwind(|| check_fixture(f, &common::fixtures(), tmp.path())) {
+            Ok(s) => {
+                structures.insert(name, s);
+            }
+            Err(_) => failed.push(name),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "fixtures failing (see above): {failed:?}"
+    );
+    assert_eq!(
+        structures["optimum_clip"], structures["optimum_clip_proj"],
+        "one CLIP text transformer, with and without projection"
+    );
+    assert_ne!(structures["optimum_clip"], structures["optimum_t5"]);
 }
 
 /// Checks one manifest entry (`base` is the folder its `model` path is relative to); returns

@@ -95,38 +95,10 @@ fn check_fixture(f: &Value, dir: &Path) -> Vec<Row> {
     .expect("plans.json is JSON");
     assert_eq!(refs["format"], "skrr-torch-plans/1");
     assert_eq!(refs["fixture"], name);
-    let n = 2 * f["layers"].as_u64().unwrap() as usize;
-    let model = common::fixtures().join(f["model"].as_str().unwrap());
     let plans = refs["plans"].as_array().expect("plans");
     assert_eq!(plans.len(), 4, "{name}: four plans");
-    let mut outs = Vec::new();
-    for (i, p) in plans.iter().enumerate() {
-        let actions = actions(&p["sub_blocks"]);
-        assert_eq!(actions.len(), n, "{name}: one action per sub-block");
-        let plan = dir.join(format!("plan{i}.json"));
-        common::write_plan(&plan, &actions);
-        let out = dir.join(format!("plan{i}.onnx"));
-        common::skrr_ok([
-            "apply".as_ref(),
-            model.as_os_str(),
-            plan.as_os_str(),
-            out.as_os_str(),
-        ]);
-        outs.push(out.to_str().unwrap().to_string());
-    }
-    let job = serde_json::json!({
-        "models": outs,
-        "inputs": {"input_ids": refs["input_ids"], "attention_mask": refs["attention_mask"]},
-        "output": "last_hidden_state",
-    });
-    let job_path = dir.join("job.json");
-    std::fs::write(&job_path, job.to_string()).unwrap();
-    let script = common::repo_root().join("tests/oracles/run_models.py");
-    let ran = common::run_python_json(
-        &std::fs::read_to_string(script).unwrap(),
-        &[job_path.to_str().unwrap()],
-    );
-    let ran = ran["outputs"].as_array().expect("outputs");
+    let outs = apply_plans(f, &refs, dir);
+    let ran = run_outputs(&outs, &refs, "last_hidden_state", dir);
     let want: Vec<Vec<f64>> = plans
         .iter()
         .map(|p| numbers(&p["last_hidden_state"]))
@@ -153,6 +125,47 @@ fn check_fixture(f: &Value, dir: &Path) -> Vec<Row> {
         .collect()
 }
 
+/// Writes each plan of `refs` (the fixture's plans.json) as a plan file and applies it with the
+/// binary; returns the written files, in the order of the plans.
+fn apply_plans(f: &Value, refs: &Value, dir: &Path) -> Vec<String> {
+    let name = f["name"].as_str().unwrap();
+    let n = 2 * f["layers"].as_u64().unwrap() as usize;
+    let model = common::fixtures().join(f["model"].as_str().unwrap());
+    let mut outs = Vec::new();
+    for (i, p) in refs["plans"].as_array().expect("plans").iter().enumerate() {
+        let actions = actions(&p["sub_blocks"]);
+        assert_eq!(actions.len(), n, "{name}: one action per sub-block");
+        let plan = dir.join(format!("plan{i}.json"));
+        common::write_plan(&plan, &actions);
+        let out = dir.join(format!("plan{i}.onnx"));
+        common::skrr_ok([
+            "apply".as_ref(),
+            model.as_os_str(),
+            plan.as_os_str(),
+            out.as_os_str(),
+        ]);
+        outs.push(out.to_str().unwrap().to_string());
+    }
+    outs
+}
+
+/// ONNX Runtime's `output` of each model on the token rows of `refs` (tests/oracles/run_models.py).
+fn run_outputs(models: &[String], refs: &Value, output: &str, dir: &Path) -> Vec<Value> {
+    let job = serde_json::json!({
+        "models": models,
+        "inputs": {"input_ids": refs["input_ids"], "attention_mask": refs["attention_mask"]},
+        "output": output,
+    });
+    let job_path = dir.join("job.json");
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let script = common::repo_root().join("tests/oracles/run_models.py");
+    let ran = common::run_python_json(
+        &std::fs::read_to_string(script).unwrap(),
+        &[job_path.to_str().unwrap()],
+    );
+    ran["outputs"].as_array().expect("outputs").clone()
+}
+
 #[test]
 fn every_pruned_fixture_equals_pytorch_under_the_plan() {
     let manifest: Value = serde_json::from_str(
@@ -161,6 +174,70 @@ fn every_pruned_fixture_equals_pytorch_under_the_plan() {
     .unwrap();
     let fixtures = manifest["fixtures"].as_array().unwrap();
     assert!(fixtures.len() >= 13);
+    check_all(fixtures);
+}
+
+/// The exports Hugging Face Optimum writes (`common::optimum_fixtures`): BERT with
+/// token_type_ids, CLIP text and T5 encoders with input_ids only (their plans.json rows have an
+/// all-ones mask: the export sees the padding as tokens, and so did PyTorch), a CLIP with
+/// projection whose every layer's output is also a graph output.
+#[test]
+fn every_optimum_export_equals_pytorch_under_the_plan() {
+    check_all(&common::optimum_fixtures());
+}
+
+/// Optimum's CLIP with projection, exported as for SDXL's text_encoder_2, also outputs every
+/// layer's output (`hidden_states.0` .. `hidden_states.L`: the pipelines read the penultimate
+/// one). Each stays an output of the file `apply` writes and equals PyTorch's hidden states under
+/// the plan (fixtures/<name>/hidden_states.json): after a skipped layer, the stream it passes on
+/// unchanged; after a re-used one, the source's weights run at that layer.
+#[test]
+fn optimum_hidden_state_outputs_equal_pytorch_under_the_plan() {
+    let fixtures: Vec<Value> = common::optimum_fixtures()
+        .into_iter()
+        .filter(|f| f["hidden_states_plans"].is_string())
+        .collect();
+    assert_eq!(fixtures.len(), 1, "optimum_clip_proj");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut out_of_tolerance = Vec::new();
+    for f in &fixtures {
+        let name = f["name"].as_str().unwrap();
+        let read = |key: &str| -> Value {
+            let path = common::fixtures().join(f[key].as_str().unwrap());
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+        };
+        let (refs, hidden) = (read("plans"), read("hidden_states_plans"));
+        assert_eq!(hidden["format"], "skrr-torch-plans-hidden-states/1");
+        let layers = f["layers"].as_u64().unwrap() as usize;
+        let outs = apply_plans(f, &refs, tmp.path());
+        let plans = hidden["plans"].as_array().unwrap();
+        assert_eq!(plans.len(), outs.len());
+        for l in 0..=layers {
+            let output = format!("hidden_states.{l}");
+            let ran = run_outputs(&outs, &refs, &output, tmp.path());
+            for (p, o) in plans.iter().zip(&ran) {
+                assert_eq!(o["shape"], hidden["shape"], "{name} {output}");
+                let e = Errors::of(&numbers(&o["data"]), &numbers(&p["outputs"][&output]));
+                let plan = p["name"].as_str().unwrap();
+                eprintln!(
+                    "{name} {plan} {output}: rel err norm {:.2e}, max rel err {:.2e}",
+                    e.norm, e.max
+                );
+                if e.norm > 1e-5 || !e.norm.is_finite() {
+                    out_of_tolerance.push(format!("{name} {plan} {output}: {:.2e}", e.norm));
+                }
+            }
+        }
+    }
+    assert!(
+        out_of_tolerance.is_empty(),
+        "hidden-state outputs of the written file vs PyTorch under the plan:\n{}",
+        out_of_tolerance.join("\n")
+    );
+}
+
+/// Applies and checks every plan of every fixture; fails after all are reported.
+fn check_all(fixtures: &[Value]) {
     let tmp = tempfile::tempdir().unwrap();
     let (mut failed, mut out_of_tolerance) = (Vec::new(), Vec::new());
     for f in fixtures {

@@ -154,6 +154,23 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("fixtures")
 }
 
+/// The exports made by Hugging Face Optimum's ONNX exporter (fixtures/optimum_manifest.json,
+/// written by fixtures/optimum_export.py in a venv of its own): entries of the form of
+/// fixtures/manifest.json's, their `model` and `plans` paths relative to fixtures/. They are not
+/// in fixtures/manifest.json, which fixtures/generate.py writes from its own list.
+pub fn optimum_fixtures() -> Vec<serde_json::Value> {
+    let path = fixtures().join("optimum_manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let m: serde_json::Value = serde_json::from_str(&text).expect("optimum_manifest.json is JSON");
+    let fixtures = m["fixtures"].as_array().expect("fixtures").clone();
+    assert_eq!(
+        fixtures.len(),
+        4,
+        "fixtures/optimum_manifest.json: four Optimum exports"
+    );
+    fixtures
+}
+
 /// The Python interpreter for oracles: `SKRR_PYTHON`, else `python3`.
 pub fn python() -> String {
     std::env::var("SKRR_PYTHON")

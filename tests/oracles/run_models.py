@@ -3,8 +3,8 @@
 usage: run_models.py job.json  ->  prints {"outputs": [{"shape": [...], "data": [...]}, ...]}
 job: {"models": [path, ...], "inputs": {name: [[...], ...], ...}, "output": "last_hidden_state"}
 
-Each model is fed the inputs it declares (by name) and its output `output` is returned widened to
-float64, row-major. Nothing is compared here: tests/torch_plans.rs compares with PyTorch's
+Each model is fed the inputs it declares (by name; `token_type_ids`, when the job has none, as
+zeros like skrr-onnx feeds it) and its output `output` is returned widened to float64, row-major. Nothing is compared here: tests/torch_plans.rs compares with PyTorch's
 references in fixtures/<name>/plans.json.
 """
 import json
@@ -21,7 +21,12 @@ def main():
     outputs = []
     for path in job["models"]:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        feeds = {i.name: inputs[i.name] for i in session.get_inputs()}
+        feeds = {}
+        for i in session.get_inputs():
+            if i.name == "token_type_ids" and i.name not in inputs:
+                feeds[i.name] = np.zeros_like(inputs["input_ids"])
+            else:
+                feeds[i.name] = inputs[i.name]
         (out,) = session.run([job["output"]], feeds)
         outputs.append({"shape": list(out.shape), "data": out.astype(np.float64).ravel().tolist()})
     json.dump({"outputs": outputs}, sys.stdout)

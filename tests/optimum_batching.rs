@@ -1,0 +1,93 @@
+//! Exports without an `attention_mask` input (Hugging Face Optimum's diffusers text encoders:
+//! `t5-encoder` for SD3 / FLUX, `clip-text` for SD 1.x; fixtures/optimum_export.py) see the
+//! padding of a batch as tokens. The method doc wants each prompt's D to be the same alone or in
+//! a padded batch. CLIP is causal: right padding never reaches a token, so D does not depend on
+//! batching. T5 attends both ways: padded to the batch's longest prompt, each prompt's output
+//! changes with its batch mates, unless every prompt is padded to one length
+//! (`--include-padding --max-length N`, as SD3 and FLUX feed T5).
+
+mod common;
+
+use common::{fixtures, skrr};
+
+/// `score`'s D of `plan` on `fixture` with `--chunk chunk` and further arguments.
+fn d(fixture: &str, plan: &std::path::Path, chunk: &str, extra: &[&str]) -> f64 {
+    let model = fixtures().join(fixture).join("model.onnx");
+    let out = skrr(
+        [
+            "score",
+            model.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            "--num-prompts",
+            "32",
+            "--chunk",
+            chunk,
+            "--json",
+        ]
+        .iter()
+        .chain(extra),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["d"]
+        .as_f64()
+        .or_else(|| v["score"]["d"].as_f64())
+        .unwrap_or_else(|| panic!("no d in {v}"))
+}
+
+fn skip_plan(dir: &std::path::Path) -> std::path::PathBuf {
+    let plan = dir.join("plan.json");
+    common::write_skip_plan(&plan, 8, &[3, 5, 7]);
+    plan
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
+
+#[test]
+fn maskless_clip_and_padded_t5_give_d_independent_of_batching() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = skip_plan(dir.path());
+    let (a, b) = (
+        d("optimum_clip", &plan, "1", &[]),
+        d("optimum_clip", &plan, "8", &[]),
+    );
+    assert!(
+        rel(a, b) <= 1e-5,
+        "optimum_clip: D {a} alone vs {b} in batches of 8"
+    );
+    let padded = ["--include-padding", "--max-length", "32"];
+    let (a, b) = (
+        d("optimum_t5", &plan, "1", &padded),
+        d("optimum_t5", &plan, "8", &padded),
+    );
+    assert!(
+        rel(a, b) <= 1e-5,
+        "optimum_t5 padded to 32: D {a} alone vs {b} in batches of 8"
+    );
+}
+
+/// Known: skrr-onnx batches a maskless bidirectional encoder like one with a mask, so its D
+/// depends on `--chunk` (measured on optimum_t5, skip {3, 5, 7}, 32 prompts: D 0.8042 alone,
+/// 0.7976 in batches of 8). Run with `--ignored` once the engine runs such a model one prompt at a time (as it
+/// does a dynamically quantized one) or pads every prompt to one length.
+#[test]
+#[ignore = "known limitation: D of a T5 export without attention_mask depends on batching (see docs/usage.md)"]
+fn maskless_t5_gives_d_independent_of_batching() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = skip_plan(dir.path());
+    let (a, b) = (
+        d("optimum_t5", &plan, "1", &[]),
+        d("optimum_t5", &plan, "8", &[]),
+    );
+    assert!(
+        rel(a, b) <= 1e-5,
+        "optimum_t5: D {a} alone vs {b} in batches of 8"
+    );
+}
