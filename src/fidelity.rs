@@ -177,8 +177,8 @@ struct Runner {
     output: String,
     /// Rows of the token-embedding table, when the graph shows it.
     vocab: Option<usize>,
-    /// Its rows depend on their batch mates (`graph::couples_batch_rows`): run one at a time.
-    coupled: bool,
+    /// Why its rows depend on their batch mates (`graph::batch_coupling`): run one at a time.
+    coupling: Option<&'static str>,
     size: ModelSize,
 }
 
@@ -208,7 +208,7 @@ impl<'a> Batch<'a> {
 }
 
 impl Runner {
-    fn load(path: &Path, measure: Option<&str>) -> Result<Runner> {
+    fn load(path: &Path, measure: Option<&str>, include_padding: bool) -> Result<Runner> {
         // Reading validates the file (and its external data) before ONNX Runtime sees it.
         let model = read_model(path)?;
         // Reported as the user wrote it, like every other path the commands print.
@@ -227,7 +227,7 @@ impl Runner {
         Ok(Runner {
             inputs,
             output,
-            coupled: crate::graph::couples_batch_rows(graph),
+            coupling: crate::graph::batch_coupling(graph, include_padding),
             vocab: crate::calibrate::inputs::model_vocab(graph),
             size,
         })
@@ -353,8 +353,8 @@ pub fn measure(
     if calib.prompts.is_empty() {
         return Err(SkrrError::BadInput("no prompts to compare on".into()).into());
     }
-    let a = Runner::load(dense_path, opts.measure.as_deref())?;
-    let b = Runner::load(pruned_path, opts.measure.as_deref())?;
+    let a = Runner::load(dense_path, opts.measure.as_deref(), opts.include_padding)?;
+    let b = Runner::load(pruned_path, opts.measure.as_deref(), opts.include_padding)?;
     same_interface(&a, &b)?;
     let mut projection = opts
         .projection
@@ -363,7 +363,7 @@ pub fn measure(
         .transpose()?;
     let batch = |rows| Batch::new(rows, opts.include_padding, calib.max_length);
     // The prompt chunks, then the null input (last, if measured).
-    let chunk = crate::graph::batch_size(a.coupled || b.coupled, opts.chunk.max(1));
+    let chunk = crate::graph::batch_size(a.coupling.or(b.coupling), opts.chunk.max(1));
     let mut batches: Vec<Batch> = calib
         .prompts
         .chunks(chunk)

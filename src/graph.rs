@@ -265,28 +265,42 @@ impl GraphProto {
     }
 }
 
-/// Whether a row's output depends on the other rows of its batch: `DynamicQuantizeLinear`
-/// (dynamic int8 quantization) takes one scale and zero point over the whole tensor, so each
-/// prompt's embedding changes with its batch mates and their padding. Such a model is run one
-/// prompt at a time, as a pipeline encoding one prompt runs it, so that D is a property of the
-/// prompts (method doc: the same alone or in a padded batch) and not of how they were batched.
-pub fn couples_batch_rows(g: &GraphProto) -> bool {
-    g.node
+/// Why a row's output can depend on the other rows of its batch, if it can. Such a model is run
+/// one prompt at a time, as a pipeline encoding one prompt runs it, so that D is a property of
+/// the prompts (method doc: the same alone or in a padded batch) and not of how they were
+/// batched:
+/// - `DynamicQuantizeLinear` (dynamic int8 quantization) takes one scale and zero point over the
+///   whole tensor, so each prompt's embedding changes with its batch mates and their padding;
+/// - a model fed no attention mask (Optimum's `t5-encoder` and `clip-text` exports) sees a
+///   batch's padding as tokens; a bidirectional one (T5) then changes each prompt's output with
+///   the longest prompt of its batch. Unless every prompt is padded to one length
+///   (`include_padding`), as SD3 and FLUX feed T5.
+pub fn batch_coupling(g: &GraphProto, include_padding: bool) -> Option<&'static str> {
+    if g.node
         .iter()
         .any(|n| n.op_type() == "DynamicQuantizeLinear")
+    {
+        return Some(
+            "dynamically quantized model (DynamicQuantizeLinear: one scale per batch): each \
+             prompt runs alone",
+        );
+    }
+    let masked = fed_inputs(g).any(|i| i.name().to_ascii_lowercase().contains("mask"));
+    (!masked && !include_padding).then_some(
+        "the model takes no attention mask, so a prompt would attend to its batch mates' \
+         padding: each prompt runs alone (--include-padding pads every prompt to --max-length \
+         and batches them, as SD3 and FLUX feed T5)",
+    )
 }
 
-/// `chunk` prompts per batch, or one when a model run has coupled rows
-/// ([`couples_batch_rows`]).
-pub fn batch_size(coupled: bool, chunk: usize) -> usize {
-    if chunk > 1 && coupled {
-        log::info!(
-            "dynamically quantized model (DynamicQuantizeLinear: one scale per batch): each \
-             prompt runs alone"
-        );
-        1
-    } else {
-        chunk
+/// `chunk` prompts per batch, or one when a model run has coupled rows ([`batch_coupling`]).
+pub fn batch_size(coupling: Option<&str>, chunk: usize) -> usize {
+    match coupling {
+        Some(why) if chunk > 1 => {
+            log::info!("{why}");
+            1
+        }
+        _ => chunk,
     }
 }
 

@@ -278,8 +278,9 @@ fn check_works(name: &str) {
     .unwrap();
     let mut engine = Engine::new(&model, &analysis, calib, opts).unwrap();
     // Dynamically quantized models run one prompt at a time (their rows depend on their batch
-    // mates: graph::couples_batch_rows); the others as one batch.
-    let coupled = skrr_onnx::graph::couples_batch_rows(model.proto.graph.as_ref().unwrap());
+    // mates: graph::batch_coupling); the others as one batch.
+    let coupled =
+        skrr_onnx::graph::batch_coupling(model.proto.graph.as_ref().unwrap(), false).is_some();
     assert_eq!(engine.chunks(), if coupled { rows.len() } else { 1 });
     let written: Vec<PathBuf> = plans
         .iter()

@@ -73,12 +73,10 @@ fn maskless_clip_and_padded_t5_give_d_independent_of_batching() {
     );
 }
 
-/// Known: skrr-onnx batches a maskless bidirectional encoder like one with a mask, so its D
-/// depends on `--chunk` (measured on optimum_t5, skip {3, 5, 7}, 32 prompts: D 0.8042 alone,
-/// 0.7976 in batches of 8). Run with `--ignored` once the engine runs such a model one prompt at a time (as it
-/// does a dynamically quantized one) or pads every prompt to one length.
+/// A maskless bidirectional encoder runs one prompt at a time (`graph::batch_coupling`), so its
+/// D does not depend on `--chunk` (before: optimum_t5, skip {3, 5, 7}, 32 prompts: D 0.8042
+/// alone, 0.7976 in batches of 8).
 #[test]
-#[ignore = "known limitation: D of a T5 export without attention_mask depends on batching (see docs/usage.md)"]
 fn maskless_t5_gives_d_independent_of_batching() {
     let dir = tempfile::tempdir().unwrap();
     let plan = skip_plan(dir.path());

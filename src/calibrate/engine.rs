@@ -200,7 +200,7 @@ impl Engine {
             }
         }
         let chunk = crate::graph::batch_size(
-            crate::graph::couples_batch_rows(&analysis.graph),
+            crate::graph::batch_coupling(&analysis.graph, opts.include_padding),
             opts.chunk,
         );
         groups.extend(order.chunks(chunk).map(|c| (false, c.to_vec())));

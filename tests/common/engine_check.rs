@@ -161,7 +161,8 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
     let dir = tempfile::tempdir().unwrap();
     let model = read_model(&base.join(f["model"].as_str().unwrap())).unwrap();
     let analysis = analyze(&model.proto).unwrap();
-    let coupled = skrr_onnx::graph::couples_batch_rows(model.proto.graph.as_ref().unwrap());
+    let coupled =
+        skrr_onnx::graph::batch_coupling(model.proto.graph.as_ref().unwrap(), false).is_some();
     let by_norm = fp16;
     let tol = if fp16 { 2e-3 } else { 1e-5 };
     let plans = plans(analysis.sub_blocks.len());
