@@ -89,6 +89,7 @@ def main() -> None:
                 "net_sparsity": (p["params_removed"] - added) / total,
                 "heldout_d": h["d_with"] if mapped else h["d_without"],
                 "heldout_cos": h["cos_with"] if mapped else h["cos_without"],
+                "heldout_d_c": h["d_c_with"] if mapped else h["d_c_without"],
                 "calib_d": c["fit"]["d_after"] if mapped else c["fit"]["d_before"],
                 "search_seconds": (out.get("search") or {}).get("seconds"),
                 "fit_seconds": c["fit"]["seconds"] if mapped else None,
@@ -98,19 +99,20 @@ def main() -> None:
             print(f"{level:.2f} {method:9s} {comp:6s} {rank:11s} net {r['net_sparsity']:.4f} "
                   f"held-out D {r['heldout_d']:.5f} cos {r['heldout_cos']:.4f}", file=sys.stderr, flush=True)
     (args.work / "results.json").write_text(json.dumps(rows, indent=1))
-    print("| level | method | compensation | net sparsity | held-out D | vs skrr | token cosine | search s | fit s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| level | method | compensation | net sparsity | held-out D | vs skrr | held-out D_c | vs skrr | token cosine | search s | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["level"] == r["level"] and b["method"] == "skrr"
                     and b["compensate"] == "none")
         change = 100 * (r["heldout_d"] / base["heldout_d"] - 1)
+        change_c = 100 * (r["heldout_d_c"] / base["heldout_d_c"] - 1)
         label = {"none": "-", "linear": "output map"}[r["compensate"]]
         if r["rank"] == "compensated":
             label += ", ranked compensated"
         search = f"{r['search_seconds']:.1f}" if r["search_seconds"] is not None else "-"
         fit = f"{r['fit_seconds']:.2f}" if r["fit_seconds"] is not None else "-"
         print(f"| {r['level']:.2f} | {r['method']} | {label} | {r['net_sparsity']:.4f} | {r['heldout_d']:.5f} "
-              f"| {change:+.1f}% | {r['heldout_cos']:.4f} | {search} | {fit} |")
+              f"| {change:+.1f}% | {r['heldout_d_c']:.5f} | {change_c:+.1f}% | {r['heldout_cos']:.4f} | {search} | {fit} |")
 
 
 if __name__ == "__main__":

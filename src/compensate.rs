@@ -553,6 +553,11 @@ impl crate::search::Scorer for CompensatedScorer<'_> {
 pub struct Effect {
     pub d_without: f64,
     pub d_with: f64,
+    /// The prompts' part of D (D_c), without and with the map. The null input is one fixed
+    /// input, the same in the fit and in any held-out set, so only D_c measures the map on
+    /// inputs it was not fitted on.
+    pub d_c_without: f64,
+    pub d_c_with: f64,
     /// Mean cosine similarity of the prompts' tokens to the dense model's (the null input is in
     /// D, not here).
     pub cos_without: f64,
@@ -563,15 +568,20 @@ pub struct Effect {
 /// `map`.
 pub fn effect(engine: &mut Engine, actions: &[Action], map: &LinearMap) -> Result<Effect> {
     let (mut d_without, mut d_with, mut cos_without, mut cos_with) = (0.0, 0.0, 0.0, 0.0);
+    let (mut d_c_without, mut d_c_with) = (0.0, 0.0);
     let mut tokens = 0usize;
     for c in 0..engine.chunks() {
         let plain = engine.output(c, actions)?;
         let mapped = map.apply(&plain);
         let null = engine.chunk_rows(c).0;
         let (target, counted, weight) = engine.target(c);
-        d_without += weight * row_sse(&plain, target, counted)?.iter().sum::<f64>();
-        d_with += weight * row_sse(&mapped, target, counted)?.iter().sum::<f64>();
+        let without = weight * row_sse(&plain, target, counted)?.iter().sum::<f64>();
+        let with = weight * row_sse(&mapped, target, counted)?.iter().sum::<f64>();
+        d_without += without;
+        d_with += with;
         if !null {
+            d_c_without += without;
+            d_c_with += with;
             cos_without += row_cos_sum(&plain, target, counted)?;
             cos_with += row_cos_sum(&mapped, target, counted)?;
             tokens += counted
@@ -584,6 +594,8 @@ pub fn effect(engine: &mut Engine, actions: &[Action], map: &LinearMap) -> Resul
     Ok(Effect {
         d_without,
         d_with,
+        d_c_without,
+        d_c_with,
         cos_without: cos_without * per_token,
         cos_with: cos_with * per_token,
     })
