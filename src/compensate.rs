@@ -564,6 +564,25 @@ pub struct Effect {
     pub cos_with: f64,
 }
 
+impl std::fmt::Display for Effect {
+    /// `D a → b (−x%), D_c c → d (−y%), cosine e → f`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let change = |a: f64, b: f64| 100.0 * (b / a - 1.0);
+        write!(
+            f,
+            "D {:.4e} → {:.4e} ({:+.1}%), D_c {:.4e} → {:.4e} ({:+.1}%), cosine {:.4} → {:.4}",
+            self.d_without,
+            self.d_with,
+            change(self.d_without, self.d_with),
+            self.d_c_without,
+            self.d_c_with,
+            change(self.d_c_without, self.d_c_with),
+            self.cos_without,
+            self.cos_with
+        )
+    }
+}
+
 /// Runs every chunk of `engine` once under `actions` and measures the output with and without
 /// `map`.
 pub fn effect(engine: &mut Engine, actions: &[Action], map: &LinearMap) -> Result<Effect> {

@@ -501,20 +501,10 @@ fn render_run(r: &RunReport) -> String {
         r.rewrite.params_removed
     );
     if let Some(c) = &r.compensation {
-        let held = c.held_out.as_ref().map_or(String::new(), |e| {
-            format!(
-                "; held out: D {:.4e} → {:.4e} ({:+.1}%), D_c {:.4e} → {:.4e} ({:+.1}%), cosine \
-                 {:.4} → {:.4}",
-                e.d_without,
-                e.d_with,
-                100.0 * (e.d_with / e.d_without - 1.0),
-                e.d_c_without,
-                e.d_c_with,
-                100.0 * (e.d_c_with / e.d_c_without - 1.0),
-                e.cos_without,
-                e.cos_with
-            )
-        });
+        let held = c
+            .held_out
+            .as_ref()
+            .map_or(String::new(), |e| format!("; held out: {e}"));
         let _ = writeln!(
             s,
             "compens linear map on {} ({} parameters, ridge {:.0e}, fit {:.2} s): calibration D \

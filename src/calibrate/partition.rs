@@ -34,11 +34,9 @@ use crate::blocks::Analysis;
 use crate::error::SkrrError;
 use crate::model_io::{Source, WeightStore};
 use crate::onnx::proto::tensor_proto::{data_location, data_type};
-use crate::onnx::proto::tensor_shape_proto::{dimension, Dimension};
-use crate::onnx::proto::type_proto;
+use crate::onnx::proto::tensor_shape_proto::dimension;
 use crate::onnx::{
-    GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, ValueInfoProto,
 };
 
 /// Initializers up to this size are inlined into each part that reads them.
@@ -507,23 +505,8 @@ fn reference(t: &TensorProto, location: &str, offset: u64, len: u64) -> TensorPr
 fn value_info(name: &str, ty: &InputType) -> ValueInfoProto {
     // Every axis symbolic: batch and sequence vary between chunks, and side values (masks,
     // position bias) carry the sequence length on any axis. The rank is still declared.
-    let dim = (0..ty.dims.len())
-        .map(|i| Dimension {
-            value: Some(dimension::Value::DimParam(format!("{name}_d{i}"))),
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(ty.elem_type),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
+    let dims = (0..ty.dims.len()).map(|i| dimension::Value::DimParam(format!("{name}_d{i}")));
+    ValueInfoProto::tensor(name, ty.elem_type, dims)
 }
 
 fn element_size(dt: i32) -> Option<usize> {

@@ -81,20 +81,9 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
                 c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
             );
             if let Some(h) = &c.held_out {
-                let e = &h.effect;
                 println!(
-                    "held-out ({} prompts, {}): D {:.6e} -> {:.6e} ({:+.1}%), D_c {:.6e} -> \
-                     {:.6e} ({:+.1}%), token cosine {:.4} -> {:.4}",
-                    h.prompts,
-                    h.source,
-                    e.d_without,
-                    e.d_with,
-                    100.0 * (e.d_with / e.d_without - 1.0),
-                    e.d_c_without,
-                    e.d_c_with,
-                    100.0 * (e.d_c_with / e.d_c_without - 1.0),
-                    e.cos_without,
-                    e.cos_with
+                    "held-out ({} prompts, {}): {}",
+                    h.prompts, h.source, h.effect
                 );
             }
         }

@@ -29,11 +29,20 @@ impl ValueInfoProto {
     /// A tensor of `elem_type` with every axis of fixed size, as an initializer declared as a
     /// graph input is described.
     pub fn fixed_tensor(name: &str, elem_type: i32, dims: &[i64]) -> Self {
-        use tensor_shape_proto::{dimension, Dimension};
+        use tensor_shape_proto::dimension::Value;
+        Self::tensor(name, elem_type, dims.iter().map(|&d| Value::DimValue(d)))
+    }
+
+    /// A tensor of `elem_type` whose axes are `dims` (fixed sizes or symbolic names).
+    pub fn tensor(
+        name: &str,
+        elem_type: i32,
+        dims: impl IntoIterator<Item = tensor_shape_proto::dimension::Value>,
+    ) -> Self {
         let dim = dims
-            .iter()
-            .map(|&d| Dimension {
-                value: Some(dimension::Value::DimValue(d)),
+            .into_iter()
+            .map(|d| tensor_shape_proto::Dimension {
+                value: Some(d),
                 denotation: None,
             })
             .collect();
