@@ -89,8 +89,23 @@ pub struct Fidelity {
     /// ‖null embedding of pruned‖ / ‖null embedding of dense‖.
     pub null_norm_ratio: Option<f64>,
     pub elements_failed: Option<u64>,
+    /// A pruned model written with a linear map on the output (issue #13): the same figures for
+    /// the value before the map, read from the same run.
+    pub uncompensated: Option<Uncompensated>,
     pub checks: Vec<Check>,
     pub passed: bool,
+}
+
+/// D and cosine of a compensated model's output before its map.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uncompensated {
+    /// The value the map reads.
+    pub value: String,
+    pub d_c: f64,
+    pub d_null: Option<f64>,
+    pub d: f64,
+    pub cos_mean: f64,
+    pub cos_min: f64,
 }
 
 /// Running sums over measured positions.
@@ -112,6 +127,15 @@ impl Sums {
             cos_min: f64::INFINITY,
             ..Sums::default()
         }
+    }
+
+    /// D of the positions added: mean squared error over positions and channels.
+    fn d(&self) -> f64 {
+        self.sse / (self.tokens.max(1) as f64 * self.channels.max(1) as f64)
+    }
+
+    fn cos_mean(&self) -> f64 {
+        self.cos_sum / self.tokens.max(1) as f64
     }
 
     /// Adds the first `counted[r]` positions of every row of `out` against `target`.
@@ -179,6 +203,8 @@ struct Runner {
     vocab: Option<usize>,
     /// Why its rows depend on their batch mates (`graph::batch_coupling`): run one at a time.
     coupling: Option<&'static str>,
+    /// The value a compensation map reads (`compensate::map_input`), fetched too.
+    before_map: Option<String>,
     size: ModelSize,
 }
 
@@ -226,6 +252,7 @@ impl Runner {
             .with_context(|| path.display().to_string())?;
         Ok(Runner {
             inputs,
+            before_map: crate::compensate::map_input(&model.proto, &output),
             output,
             coupling: crate::graph::batch_coupling(graph, include_padding),
             vocab: crate::calibrate::inputs::model_vocab(graph),
@@ -233,26 +260,20 @@ impl Runner {
         })
     }
 
-    /// The model's (projected) output on each batch, from a session that lives for this pass
-    /// only. Pre-packing follows the engine's `auto` rule, so a model too large for packed
-    /// copies runs from its memory-mapped data.
+    /// The model's (projected) output on each batch, and the value before its compensation map
+    /// when it has one, from a session that lives for this pass only.
     fn outputs(
         &self,
         batches: &[Batch],
         pad_id: i64,
         projection: &mut Option<(Session, String, TensorElementType)>,
-        mut each: impl FnMut(usize, Dense) -> Result<()>,
+        mut each: impl FnMut(usize, Dense, Option<Dense>) -> Result<()>,
     ) -> Result<()> {
         let path = self.size.path.display().to_string();
-        let prepack = Prepack::Auto.decide(self.size.bytes);
-        let mut session = crate::runtime::session_builder()?
-            .with_prepacking(prepack)
-            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime session options: {e}")))?
-            .commit_from_file(&self.size.path)
-            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime cannot load {path}: {e}")))?;
+        let mut session = self.session()?;
         for (i, batch) in batches.iter().enumerate() {
             let values = feeds(&self.inputs, &batch.rows, batch.len, pad_id)?;
-            let out = session
+            let values = session
                 .run(
                     values
                         .into_iter()
@@ -260,20 +281,65 @@ impl Runner {
                         .collect::<Vec<_>>(),
                 )
                 .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed on {path}: {e}")))?;
-            let measured = out
-                .get(self.output.as_str())
-                .ok_or_else(|| anyhow!("{path} produced no output {}", self.output))?;
-            let out =
-                dense(measured).with_context(|| format!("output {} of {path}", self.output))?;
-            each(
-                i,
-                match projection {
-                    Some((s, input, ty)) => project(s, input, *ty, &out)?,
-                    None => out,
-                },
-            )?;
+            let fetch = |name: &str| -> Result<Dense> {
+                let v = values
+                    .get(name)
+                    .ok_or_else(|| anyhow!("{path} produced no output {name}"))?;
+                dense(v).with_context(|| format!("output {name} of {path}"))
+            };
+            let out = fetch(&self.output)?;
+            let before = self.before_map.as_deref().map(fetch).transpose()?;
+            let mut projected = |d: Dense| -> Result<Dense> {
+                match projection.as_mut() {
+                    Some((s, input, ty)) => project(s, input, *ty, &d),
+                    None => Ok(d),
+                }
+            };
+            let before = before.map(&mut projected).transpose()?;
+            each(i, projected(out)?, before)?;
         }
         Ok(())
+    }
+
+    /// A session on the file; with a compensation map, on the file with the map's input as an
+    /// extra graph output (built in memory, its external data read from the file's folder).
+    /// Pre-packing follows the engine's `auto` rule, so a model too large for packed copies
+    /// runs from its memory-mapped data.
+    fn session(&self) -> Result<Session> {
+        let path = self.size.path.display().to_string();
+        let err = |e: &dyn std::fmt::Display| -> anyhow::Error {
+            SkrrError::Runtime(format!("ONNX Runtime cannot load {path}: {e}")).into()
+        };
+        let mut builder = crate::runtime::session_builder()?
+            .with_prepacking(Prepack::Auto.decide(self.size.bytes))
+            .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime session options: {e}")))?;
+        let Some(value) = &self.before_map else {
+            return builder
+                .commit_from_file(&self.size.path)
+                .map_err(|e| err(&e));
+        };
+        let mut model = read_model(&self.size.path)?.proto;
+        let g = model.graph.as_mut().expect("read_model checks the graph");
+        let mut extra = g
+            .output
+            .iter()
+            .find(|o| o.name() == self.output)
+            .cloned()
+            .unwrap_or_default();
+        extra.name = Some(value.clone());
+        g.output.push(extra);
+        let folder = match self.size.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        builder
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                folder.to_string_lossy(),
+            )
+            .map_err(|e| err(&e))?
+            .commit_from_memory(&prost::Message::encode_to_vec(&model))
+            .map_err(|e| err(&e))
     }
 }
 
@@ -378,7 +444,7 @@ pub fn measure(
     // the pruned model's, each compared as it comes.
     let bar = crate::progress::bar(2 * batches.len() as u64, "comparing", "batches");
     let mut targets = Vec::with_capacity(batches.len());
-    a.outputs(&batches, calib.pad_id, &mut projection, |_, out| {
+    a.outputs(&batches, calib.pad_id, &mut projection, |_, out, _| {
         targets.push(out);
         bar.inc(1);
         Ok(())
@@ -386,8 +452,14 @@ pub fn measure(
     let mut sums = Sums::new();
     let mut null = Sums::new();
     let mut pruned_sq = Sums::new();
-    b.outputs(&batches, calib.pad_id, &mut projection, |i, out| {
+    // The compensated model's value before its map: (prompts, null input).
+    let mut before = b.before_map.as_ref().map(|_| (Sums::new(), Sums::new()));
+    b.outputs(&batches, calib.pad_id, &mut projection, |i, out, pre| {
         let counted = &batches[i].counted;
+        if let (Some((prompts, null)), Some(pre)) = (before.as_mut(), pre) {
+            let sums = if i < prompt_batches { prompts } else { null };
+            sums.add(&pre, &targets[i], counted, tol)?;
+        }
         if i < prompt_batches {
             sums.add(&out, &targets[i], counted, tol)?;
         } else {
@@ -400,16 +472,27 @@ pub fn measure(
     })?;
     bar.finish_and_clear();
     let (d_null, null_norm_ratio) = if calib.null.is_some() {
-        let d_null = null.sse / (null.tokens.max(1) as f64 * null.channels.max(1) as f64);
+        let d_null = null.d();
         let ratio = (pruned_sq.dense_sq / null.dense_sq.max(f64::MIN_POSITIVE)).sqrt();
         (Some(d_null), Some(ratio))
     } else {
         (None, None)
     };
 
-    let d_c = sums.sse / (sums.tokens.max(1) as f64 * sums.channels.max(1) as f64);
+    let d_c = sums.d();
     let d = d_c + d_null.unwrap_or(0.0);
-    let cos_mean = sums.cos_sum / sums.tokens.max(1) as f64;
+    let cos_mean = sums.cos_mean();
+    let uncompensated = before.map(|(prompts, null)| {
+        let d_null = calib.null.is_some().then(|| null.d());
+        Uncompensated {
+            value: b.before_map.clone().unwrap_or_default(),
+            d_c: prompts.d(),
+            d_null,
+            d: prompts.d() + d_null.unwrap_or(0.0),
+            cos_mean: prompts.cos_mean(),
+            cos_min: prompts.cos_min,
+        }
+    });
 
     let mut checks = vec![Check {
         name: "cos_mean",
@@ -467,6 +550,7 @@ pub fn measure(
         cos_min: sums.cos_min,
         null_norm_ratio,
         elements_failed,
+        uncompensated,
         checks,
         passed,
     })

@@ -14,13 +14,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, CalibSet, Engine, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Part};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
 use crate::commands::plan::SearchArgs;
 use crate::commands::ExternalDataArgs;
-use crate::compensate::{self, Compensate, Effect, FitReport};
+use crate::compensate::{self, Compensate, FitReport};
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
 use crate::model_io::{
@@ -113,13 +113,12 @@ pub struct RunReport {
     pub verdict: String,
 }
 
-/// The map's fit, and D and token cosine on the held-out prompts with and without it (the
-/// fidelity check measures the written file, with it).
+/// The map's fit (the fidelity check reports the written file with and without it:
+/// `fidelity.uncompensated`).
 #[derive(Debug, Serialize)]
 pub struct CompensationReport {
     pub output: String,
     pub fit: FitReport,
-    pub held_out: Option<Effect>,
 }
 
 /// Times phases as they run.
@@ -230,25 +229,10 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             fidelity_on(input, output, set, &args.calib, &tolerances)
         })?),
     };
-    // What the map does on the held-out prompts, against the plan alone (which no file holds).
-    let compensation = match compensation {
-        None => None,
-        Some((comp, fit)) => {
-            let held_out = match &held_out {
-                None => None,
-                Some((set, _)) => Some(clock.phase("compare without compensation", || {
-                    let mut engine =
-                        Engine::new(&model, &analysis, set.clone(), engine_opts.clone())?;
-                    compensate::effect(&mut engine, &level.actions, &comp.map)
-                })?),
-            };
-            Some(CompensationReport {
-                output: comp.output,
-                fit,
-                held_out,
-            })
-        }
-    };
+    let compensation = compensation.map(|(comp, fit)| CompensationReport {
+        output: comp.output,
+        fit,
+    });
 
     let seconds = clock.start.elapsed().as_secs_f64();
     let checked = fidelity.as_ref().map(verdict).unwrap_or(Ok(()));
@@ -501,14 +485,10 @@ fn render_run(r: &RunReport) -> String {
         r.rewrite.params_removed
     );
     if let Some(c) = &r.compensation {
-        let held = c
-            .held_out
-            .as_ref()
-            .map_or(String::new(), |e| format!("; held out: {e}"));
         let _ = writeln!(
             s,
             "compens linear map on {} ({} parameters, ridge {:.0e}, fit {:.2} s): calibration D \
-             {:.4e} → {:.4e}{held}",
+             {:.4e} → {:.4e}",
             c.output, c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
         );
     }

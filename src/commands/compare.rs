@@ -172,6 +172,14 @@ pub fn render(f: &Fidelity) -> String {
         f.mse, f.max_abs_err, f.rel_err_norm
     );
     let _ = writeln!(s, "cosine  mean {:.6}, min {:.6}", f.cos_mean, f.cos_min);
+    if let Some(u) = &f.uncompensated {
+        let _ = writeln!(
+            s,
+            "no map  {} (the output before the model's linear map): D {:.6e} (D_c {:.6e}), \
+             cosine mean {:.6}, min {:.6}",
+            u.value, u.d, u.d_c, u.cos_mean, u.cos_min
+        );
+    }
     if let Some(r) = f.null_norm_ratio {
         let _ = writeln!(s, "null    norm ratio pruned/dense {r:.4}");
     }
