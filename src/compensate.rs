@@ -103,24 +103,6 @@ pub fn raised_targets(targets: &[f64], added: u64, total: u64) -> Vec<f64> {
 const PROJECTION_REFUSED: &str = "linear compensation with --projection is not supported yet: \
                                   the map would have to be fitted through the denoiser's projection";
 
-/// In a model written with an output map on `output` (its `skrr.plan` metadata records one), the
-/// value the map reads: the plan's output before compensation, so that `compare` can show both.
-pub fn map_input(model: &crate::onnx::ModelProto, output: &str) -> Option<String> {
-    let plan = model
-        .metadata_props
-        .iter()
-        .find(|e| e.key() == crate::rewrite::META_PLAN)?;
-    let plan: crate::plan::PlanFile = serde_json::from_str(plan.value()).ok()?;
-    if plan.compensation?.output != output {
-        return None;
-    }
-    let g = model.graph.as_ref()?;
-    let producer = |v: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == v));
-    let add = producer(output).filter(|n| n.op_type() == "Add")?;
-    let matmul = producer(add.input.first()?).filter(|n| n.op_type() == "MatMul")?;
-    matmul.input.first().cloned()
-}
-
 /// Parameters a map on `dim` channels adds: `dim² + dim`.
 pub fn map_params(dim: usize) -> u64 {
     (dim * dim + dim) as u64
@@ -543,26 +525,6 @@ pub fn fit(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((OutputMap { output, map }, report))
-}
-
-/// Ranks plans by their D once their own output map is fitted (`--rank compensated`): a plan
-/// whose removed work a linear map recovers well ranks above one that merely removed less
-/// harmful work. One stage (the fit needs every chunk), so candidates are never abandoned early.
-pub struct CompensatedScorer<'a> {
-    pub engine: &'a mut Engine,
-    pub graph: &'a GraphProto,
-}
-
-impl crate::search::Scorer for CompensatedScorer<'_> {
-    fn stages(&self) -> usize {
-        1
-    }
-
-    fn advance(&mut self, actions: &[Action], _stage: usize, terms: &mut Vec<f64>) -> Result<f64> {
-        let (_, fit) = fit(self.engine, self.graph, actions)?;
-        terms.push(fit.d_after);
-        Ok(fit.d_after)
-    }
 }
 
 /// D and mean token cosine of a plan without and with its map, on an engine's prompts (e.g. a

@@ -203,7 +203,7 @@ struct Runner {
     vocab: Option<usize>,
     /// Why its rows depend on their batch mates (`graph::batch_coupling`): run one at a time.
     coupling: Option<&'static str>,
-    /// The value a compensation map reads (`compensate::map_input`), fetched too.
+    /// The value a compensation map reads (`map_input`), fetched too.
     before_map: Option<String>,
     size: ModelSize,
 }
@@ -252,7 +252,7 @@ impl Runner {
             .with_context(|| path.display().to_string())?;
         Ok(Runner {
             inputs,
-            before_map: crate::compensate::map_input(&model.proto, &output),
+            before_map: map_input(&model.proto, &output),
             output,
             coupling: crate::graph::batch_coupling(graph, include_padding),
             vocab: crate::calibrate::inputs::model_vocab(graph),
@@ -392,6 +392,24 @@ fn same_interface(a: &Runner, b: &Runner) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// In a model written with an output map on `output` (its `skrr.plan` metadata records one), the
+/// value the map reads: the plan's output before compensation, so that `compare` can show both.
+fn map_input(model: &crate::onnx::ModelProto, output: &str) -> Option<String> {
+    let plan = model
+        .metadata_props
+        .iter()
+        .find(|e| e.key() == crate::onnx::META_PLAN)?;
+    let plan: crate::plan::PlanFile = serde_json::from_str(plan.value()).ok()?;
+    if plan.compensation?.output != output {
+        return None;
+    }
+    let g = model.graph.as_ref()?;
+    let producer = |v: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == v));
+    let add = producer(output).filter(|n| n.op_type() == "Add")?;
+    let matmul = producer(add.input.first()?).filter(|n| n.op_type() == "MatMul")?;
+    matmul.input.first().cloned()
 }
 
 /// Parameters and on-disk bytes of a model (model file plus external data files).

@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data flow of the compiler:
 //! read (`model_io`) → graph (`graph`) → blocks (`blocks`) → calibrate (`calibrate`) →
-//! search (`search`) → plan (`plan`) → rewrite (`rewrite`) → write (`model_io`) → report.
+//! compensate (`compensate`) → search (`search`) → plan (`plan`) → rewrite (`rewrite`) →
+//! write (`model_io`) → report (`fidelity`).
 
 pub mod blocks;
 pub mod calibrate;

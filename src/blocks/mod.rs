@@ -267,7 +267,7 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         let pruned = model
             .metadata_props
             .iter()
-            .any(|e| e.key() == crate::rewrite::META_PLAN);
+            .any(|e| e.key() == crate::onnx::META_PLAN);
         let hint = if pruned {
             "; this model was already pruned by skrr-onnx (metadata skrr.plan): prune the \
              original model to the sparsity you want instead"

@@ -5,6 +5,13 @@ pub mod proto;
 
 pub use proto::*;
 
+/// Metadata key of a model skrr-onnx rewrote, holding the applied plan (compact JSON of the plan
+/// file). Here, in the format's leaf module, because reading a model (`blocks`: is it pruned
+/// already?) and writing one (`rewrite`) both need it.
+pub const META_PLAN: &str = "skrr.plan";
+/// Metadata key holding the skrr-onnx version that rewrote the model.
+pub const META_VERSION: &str = "skrr.version";
+
 impl NodeProto {
     /// The operator domain with the ONNX default domain's two spellings ("" and "ai.onnx")
     /// normalised to "".

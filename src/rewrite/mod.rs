@@ -17,15 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::blocks::Analysis;
 use crate::compensate::OutputMap;
 use crate::model_io::{element_count, stored_len};
-use crate::onnx::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+use crate::onnx::{
+    GraphProto, ModelProto, StringStringEntryProto, TensorProto, META_PLAN, META_VERSION,
+};
 use crate::plan::{Action, PlanFile};
 
 pub use edit::{apply_edits, plan_edits, Edit};
-
-/// Metadata key holding the applied plan (compact JSON of the plan file).
-pub const META_PLAN: &str = "skrr.plan";
-/// Metadata key holding the skrr-onnx version that rewrote the model.
-pub const META_VERSION: &str = "skrr.version";
 
 /// How a re-used sub-block gets its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

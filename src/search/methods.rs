@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::{search, shortgpt_orders, Config, Level, Rank, Report, Scorer};
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats, Outcome};
-use crate::compensate::CompensatedScorer;
 use crate::model_io::Model;
+use crate::onnx::GraphProto;
 use crate::plan::Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -45,6 +45,26 @@ impl Scorer for Engine {
 
     fn advance(&mut self, actions: &[Action], stage: usize, terms: &mut Vec<f64>) -> Result<f64> {
         Engine::advance(self, actions, stage, terms)
+    }
+}
+
+/// Ranks plans by their D once their own output map is fitted (`--rank compensated`): a plan
+/// whose removed work a linear map recovers well ranks above one that merely removed less
+/// harmful work. One stage (the fit needs every chunk), so candidates are never abandoned early.
+pub struct CompensatedScorer<'a> {
+    pub engine: &'a mut Engine,
+    pub graph: &'a GraphProto,
+}
+
+impl Scorer for CompensatedScorer<'_> {
+    fn stages(&self) -> usize {
+        1
+    }
+
+    fn advance(&mut self, actions: &[Action], _stage: usize, terms: &mut Vec<f64>) -> Result<f64> {
+        let (_, fit) = crate::compensate::fit(self.engine, self.graph, actions)?;
+        terms.push(fit.d_after);
+        Ok(fit.d_after)
     }
 }
 
