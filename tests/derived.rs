@@ -73,6 +73,14 @@ const CASES: &[&str] = &[
     "clip_fp16_occ",
     "llama_fp16_occ",
     "umt5_fp16_occ",
+    "qwen2_qdq",
+    "gemma_qdq",
+    "gemma2_qdq",
+    "gemma2_int8",
+    "umt5_qdq_matmul",
+    "qwen2_fp16_occ",
+    "gemma_fp16_occ",
+    "gemma2_fp16_occ",
     "t5_encdec",
 ];
 
@@ -392,6 +400,10 @@ cases! {
     check_works: umt5_int8, llama_int8, qwen2_int8, gemma_int8, bert_dynamo_sdpa_int8,
         clip_dynamo_sdpa_int8, llama_qdq, bert_dynamo_sdpa_qdq;
     check_refused: clip_fp16_occ, llama_fp16_occ, umt5_fp16_occ;
+    // QDQ of Qwen2, Gemma and Gemma 2, dynamic int8 of Gemma 2, UMT5's QDQ of its MatMuls only (the way out t5_gated_qdq's
+    // refusal names), onnxconverter-common fp16 of the RMSNorm families ONNX Runtime refuses.
+    check_works: qwen2_qdq, gemma_qdq, gemma2_qdq, gemma2_int8, umt5_qdq_matmul;
+    check_refused: qwen2_fp16_occ, gemma_fp16_occ, gemma2_fp16_occ;
 }
 
 #[test]
