@@ -402,7 +402,7 @@ fn map_input(model: &crate::onnx::ModelProto, output: &str) -> Option<String> {
         .iter()
         .find(|e| e.key() == crate::onnx::META_PLAN)?;
     let plan: crate::plan::PlanFile = serde_json::from_str(plan.value()).ok()?;
-    if plan.compensation?.output != output {
+    if plan.compensation?.output.as_deref() != Some(output) {
         return None;
     }
     let g = model.graph.as_ref()?;

@@ -14,13 +14,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, CalibSet, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Engine, Part};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
 use crate::commands::plan::SearchArgs;
 use crate::commands::ExternalDataArgs;
-use crate::compensate::{self, Compensate, FitReport};
+use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::error::SkrrError;
 use crate::fidelity::Fidelity;
 use crate::model_io::{
@@ -113,12 +113,13 @@ pub struct RunReport {
     pub verdict: String,
 }
 
-/// The map's fit (the fidelity check reports the written file with and without it:
-/// `fidelity.uncompensated`).
+/// The compensation's fit. The fidelity check reports the written file with and without an
+/// output map (`fidelity.uncompensated`); folds leave no value without them in the file, so the
+/// engine measures the held-out prompts without and with them.
 #[derive(Debug, Serialize)]
 pub struct CompensationReport {
-    pub output: String,
-    pub fit: FitReport,
+    pub fit: Fitted,
+    pub held_out: Option<Effect>,
 }
 
 /// Times phases as they run.
@@ -194,17 +195,20 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     })?;
     let compensation = match args.search.compensate {
         Compensate::None => None,
-        Compensate::Linear => Some(clock.phase("compensate", || {
-            let (comp, fit) = compensate::fit(&mut engine, &analysis.graph, &level.actions)?;
-            let file = args.plan_out.as_deref().map(PlanFile::sidecar_name);
-            plan.compensate(&comp, fit.ridge, fit.d_after, file);
-            Ok((comp, fit))
-        })?),
+        choice => clock.phase("compensate", || {
+            let fitted =
+                compensate::compensate(choice, &mut engine, &model, &analysis, &level.actions)?;
+            if let Some((comp, fit)) = &fitted {
+                let file = args.plan_out.as_deref().map(PlanFile::sidecar_name);
+                plan.compensate(comp, fit.ridge(), fit.d_after(), file);
+            }
+            Ok(fitted)
+        })?,
     };
     // The search's sessions hold memory the writer and the comparison need.
     drop(engine);
     if let Some(p) = &args.plan_out {
-        plan.write(p, compensation.as_ref().map(|(c, _)| &c.map))?;
+        plan.write(p, compensation.as_ref().map(|(c, _)| c))?;
     }
 
     let applied = clock.phase("rewrite+write", || {
@@ -229,10 +233,24 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             fidelity_on(input, output, set, &args.calib, &tolerances)
         })?),
     };
-    let compensation = compensation.map(|(comp, fit)| CompensationReport {
-        output: comp.output,
-        fit,
-    });
+    // A fold leaves no uncompensated value in the file: the engine measures the plan without
+    // and with them on the held-out prompts.
+    let compensation = match compensation {
+        None => None,
+        Some((comp, fit)) => {
+            let held_out = match (&comp, &held_out) {
+                (Compensation::Merged(folds), Some((set, _))) => {
+                    Some(clock.phase("compare without compensation", || {
+                        let mut engine =
+                            Engine::new(&model, &analysis, set.clone(), engine_opts.clone())?;
+                        compensate::merged::effect(&mut engine, &level.actions, folds)
+                    })?)
+                }
+                _ => None,
+            };
+            Some(CompensationReport { fit, held_out })
+        }
+    };
 
     let seconds = clock.start.elapsed().as_secs_f64();
     let checked = fidelity.as_ref().map(verdict).unwrap_or(Ok(()));
@@ -313,7 +331,7 @@ fn check_outputs_apart_from_reads(
     reads.extend(args.heldout.clone());
     let sidecar = match args.search.compensate {
         Compensate::None => None,
-        Compensate::Linear => args
+        Compensate::Linear | Compensate::Merged => args
             .plan_out
             .as_deref()
             .map(|p| p.with_file_name(PlanFile::sidecar_name(p))),
@@ -382,13 +400,21 @@ fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
         0 => String::new(),
         n => format!(", {n} re-used parameters copied back"),
     };
-    let net = match plan.net_sparsity {
-        Some(net) => format!(
+    let net = match (plan.net_sparsity, &plan.compensation) {
+        (Some(_), Some(c)) if c.placement == "merged" => {
+            let folds = c.folds.as_ref().map_or(0, Vec::len);
+            let copied = match rewrite.params_added {
+                0 => String::new(),
+                n => format!(", {n} shared parameters copied"),
+            };
+            format!(" (compensated by {folds} fold(s){copied})")
+        }
+        (Some(net), _) => format!(
             " ({:.1}% net of a {}-parameter linear map)",
             100.0 * net,
             rewrite.params_added
         ),
-        None => String::new(),
+        _ => String::new(),
     };
     format!(
         "removed {:.1}% of parameters{net} ({}, {}{copied})",
@@ -485,12 +511,11 @@ fn render_run(r: &RunReport) -> String {
         r.rewrite.params_removed
     );
     if let Some(c) = &r.compensation {
-        let _ = writeln!(
-            s,
-            "compens linear map on {} ({} parameters, ridge {:.0e}, fit {:.2} s): calibration D \
-             {:.4e} → {:.4e}",
-            c.output, c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
-        );
+        let held = c
+            .held_out
+            .as_ref()
+            .map_or(String::new(), |e| format!("; held out: {e}"));
+        let _ = writeln!(s, "compens {}{held}", c.fit);
     }
     if let Some(f) = &r.fidelity {
         s.push_str(&render(f));

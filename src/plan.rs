@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::blocks::{Analysis, Kind};
-use crate::compensate::{LinearMap, OutputMap};
+use crate::compensate::merged::{Fold, FoldSite, FoldTensor};
+use crate::compensate::{map_params, Compensation, LinearMap, OutputMap};
 use crate::error::SkrrError;
 use crate::model_io::write_file;
 use crate::onnx::GraphProto;
@@ -61,18 +62,25 @@ pub struct SubBlockEntry {
 }
 
 /// How a plan compensates what it removes (issue #13): a linear map on a graph output
-/// (`placement: "output"`), `y = x W + b`. Its values are in a sidecar file beside the plan
-/// (little-endian f64, W row-major then b, exactly as the written model holds them once rounded
-/// to its element type), checked by SHA-256 when the plan is applied.
+/// (`placement: "output"`, `y = x W + b`), or maps folded into the kept sub-block before each
+/// skipped run (`placement: "merged"`, `folds`). The values are in a sidecar file beside the plan
+/// (little-endian f64 in order: W row-major then b; or every fold's tensors, each row-major;
+/// exactly as the written model holds them once rounded to its element types), checked by
+/// SHA-256 when the plan is applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CompensationEntry {
     /// `linear`.
     pub kind: String,
-    /// `output`: the map computes graph output `output` from the value the plan leaves there.
+    /// `output`: the map computes graph output `output` from the value the plan leaves there;
+    /// `merged`: the folds replace weights of kept sub-blocks.
     pub placement: String,
-    pub output: String,
-    pub dim: usize,
-    /// Parameters the map adds (`dim² + dim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<Vec<FoldEntry>>,
+    /// Parameters the map adds (`dim² + dim`; 0 for folds).
     pub params: u64,
     /// SHA-256 of the map's values (the sidecar's bytes).
     pub sha256: String,
@@ -86,6 +94,21 @@ pub struct CompensationEntry {
     /// D of the plan with the map, on the calibration prompts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discrepancy: Option<f64>,
+}
+
+/// One fold of a merged compensation: sub-block `at` compensates the skipped run `run` with the
+/// initializers it reads replaced, in the sidecar's order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FoldEntry {
+    pub at: usize,
+    pub run: [usize; 2],
+    pub tensors: Vec<FoldTensorEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FoldTensorEntry {
+    pub replaces: String,
+    pub dims: Vec<i64>,
 }
 
 /// The JSON plan file. Only `sub_blocks[].index/.action/.source` are required.
@@ -183,23 +206,59 @@ impl PlanFile {
         }
     }
 
-    /// Records `comp` (fitted with `ridge`, D `d` with it on the calibration prompts) and the
-    /// net sparsity it leaves. `file` names the sidecar `write` will put beside the plan.
-    pub fn compensate(&mut self, comp: &OutputMap, ridge: f64, d: f64, file: Option<String>) {
-        let added = comp.map.params();
+    /// Records `comp` (D `d` with it on the calibration prompts; `ridge` for an output map) and
+    /// the net sparsity it leaves. `file` names the sidecar `write` will put beside the plan.
+    pub fn compensate(
+        &mut self,
+        comp: &Compensation,
+        ridge: Option<f64>,
+        d: f64,
+        file: Option<String>,
+    ) {
+        let (output, dim, folds, added) = match comp {
+            Compensation::Output(m) => (
+                Some(m.output.clone()),
+                Some(m.map.dim),
+                None,
+                m.map.params(),
+            ),
+            Compensation::Merged(folds) => {
+                let entries = folds
+                    .iter()
+                    .map(|f| FoldEntry {
+                        at: f.at,
+                        run: [f.run.0, f.run.1],
+                        tensors: f
+                            .tensors
+                            .iter()
+                            .map(|t| FoldTensorEntry {
+                                replaces: t.replaces.clone(),
+                                dims: t.dims.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                (None, None, Some(entries), 0)
+            }
+        };
         self.params_added = Some(added);
         if let (Some(total), Some(removed)) = (self.params_total, self.params_removed) {
             self.net_sparsity = Some((removed as f64 - added as f64) / total.max(1) as f64);
         }
         self.compensation = Some(CompensationEntry {
             kind: "linear".into(),
-            placement: "output".into(),
-            output: comp.output.clone(),
-            dim: comp.map.dim,
+            placement: match comp {
+                Compensation::Output(_) => "output",
+                Compensation::Merged(_) => "merged",
+            }
+            .into(),
+            output,
+            dim,
+            folds,
             params: added,
-            sha256: hex::encode(Sha256::digest(comp.map.to_le_bytes())),
+            sha256: hex::encode(Sha256::digest(comp.to_le_bytes())),
             file,
-            ridge: Some(ridge),
+            ridge,
             discrepancy: Some(d),
         });
     }
@@ -215,14 +274,14 @@ impl PlanFile {
 
     /// Writes the plan to `path`, and first the compensation's values to the sidecar its entry
     /// names (each file atomically).
-    pub fn write(&self, path: &Path, map: Option<&LinearMap>) -> Result<()> {
+    pub fn write(&self, path: &Path, comp: Option<&Compensation>) -> Result<()> {
         match (
             self.compensation.as_ref().and_then(|c| c.file.as_ref()),
-            map,
+            comp,
         ) {
-            (Some(file), Some(map)) => write_file(&path.with_file_name(file), &map.to_le_bytes())?,
+            (Some(file), Some(c)) => write_file(&path.with_file_name(file), &c.to_le_bytes())?,
             (None, None) => {}
-            _ => bail!("a plan's compensation entry and its map must be written together"),
+            _ => bail!("a plan's compensation entry and its values must be written together"),
         }
         write_file(
             path,
@@ -230,29 +289,57 @@ impl PlanFile {
         )
     }
 
-    /// The compensation of a plan read from `path`, validated against the model's `graph`:
-    /// its sidecar read from the plan's folder only, its size and SHA-256 checked.
-    pub fn load_compensation(&self, path: &Path, graph: &GraphProto) -> Result<Option<OutputMap>> {
+    /// The compensation of a plan read from `path`, validated against the model (`analysis`)
+    /// and the plan's `actions`: its sidecar read from the plan's folder only, its size and
+    /// SHA-256 checked.
+    pub fn load_compensation(
+        &self,
+        path: &Path,
+        analysis: &Analysis,
+        actions: &[Action],
+    ) -> Result<Option<Compensation>> {
         let Some(c) = &self.compensation else {
             return Ok(None);
         };
         let bad = |m: String| -> anyhow::Error {
             SkrrError::BadInput(format!("plan {}: {m}", path.display())).into()
         };
-        if c.kind != "linear" || c.placement != "output" {
-            return Err(bad(format!(
-                "compensation {:?} placed at {:?} is not one this version applies (linear, output)",
-                c.kind, c.placement
-            )));
-        }
-        let (width, _) = crate::compensate::output_spec(graph, &c.output)
-            .map_err(|e| bad(format!("compensation: {e}")))?;
-        if width != c.dim || c.params != crate::compensate::map_params(c.dim) {
-            return Err(bad(format!(
-                "the compensation is a map on {} channels ({} parameters); output {:?} has {width}",
-                c.dim, c.params, c.output
-            )));
-        }
+        let graph = &analysis.graph;
+        // What the sidecar must hold, checked before it is read.
+        let expected = match (c.kind.as_str(), c.placement.as_str()) {
+            ("linear", "output") => {
+                let (Some(output), Some(dim)) = (&c.output, c.dim) else {
+                    return Err(bad(
+                        "its output compensation names no output or width".into()
+                    ));
+                };
+                let (width, _) = crate::compensate::output_spec(graph, output)
+                    .map_err(|e| bad(format!("compensation: {e}")))?;
+                if width != dim || c.params != map_params(dim) {
+                    return Err(bad(format!(
+                        "the compensation is a map on {dim} channels ({} parameters); output \
+                         {output:?} has {width}",
+                        c.params
+                    )));
+                }
+                map_params(dim)
+            }
+            ("linear", "merged") => {
+                let folds = c.folds.as_deref().unwrap_or_default();
+                self.check_folds(folds, analysis, actions).map_err(bad)?;
+                folds
+                    .iter()
+                    .flat_map(|f| &f.tensors)
+                    .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+                    .sum()
+            }
+            (kind, placement) => {
+                return Err(bad(format!(
+                    "compensation {kind:?} placed at {placement:?} is not one this version \
+                     applies (linear, at output or merged)"
+                )))
+            }
+        };
         let Some(file) = &c.file else {
             return Err(bad(
                 "its compensation names no file holding the map (a plan recorded inside a \
@@ -278,12 +365,90 @@ impl PlanFile {
                 c.sha256
             )));
         }
-        let map = LinearMap::from_le_bytes(c.dim, &bytes)
-            .map_err(|e| bad(format!("its map {}: {e}", sidecar.display())))?;
-        Ok(Some(OutputMap {
-            output: c.output.clone(),
-            map,
-        }))
+        let what = |e: anyhow::Error| bad(format!("its map {}: {e}", sidecar.display()));
+        let values = crate::compensate::f64_values(&bytes, expected).map_err(what)?;
+        match (&c.output, c.dim, &c.folds) {
+            (Some(output), Some(dim), _) => Ok(Some(Compensation::Output(OutputMap {
+                output: output.clone(),
+                map: LinearMap::from_values(dim, values),
+            }))),
+            (_, _, folds) => {
+                let mut values = values.into_iter();
+                let mut out = Vec::new();
+                for f in folds.as_deref().unwrap_or_default() {
+                    let mut tensors = Vec::new();
+                    for t in &f.tensors {
+                        let n = t.dims.iter().map(|&d| d.max(0) as usize).product::<usize>();
+                        let elem_type = graph
+                            .initializer
+                            .iter()
+                            .find(|i| i.name() == t.replaces)
+                            .map_or(0, |i| i.data_type());
+                        let v: Vec<f64> = values.by_ref().take(n).collect();
+                        tensors.push(FoldTensor {
+                            replaces: t.replaces.clone(),
+                            elem_type,
+                            dims: t.dims.clone(),
+                            values: crate::compensate::stored_as(&v, elem_type).map_err(what)?,
+                        });
+                    }
+                    out.push(Fold {
+                        at: f.at,
+                        run: (f.run[0], f.run[1]),
+                        tensors,
+                    });
+                }
+                Ok(Some(Compensation::Merged(out)))
+            }
+        }
+    }
+
+    /// Each fold must sit where a fit could have put it: a kept, not re-used sub-block just
+    /// before the skipped run it names, replacing only what its fold site holds, at their shapes.
+    fn check_folds(
+        &self,
+        folds: &[FoldEntry],
+        analysis: &Analysis,
+        actions: &[Action],
+    ) -> std::result::Result<(), String> {
+        let runs = crate::compensate::merged::skipped_runs(actions);
+        for f in folds {
+            let at = f.at;
+            if !runs.contains(&(f.run[0], f.run[1])) || f.run[0] != at + 1 {
+                return Err(format!(
+                    "its fold at sub-block {at} compensates {:?}, which is not a run of skips \
+                     right after it in this plan",
+                    f.run
+                ));
+            }
+            if actions.contains(&Action::Reuse(at)) {
+                return Err(format!("its fold changes sub-block {at}, which is re-used"));
+            }
+            let site = FoldSite::find(analysis, at)
+                .map_err(|e| format!("its fold at sub-block {at} does not fit the model: {e}"))?;
+            let allowed: Vec<&str> = [Some(&site.weight), site.bias.as_ref()]
+                .into_iter()
+                .chain(site.norm.iter().flat_map(|(s, b, _)| [Some(s), b.as_ref()]))
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            for t in &f.tensors {
+                let init = analysis
+                    .graph
+                    .initializer
+                    .iter()
+                    .find(|i| i.name() == t.replaces);
+                if !allowed.contains(&t.replaces.as_str()) || init.is_none_or(|i| i.dims != t.dims)
+                {
+                    return Err(format!(
+                        "its fold at sub-block {at} replaces {:?} {:?}, which is not a weight of \
+                         that fold site at that shape",
+                        t.replaces, t.dims
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads the plan file at `path` and maps it onto `analysis`; every error names the file

@@ -26,6 +26,7 @@ use super::tensors::{self, Dense};
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
 use crate::model_io::Model;
+use crate::onnx::TensorProto;
 use crate::plan::Action;
 
 #[derive(Debug, Clone)]
@@ -142,6 +143,11 @@ pub struct Engine {
     denom_null: f64,
     cache: StreamCache,
     stats: EngineStats,
+    /// Weights sub-blocks run with instead of their own (a merged compensation's folds, issue
+    /// #13): tensors named as the initializers they stand in for, and the session once built.
+    folds: HashMap<usize, (Vec<TensorProto>, Option<Session>)>,
+    /// Sessions of sub-blocks that also return inner values (`probe`), with those values.
+    probes: HashMap<usize, (Vec<String>, Session)>,
 }
 
 impl Engine {
@@ -223,6 +229,8 @@ impl Engine {
                 ..Default::default()
             },
             partition,
+            folds: HashMap::new(),
+            probes: HashMap::new(),
         };
         let dense = vec![Action::Keep; engine.blocks.len()];
         let bar = crate::progress::bar(groups.len() as u64, "dense targets", "chunks");
@@ -267,6 +275,16 @@ impl Engine {
         }
         bar.finish_and_clear();
         Ok(engine)
+    }
+
+    /// D of a plan, every chunk run.
+    pub fn d(&mut self, actions: &[Action]) -> Result<f64> {
+        match self.score(actions, None)? {
+            Outcome::Scored(s) => Ok(s.d()),
+            Outcome::Abandoned { .. } => {
+                Err(anyhow!("a plan scored without a bound was abandoned"))
+            }
+        }
     }
 
     /// D of a plan; with `bound`, may stop early once the partial D exceeds it (D only grows as
@@ -447,7 +465,11 @@ impl Engine {
                         .and_then(input_type)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.prologue = Some(self.partition.session(part, &types, self.stats.prepacked)?);
+            self.prologue =
+                Some(
+                    self.partition
+                        .session(part, &types, self.stats.prepacked, &[])?,
+                );
         }
         let inputs = part
             .inputs
@@ -482,8 +504,21 @@ impl Engine {
         ))
     }
 
-    /// Runs `q`'s session at position `p` of chunk `c` on `stream`.
+    /// Runs `q`'s session at position `p` of chunk `c` on `stream` (with `q`'s fold, if any).
     fn run_block(&mut self, q: usize, p: usize, c: usize, stream: &DynValue) -> Result<DynValue> {
+        let mut out = self.run_part(q, p, c, stream, &[])?;
+        Ok(out.swap_remove(0))
+    }
+
+    /// `run_block`, returning the stream after `q`, then the inner values `extra` of `q`.
+    fn run_part(
+        &mut self,
+        q: usize,
+        p: usize,
+        c: usize,
+        stream: &DynValue,
+        extra: &[String],
+    ) -> Result<Vec<DynValue>> {
         let env = &self.chunks[c].env;
         let slot_p = &self.partition.blocks[p];
         let part_q = &self.partition.blocks[q];
@@ -502,17 +537,38 @@ impl Engine {
                 })?,
             );
         }
-        if self.blocks[q].is_none() {
-            let types = values
+        let types = || {
+            values
                 .iter()
                 .map(|v| input_type(v))
-                .collect::<Result<Vec<_>>>()?;
-            let session = self
-                .partition
-                .session(part_q, &types, self.stats.prepacked)?;
-            self.blocks[q] = Some(session);
-        }
-        let session = self.blocks[q].as_mut().expect("built above");
+                .collect::<Result<Vec<_>>>()
+        };
+        let replaced: &[TensorProto] = self.folds.get(&q).map_or(&[], |(t, _)| t);
+        let prepack = self.stats.prepacked;
+        let session = if !extra.is_empty() {
+            if self.probes.get(&q).is_none_or(|(names, _)| names != extra) {
+                let mut part = part_q.clone();
+                part.outputs.extend(extra.iter().cloned());
+                let session = self
+                    .partition
+                    .session(&part, &types()?, prepack, replaced)?;
+                self.probes.insert(q, (extra.to_vec(), session));
+            }
+            &mut self.probes.get_mut(&q).expect("built above").1
+        } else if let Some((tensors, session)) = self.folds.get_mut(&q) {
+            if session.is_none() {
+                *session = Some(
+                    self.partition
+                        .session(part_q, &types()?, prepack, tensors)?,
+                );
+            }
+            session.as_mut().expect("built above")
+        } else {
+            if self.blocks[q].is_none() {
+                self.blocks[q] = Some(self.partition.session(part_q, &types()?, prepack, &[])?);
+            }
+            self.blocks[q].as_mut().expect("built above")
+        };
         let inputs: Vec<(&str, SessionInputValue)> = part_q
             .inputs
             .iter()
@@ -525,14 +581,62 @@ impl Engine {
             ))
         })?;
         self.stats.block_runs += 1;
-        out.remove(part_q.outputs[0].as_str())
-            .ok_or_else(|| anyhow!("sub-block {q} produced no output"))
+        std::iter::once(&part_q.outputs[0])
+            .chain(extra)
+            .map(|name| {
+                out.remove(name.as_str())
+                    .ok_or_else(|| anyhow!("sub-block {q} produced no {name}"))
+            })
+            .collect()
     }
 
-    /// The plan's (projected) output on chunk `c`, resuming from the longest cached prefix.
-    fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
-        self.stats.chunk_runs += 1;
-        let (start, mut stream) = match self.cache.longest_prefix(c, actions) {
+    /// The dense model's stream entering position `until` of chunk `c`, whatever folds are set.
+    pub fn dense_stream(&mut self, c: usize, until: usize) -> Result<Arc<DynValue>> {
+        let folds = std::mem::take(&mut self.folds);
+        let dense = vec![Action::Keep; self.blocks.len()];
+        let stream = self.stream_into(c, &dense, until);
+        self.folds = folds;
+        stream
+    }
+
+    /// Makes sub-block `at` run with `tensors` standing in for the initializers they are named
+    /// after (a merged compensation's fold); `None` restores its own weights. Streams after
+    /// `at` are no longer taken from the cache.
+    pub fn set_fold(&mut self, at: usize, tensors: Option<Vec<TensorProto>>) {
+        self.probes.remove(&at);
+        match tensors {
+            Some(t) => self.folds.insert(at, (t, None)),
+            None => self.folds.remove(&at),
+        };
+    }
+
+    /// Runs sub-block `p` (its own weights, or its fold) on `stream` of chunk `c`, returning
+    /// its output stream and the inner values `extra`, as float arrays.
+    pub fn probe(
+        &mut self,
+        c: usize,
+        p: usize,
+        stream: &DynValue,
+        extra: &[String],
+    ) -> Result<Vec<Dense>> {
+        self.run_part(p, p, c, stream, extra)?
+            .iter()
+            .map(tensors::dense)
+            .collect()
+    }
+
+    /// The stream entering position `until` of chunk `c` under `actions` (with the folds set),
+    /// resuming from the longest cached prefix. Streams computed through a fold are neither
+    /// taken from nor put in the cache.
+    pub fn stream_into(
+        &mut self,
+        c: usize,
+        actions: &[Action],
+        until: usize,
+    ) -> Result<Arc<DynValue>> {
+        let first_fold = self.folds.keys().copied().min().unwrap_or(usize::MAX);
+        let cacheable = until.min(first_fold);
+        let (start, mut stream) = match self.cache.longest_prefix(c, &actions[..cacheable]) {
             Some(hit) => hit,
             None => (0, self.chunks[c].stream0.clone()),
         };
@@ -540,17 +644,26 @@ impl Engine {
             .iter()
             .filter(|a| **a != Action::Skip)
             .count() as u64;
-        for p in start..self.partition.measured_after {
+        for p in start..until {
             let q = match actions[p] {
                 Action::Skip => continue,
                 Action::Keep => p,
                 Action::Reuse(q) => q,
             };
             let out = Arc::new(self.run_block(q, p, c, &stream)?);
-            let bytes = tensors::value_bytes(&out);
-            self.cache.insert(c, &actions[..=p], out.clone(), bytes);
+            if p < first_fold {
+                let bytes = tensors::value_bytes(&out);
+                self.cache.insert(c, &actions[..=p], out.clone(), bytes);
+            }
             stream = out;
         }
+        Ok(stream)
+    }
+
+    /// The plan's (projected) output on chunk `c`, resuming from the longest cached prefix.
+    fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
+        self.stats.chunk_runs += 1;
+        let stream = self.stream_into(c, actions, self.partition.measured_after)?;
         let output = match self.partition.epilogue.clone() {
             None => tensors::dense(&stream)?,
             Some(part) => {
@@ -561,11 +674,11 @@ impl Engine {
                             || anyhow!("the epilogue reads {name}, which is not available"),
                         )?)?);
                     }
-                    self.epilogue = Some(self.partition.session(
-                        &part,
-                        &types,
-                        self.stats.prepacked,
-                    )?);
+                    self.epilogue =
+                        Some(
+                            self.partition
+                                .session(&part, &types, self.stats.prepacked, &[])?,
+                        );
                 }
                 let env = &self.chunks[c].env;
                 let mut inputs: Vec<(&str, SessionInputValue)> =

@@ -273,9 +273,16 @@ impl Partition {
     }
 
     /// Builds the session of `part`, its inputs declared with `types` (graph inputs keep the
-    /// model's own declaration). `builder` comes configured (provider, threads).
-    pub fn session(&self, part: &Part, types: &[InputType], prepack: bool) -> Result<Session> {
-        let proto = self.part_model(part, types)?.encode_to_vec();
+    /// model's own declaration), with the initializers `replaced` names stood in for by those
+    /// tensors (a merged compensation's folds).
+    pub fn session(
+        &self,
+        part: &Part,
+        types: &[InputType],
+        prepack: bool,
+        replaced: &[TensorProto],
+    ) -> Result<Session> {
+        let proto = self.part_model(part, types, replaced)?.encode_to_vec();
         // Without pre-packing every MatMul re-packs its weight on every run (about 15 % of the
         // search's CPU on MiniLM), with it each weight gets a packed copy. Spinning intra-op
         // threads of one part's session starve the next part's run (measured: 2.4× vs 8.3× in
@@ -304,7 +311,12 @@ impl Partition {
     }
 
     /// The standalone model of `part` (also useful to inspect a partition by hand).
-    pub fn part_model(&self, part: &Part, types: &[InputType]) -> Result<ModelProto> {
+    pub fn part_model(
+        &self,
+        part: &Part,
+        types: &[InputType],
+        replaced: &[TensorProto],
+    ) -> Result<ModelProto> {
         if types.len() != part.inputs.len() {
             return Err(anyhow!(
                 "{}: {} input types for {} inputs",
@@ -317,8 +329,18 @@ impl Partition {
             .graph
             .initializer
             .iter()
+            .chain(replaced)
             .map(|t| (t.name(), t))
             .collect();
+        if let Some(t) = replaced.iter().find(|t| {
+            !part
+                .inline
+                .iter()
+                .chain(&part.shared)
+                .any(|n| n == t.name())
+        }) {
+            return Err(anyhow!("{} does not read {}", part.label, t.name()));
+        }
         let input = part
             .inputs
             .iter()

@@ -92,7 +92,7 @@ pub fn run(args: &ApplyArgs, ctx: &Context) -> Result<()> {
             args.input.display()
         )
     })?;
-    let compensation = plan.load_compensation(&args.plan, &analysis.graph)?;
+    let compensation = plan.load_compensation(&args.plan, &analysis, &actions)?;
     let opts = RewriteOptions {
         reuse_weights: args.reuse_weights,
         plan_record: Some(plan.clone()),

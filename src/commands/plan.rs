@@ -75,7 +75,7 @@ impl SearchArgs {
                 self.method.name()
             );
         }
-        if self.rank == Rank::Compensated && self.compensate == Compensate::None {
+        if self.rank == Rank::Compensated && self.compensate != Compensate::Linear {
             return Err(SkrrError::Usage(
                 "--rank compensated ranks plans by D after their linear map: give --compensate \
                  linear too"
@@ -130,7 +130,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     }
     let sidecars: Vec<PathBuf> = match args.search.compensate {
         Compensate::None => Vec::new(),
-        Compensate::Linear => outputs
+        Compensate::Linear | Compensate::Merged => outputs
             .iter()
             .map(|o| o.with_file_name(PlanFile::sidecar_name(o)))
             .collect(),
@@ -180,17 +180,19 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     for ((level, path), target) in run.levels.iter().zip(&outputs).zip(&targets) {
         let mut plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
         plan.target_sparsity = Some(*target);
-        let map = match args.search.compensate {
-            Compensate::None => None,
-            Compensate::Linear => {
-                let (comp, fit) = compensate::fit(&mut engine, &analysis.graph, &level.actions)?;
-                let file = PlanFile::sidecar_name(path);
-                plan.compensate(&comp, fit.ridge, fit.d_after, Some(file));
-                fits.push(fit);
-                Some(comp.map)
-            }
-        };
-        plan.write(path, map.as_ref())?;
+        let fitted = compensate::compensate(
+            args.search.compensate,
+            &mut engine,
+            &model,
+            &analysis,
+            &level.actions,
+        )?;
+        if let Some((comp, fit)) = &fitted {
+            let file = PlanFile::sidecar_name(path);
+            plan.compensate(comp, fit.ridge(), fit.d_after(), Some(file));
+        }
+        plan.write(path, fitted.as_ref().map(|(c, _)| c))?;
+        fits.extend(fitted.map(|(_, fit)| fit));
     }
     if let Some(p) = &plot {
         plot::write_png(&run.levels, method.name(), p)?;
@@ -252,16 +254,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         );
     }
     for (fit, p) in fits.iter().zip(&outputs) {
-        println!(
-            "compensation of {}: a linear map on the output ({} parameters, ridge {:.0e}, fit \
-             {:.2} s), D {:.5e} -> {:.5e}",
-            p.display(),
-            fit.params_added,
-            fit.ridge,
-            fit.seconds,
-            fit.d_before,
-            fit.d_after
-        );
+        println!("compensation of {}: {fit}", p.display());
     }
     if let Some(p) = plot {
         println!("plot: {}", p.display());

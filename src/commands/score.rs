@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibArgs, Engine, Outcome, Part};
 use crate::cli::Context;
-use crate::compensate::{self, Compensate, Effect, FitReport};
+use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::model_io::Model;
 use crate::plan::{Action, PlanFile};
 use crate::{blocks, model_io, runtime};
@@ -26,8 +26,8 @@ pub struct ScoreArgs {
     pub plan: PathBuf,
     #[command(flatten)]
     pub calib: CalibArgs,
-    /// Also fit a linear map on the plan's output (least squares on the calibration prompts,
-    /// ridge chosen on calibration chunks held out of the fit) and report D with it.
+    /// Also fit a compensation for the plan (`linear`: a map on its output; `merged`: maps
+    /// folded into the kept sub-blocks before the skipped runs) and report D with it.
     #[arg(long, value_enum, default_value_t = Compensate::None)]
     pub compensate: Compensate,
     /// Held-out prompts (same format as --calib / --prompts) to judge the compensation on. The
@@ -50,10 +50,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
         Outcome::Scored(score) => score,
         Outcome::Abandoned { .. } => bail!("scoring without a bound was abandoned"),
     };
-    let compensation = match args.compensate {
-        Compensate::None => None,
-        Compensate::Linear => Some(compensated(args, &model, &analysis, &actions, &mut engine)?),
-    };
+    let compensation = compensated(args, &model, &analysis, &actions, &mut engine)?;
     let seconds = start.elapsed().as_secs_f64();
     if ctx.json {
         println!(
@@ -75,11 +72,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
         println!("D_c    = {:.6e}  ({prompts} prompts)", score.d_c);
         println!("D_null = {:.6e}", score.d_null);
         if let Some(c) = &compensation {
-            println!(
-                "linear compensation ({} parameters, ridge {:.0e}, fit {:.2} s): D {:.6e} -> {:.6e} \
-                 on these prompts",
-                c.fit.params_added, c.fit.ridge, c.fit.seconds, c.fit.d_before, c.fit.d_after
-            );
+            println!("compensation: {}", c.fit);
             if let Some(h) = &c.held_out {
                 println!(
                     "held-out ({} prompts, {}): {}",
@@ -94,7 +87,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
 /// The compensation's fit and, where held-out prompts exist, its D on them.
 #[derive(Debug, serde::Serialize)]
 struct Compensated {
-    fit: FitReport,
+    fit: Fitted,
     held_out: Option<HeldOut>,
 }
 
@@ -112,8 +105,12 @@ fn compensated(
     analysis: &Analysis,
     actions: &[Action],
     engine: &mut Engine,
-) -> Result<Compensated> {
-    let (comp, fit) = compensate::fit(engine, &analysis.graph, actions)?;
+) -> Result<Option<Compensated>> {
+    let Some((comp, fit)) =
+        compensate::compensate(args.compensate, engine, model, analysis, actions)?
+    else {
+        return Ok(None);
+    };
     let user = args.calib.calib.is_some() || args.calib.prompts.is_some();
     // Prompts the map was not fitted on: a --heldout file, or the built-in held-out half. The
     // user's own calibration file alone has none (the main job holds some of it out instead).
@@ -121,22 +118,28 @@ fn compensated(
         log::warn!(
             "no held-out prompts (--heldout FILE): the compensation is judged in-sample only"
         );
-        return Ok(Compensated {
+        return Ok(Some(Compensated {
             fit,
             held_out: None,
-        });
+        }));
     }
     let (_, held, source) = args
         .calib
         .calib_and_held_out(model, args.heldout.as_deref())?;
     let prompts = held.prompts.len();
     let mut held_engine = Engine::new(model, analysis, held, args.calib.engine_options()?)?;
-    Ok(Compensated {
+    let effect = match &comp {
+        Compensation::Output(m) => compensate::effect(&mut held_engine, actions, &m.map)?,
+        Compensation::Merged(folds) => {
+            compensate::merged::effect(&mut held_engine, actions, folds)?
+        }
+    };
+    Ok(Some(Compensated {
         fit,
         held_out: Some(HeldOut {
             source,
             prompts,
-            effect: compensate::effect(&mut held_engine, actions, &comp.map)?,
+            effect,
         }),
-    })
+    }))
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{anyhow, bail, ensure, Result};
 
 use crate::blocks::Analysis;
-use crate::compensate::OutputMap;
+use crate::compensate::{Compensation, OutputMap};
 use crate::graph;
 use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::plan::Action;
@@ -49,6 +49,14 @@ pub enum Edit {
         tensors: Box<[TensorProto; 2]>,
         node_names: [String; 2],
     },
+    /// The nodes of kept sub-block `at` read the initializers of `tensors` (named afresh)
+    /// instead of the ones they replace (`(replaced, new)`): a merged compensation's fold.
+    /// Nodes elsewhere keep reading the originals.
+    Fold {
+        at: usize,
+        nodes: Vec<usize>,
+        tensors: Vec<(String, TensorProto)>,
+    },
 }
 
 /// Turns a validated plan into edits on `analysis.graph`.
@@ -61,7 +69,7 @@ pub fn plan_edits(
     analysis: &Analysis,
     actions: &[Action],
     reuse: ReuseWeights,
-    compensation: Option<&OutputMap>,
+    compensation: Option<&Compensation>,
 ) -> Result<Vec<Edit>> {
     ensure!(
         actions.len() == analysis.sub_blocks.len(),
@@ -169,7 +177,38 @@ pub fn plan_edits(
             }
         }
     }
-    if let Some(c) = compensation {
+    match compensation {
+        Some(Compensation::Output(c)) => edits.push(output_map_edit(graph, c, &mut names)?),
+        Some(Compensation::Merged(folds)) => {
+            for f in folds {
+                ensure!(
+                    actions.get(f.at) == Some(&Action::Keep),
+                    "a fold changes sub-block {}, which the plan does not keep",
+                    f.at
+                );
+                let tensors = f
+                    .tensors
+                    .iter()
+                    .map(|t| {
+                        let name = names.fresh_value(&t.replaces, &format!("skrr_fold{}", f.at));
+                        Ok((t.replaces.clone(), t.proto(&name)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                edits.push(Edit::Fold {
+                    at: f.at,
+                    nodes: analysis.sub_blocks[f.at].nodes.clone(),
+                    tensors,
+                });
+            }
+        }
+        None => {}
+    }
+    Ok(edits)
+}
+
+/// The edit writing output map `c` after the graph's output.
+fn output_map_edit(graph: &GraphProto, c: &OutputMap, names: &mut Names) -> Result<Edit> {
+    {
         let (width, elem) = crate::compensate::output_spec(graph, &c.output)?;
         ensure!(
             width == c.map.dim,
@@ -183,7 +222,7 @@ pub fn plan_edits(
             &names.fresh_value(&format!("{}.weight", c.output), tag),
             &names.fresh_value(&format!("{}.bias", c.output), tag),
         )?;
-        edits.push(Edit::OutputMap {
+        Ok(Edit::OutputMap {
             pre: names.fresh_value(&c.output, "skrr_uncompensated"),
             product: names.fresh_value(&format!("{}.product", c.output), tag),
             output: c.output.clone(),
@@ -192,9 +231,8 @@ pub fn plan_edits(
                 names.fresh_node(&format!("{}/MatMul", c.output), tag),
                 names.fresh_node(&format!("{}/Add", c.output), tag),
             ],
-        });
+        })
     }
-    Ok(edits)
 }
 
 /// Applies `edits` to `graph` and returns the edited graph, topologically sorted (stable: the
@@ -212,6 +250,9 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
     let mut copied_inputs: Vec<ValueInfoProto> = Vec::new();
     let mut cloned_info = Vec::new();
     let mut anchors: HashMap<usize, usize> = HashMap::new();
+    // Node → (replaced initializer, its fold's) for `Fold` edits.
+    let mut folded: HashMap<usize, Vec<(String, String)>> = HashMap::new();
+    let mut fold_inits: Vec<TensorProto> = Vec::new();
     for e in edits {
         if let Edit::Remove { at, nodes } = e {
             anchors.insert(*at, nodes.iter().copied().min().unwrap_or(n));
@@ -275,6 +316,28 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
                 }
             }
             Edit::OutputMap { .. } => {}
+            Edit::Fold { at, nodes, tensors } => {
+                for &i in nodes {
+                    ensure!(
+                        i < n,
+                        "fold at sub-block {at} names node {i}; the graph has {n}"
+                    );
+                    let slot = folded.entry(i).or_default();
+                    slot.extend(
+                        tensors
+                            .iter()
+                            .map(|(old, t)| (old.clone(), t.name().to_string())),
+                    );
+                }
+                for (old, t) in tensors {
+                    fold_inits.push(t.clone());
+                    if let Some(declared) = graph.input.iter().find(|i| i.name() == old) {
+                        let mut declared = declared.clone();
+                        declared.name = t.name.clone();
+                        copied_inputs.push(declared);
+                    }
+                }
+            }
             Edit::CopyInitializer { from, to } => {
                 let t = graph
                     .initializer
@@ -315,7 +378,13 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
             out.node.extend(clones);
         }
         if !removed[i] {
-            out.node.push(node.clone());
+            let mut node = node.clone();
+            for (old, new) in folded.get(&i).into_iter().flatten() {
+                for v in node.input.iter_mut().filter(|v| *v == old) {
+                    *v = new.clone();
+                }
+            }
+            out.node.push(node);
         }
     }
     for clones in inserted.into_values() {
@@ -339,6 +408,7 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
         }
     }
     out.initializer.extend(copies);
+    out.initializer.extend(fold_inits);
     out.input.extend(copied_inputs);
     out.value_info.extend(cloned_info);
     for e in edits {

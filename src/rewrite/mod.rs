@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::Analysis;
-use crate::compensate::OutputMap;
+use crate::compensate::Compensation;
 use crate::model_io::{element_count, stored_len};
 use crate::onnx::{
     GraphProto, ModelProto, StringStringEntryProto, TensorProto, META_PLAN, META_VERSION,
@@ -42,8 +42,8 @@ pub struct RewriteOptions {
     /// The plan to record in the output's metadata; `PlanFile::describe` of the actions when
     /// absent. Pass the plan file as given so its search details (skip order, D) travel along.
     pub plan_record: Option<PlanFile>,
-    /// A fitted map written after the plan's output (issue #13).
-    pub compensation: Option<OutputMap>,
+    /// A fitted compensation written with the plan (issue #13).
+    pub compensation: Option<Compensation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,8 +73,11 @@ pub struct RewriteReport {
     /// Elements and bytes added by `--reuse-weights copy` (0 when sharing).
     pub params_copied: u64,
     pub bytes_copied: u64,
-    /// Elements the compensation added (0 without).
+    /// Elements the compensation added (0 without): an output map's, and a fold's copies of
+    /// initializers other nodes still read (exporters share all-ones norms between layers).
     pub params_added: u64,
+    /// Elements of initializers a merged compensation's folds replaced by as many.
+    pub params_replaced: u64,
 }
 
 /// Rewrites `analysis.graph` under `actions`: edits, dead-code elimination, check.
@@ -100,10 +103,23 @@ pub fn rewrite_graph(
 
     let before = &analysis.graph;
     let kept: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    // A fold's tensor replaces an initializer (not counted as removed) or, where other nodes
+    // still read the original, adds a copy.
+    let folds: Vec<(&str, &TensorProto)> = edits
+        .iter()
+        .filter_map(|e| match e {
+            Edit::Fold { tensors, .. } => Some(tensors.iter().map(|(old, t)| (old.as_str(), t))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let (fold_copies, fold_replaced): (Vec<_>, Vec<_>) =
+        folds.iter().partition(|(old, _)| kept.contains(old));
+    let replaced: HashSet<&str> = fold_replaced.iter().map(|(old, _)| *old).collect();
     let gone = before
         .initializer
         .iter()
-        .filter(|t| !kept.contains(t.name()));
+        .filter(|t| !kept.contains(t.name()) && !replaced.contains(t.name()));
     let copied: HashSet<&str> = edits
         .iter()
         .filter_map(|e| match e {
@@ -157,7 +173,11 @@ pub fn rewrite_graph(
         bytes_removed: sum(gone, stored_len)?,
         params_copied: sum(copies.clone(), element_count)?,
         bytes_copied: sum(copies, stored_len)?,
-        params_added: opts.compensation.as_ref().map_or(0, |c| c.map.params()),
+        params_added: match &opts.compensation {
+            Some(Compensation::Output(c)) => c.map.params(),
+            _ => sum(fold_copies.iter().map(|(_, t)| *t), element_count)?,
+        },
+        params_replaced: sum(fold_replaced.iter().map(|(_, t)| *t), element_count)?,
     };
     Ok((graph, report))
 }

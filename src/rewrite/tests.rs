@@ -537,7 +537,7 @@ fn check_interface_finds_an_input_left_without_its_initializer() {
 #[test]
 fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
     use crate::calibrate::tensors::Dense;
-    use crate::compensate::{LinearMap, OutputMap};
+    use crate::compensate::{Compensation, LinearMap, OutputMap};
     let (model, mut analysis) = toy(2, true);
     let g = &mut analysis.graph;
     g.output[0] = ValueInfoProto::fixed_tensor("y", data_type::FLOAT, &[1, W as i64]);
@@ -550,10 +550,10 @@ fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
         weight: (0..W * W).map(|k| k as f64 / 4.0 - 1.0).collect(),
         bias: vec![0.5, -0.25, 2.0],
     };
-    let compensation = Some(OutputMap {
+    let compensation = Some(Compensation::Output(OutputMap {
         output: "y".into(),
         map: map.clone(),
-    });
+    }));
     let actions = [K, S, R(0), K];
     let plain_opts = RewriteOptions::default();
     let opts = RewriteOptions {

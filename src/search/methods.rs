@@ -6,12 +6,12 @@
 //! re-scored with the full Skrr D, so every method's plan file reports D on the same scale and
 //! the numbers compare directly. Baselines have no re-use phase (it is part of Skrr).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use super::{search, shortgpt_orders, Config, Level, Rank, Report, Scorer};
 use crate::blocks::Analysis;
-use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats, Outcome};
+use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats};
 use crate::model_io::Model;
 use crate::onnx::GraphProto;
 use crate::plan::Action;
@@ -87,14 +87,6 @@ pub struct MethodRun {
     pub engine: EngineStats,
 }
 
-/// Full D of `actions`, never abandoned.
-fn full_d(engine: &mut Engine, actions: &[Action]) -> Result<f64> {
-    match engine.score(actions, None)? {
-        Outcome::Scored(s) => Ok(s.d()),
-        Outcome::Abandoned { .. } => bail!("the engine abandoned a plan scored without a bound"),
-    }
-}
-
 /// Runs `method` for `cfg.targets` (the caller has checked them with `check_targets`), and
 /// hands back the engine that scored with the full D (a compensation is fitted on it).
 pub fn run_method(
@@ -151,7 +143,7 @@ pub fn run_method(
                 Engine::new(model, analysis, calib, opts)?
             };
             for l in &mut levels {
-                l.d_skip = full_d(&mut full, &l.actions)?;
+                l.d_skip = full.d(&l.actions)?;
                 l.d_final = l.d_skip;
             }
             let run = MethodRun {
@@ -173,7 +165,7 @@ pub fn run_method(
             let mut levels = Vec::new();
             for (t, order) in cfg.targets.iter().zip(orders) {
                 let actions = super::skip_actions(analysis.sub_blocks.len(), &order);
-                let d = full_d(&mut engine, &actions)?;
+                let d = engine.d(&actions)?;
                 levels.push(Level::skipping(analysis, *t, order, d));
             }
             let run = MethodRun {

@@ -11,7 +11,7 @@ use skrr_onnx::blocks::{analyze, Analysis};
 use skrr_onnx::calibrate::tensors::{dense, feeds, Dense};
 use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
 use skrr_onnx::commands::apply::apply_to_file;
-use skrr_onnx::compensate::{self, OutputMap};
+use skrr_onnx::compensate::{self, merged, Compensation};
 use skrr_onnx::model_io::{read_model, Model, WriteOptions};
 use skrr_onnx::onnx::ValueInfoProto;
 use skrr_onnx::plan::Action;
@@ -126,7 +126,7 @@ fn write(
     model: &Model,
     analysis: &Analysis,
     actions: &[Action],
-    compensation: Option<OutputMap>,
+    compensation: Option<Compensation>,
     out: &Path,
 ) -> Written {
     let opts = RewriteOptions {
@@ -174,9 +174,11 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
             write(&model, &analysis, actions, None, &out)
         })
         .collect();
-    // The first plan with a linear map on its output (issue #13), fitted on the first shape's
-    // prompts and written once: the engine's output through the map must be the file's.
-    let mut compensated: Option<(OutputMap, Written)> = None;
+    // The first plan compensated (issue #13): with a linear map on its output, and with folds
+    // into the kept sub-blocks before its skipped runs (when the family has fold sites), each
+    // fitted on the first shape's prompts and written once: the engine's output under the
+    // compensation must be the file's.
+    let mut compensated: Option<Vec<(&str, Compensation, Written)>> = None;
     let (mut worst, mut other_best) = (Errors::default(), f64::INFINITY);
     for (batch, seq) in SHAPES {
         let calib = CalibSet {
@@ -196,12 +198,25 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
         };
         let mut engine = Engine::new(&model, &analysis, calib.clone(), opts).unwrap();
         if compensated.is_none() {
-            let (comp, _) = compensate::fit(&mut engine, &analysis.graph, &plans[0].1).unwrap();
-            let out = dir.path().join("compensated.onnx");
-            let file = write(&model, &analysis, &plans[0].1, Some(comp.clone()), &out);
-            compensated = Some((comp, file));
+            let skip = &plans[0].1;
+            let (map, _) = compensate::fit(&mut engine, &analysis.graph, skip).unwrap();
+            let (folds, _) = merged::fit(&mut engine, &model, &analysis, skip).unwrap();
+            let mut comps = vec![("output map", Compensation::Output(map))];
+            eprintln!("{name}: {} fold(s) of the skip plan checked", folds.len());
+            if !folds.is_empty() {
+                comps.push(("folds", Compensation::Merged(folds)));
+            }
+            let files = comps
+                .into_iter()
+                .enumerate()
+                .map(|(i, (label, comp))| {
+                    let out = dir.path().join(format!("compensated{i}.onnx"));
+                    let file = write(&model, &analysis, skip, Some(comp.clone()), &out);
+                    (label, comp, file)
+                })
+                .collect();
+            compensated = Some(files);
         }
-        let (comp, comp_file) = compensated.as_mut().unwrap();
         // The whole batch in one chunk; a prompt per chunk when a row's output depends on its
         // batch mates (dynamic quantization's one scale per tensor): the file is then fed the
         // same single rows.
@@ -242,21 +257,41 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
                 );
                 other_best = other_best.min(other);
             }
-            let got = comp.map.apply(&gots[0]);
-            let file = comp_file.output(&batch_rows, len, pad_id);
-            let errors = Errors::of(&got, &file);
-            let err = errors.held(by_norm);
-            assert!(
-                err <= tol,
-                "{name} skip + linear map ({batch}, {seq}) chunk {c}: engine vs rewritten file {err:e} > {tol:e}"
-            );
-            worst = worst.worst(errors);
-            let other = Errors::of(&got, &files[0]).held(by_norm);
-            assert!(
-                other > 50.0 * tol,
-                "{name} skip + linear map ({batch}, {seq}) chunk {c}: the file without the map is within {other:e}"
-            );
-            other_best = other_best.min(other);
+            for (label, comp, comp_file) in compensated.as_mut().unwrap() {
+                let got = match comp {
+                    Compensation::Output(m) => m.map.apply(&gots[0]),
+                    Compensation::Merged(folds) => {
+                        for f in folds.iter() {
+                            let t = f.tensors.iter().map(|t| t.proto(&t.replaces).unwrap());
+                            engine.set_fold(f.at, Some(t.collect()));
+                        }
+                        let out = engine.output(c, &plans[0].1).unwrap();
+                        for f in folds.iter() {
+                            engine.set_fold(f.at, None);
+                        }
+                        out
+                    }
+                };
+                let file = comp_file.output(&batch_rows, len, pad_id);
+                let errors = Errors::of(&got, &file);
+                let err = errors.held(by_norm);
+                // fp16: the part sessions and the whole file round differently (1.3e-3 by norm
+                // on the dense fp16 MiniLM, see `held`); folds re-scale weights and the
+                // difference grows with them (measured 2.0e-3 on bert_fp16, 3.5e-3 on the fp16
+                // MiniLM), still 30 times below the distance to the file without them.
+                let comp_tol = if fp16 { 5e-3 } else { tol };
+                assert!(
+                    err <= comp_tol,
+                    "{name} skip + {label} ({batch}, {seq}) chunk {c}: engine vs rewritten file {err:e} > {comp_tol:e}"
+                );
+                worst = worst.worst(errors);
+                let other = Errors::of(&got, &files[0]).held(by_norm);
+                assert!(
+                    other > 50.0 * tol,
+                    "{name} skip + {label} ({batch}, {seq}) chunk {c}: the file without it is within {other:e}"
+                );
+                other_best = other_best.min(other);
+            }
         }
     }
     (worst, other_best)

@@ -8,7 +8,9 @@
 //! tokens and the null input's each by their own count), accumulated in f64 into the normal
 //! equations, and solved with a ridge term chosen on calibration chunks held out of the fit
 //! (never on the prompts a fidelity check uses). Deterministic: the same prompts, plan and
-//! model give the same map, bit for bit.
+//! model give the same map, bit for bit. `merged` folds such maps into the kept weights instead.
+
+pub mod merged;
 
 use std::time::Instant;
 
@@ -35,6 +37,111 @@ pub enum Compensate {
     /// A linear map on the measured output, fitted in closed form on the calibration prompts;
     /// its d² + d parameters count against the sparsity.
     Linear,
+    /// Zero-parameter maps folded into the kept sub-block before each skipped run (`merged`).
+    Merged,
+}
+
+/// A fitted compensation, as a rewrite writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compensation {
+    Output(OutputMap),
+    Merged(Vec<merged::Fold>),
+}
+
+impl Compensation {
+    /// The plan's sidecar bytes: every value, in order, as little-endian f64.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Compensation::Output(m) => m.map.to_le_bytes(),
+            Compensation::Merged(folds) => merged::to_le_bytes(folds),
+        }
+    }
+}
+
+/// What fitting a plan's compensation found: for the plan file and the report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Fitted {
+    Output(FitReport),
+    Merged(merged::MergedReport),
+}
+
+impl Fitted {
+    /// D of the plan with the compensation, on the calibration prompts.
+    pub fn d_after(&self) -> f64 {
+        match self {
+            Fitted::Output(f) => f.d_after,
+            Fitted::Merged(m) => m.d_after,
+        }
+    }
+
+    pub fn d_before(&self) -> f64 {
+        match self {
+            Fitted::Output(f) => f.d_before,
+            Fitted::Merged(m) => m.d_before,
+        }
+    }
+
+    /// The output map's ridge term (folds choose one each, in the report).
+    pub fn ridge(&self) -> Option<f64> {
+        match self {
+            Fitted::Output(f) => Some(f.ridge),
+            Fitted::Merged(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Fitted {
+    /// What was fitted, its cost, and calibration D without → with it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fitted::Output(r) => write!(
+                f,
+                "a linear map on the output ({} parameters, ridge {:.0e}, fit {:.2} s)",
+                r.params_added, r.ridge, r.seconds
+            )?,
+            Fitted::Merged(m) => {
+                let at: Vec<String> = m.folds.iter().map(|x| x.at.to_string()).collect();
+                write!(
+                    f,
+                    "{} zero-parameter fold(s) into sub-block(s) [{}] (fit {:.2} s)",
+                    m.folds.len(),
+                    at.join(", "),
+                    m.seconds
+                )?;
+                for u in &m.unfolded {
+                    write!(f, "; run {:?} left: {}", u.run, u.reason)?;
+                }
+            }
+        }
+        write!(
+            f,
+            ", calibration D {:.4e} → {:.4e}",
+            self.d_before(),
+            self.d_after()
+        )
+    }
+}
+
+/// Fits `choice` for `actions` on the engine's calibration set (`None` for `Compensate::None`).
+pub fn compensate(
+    choice: Compensate,
+    engine: &mut Engine,
+    model: &crate::model_io::Model,
+    analysis: &crate::blocks::Analysis,
+    actions: &[Action],
+) -> Result<Option<(Compensation, Fitted)>> {
+    Ok(match choice {
+        Compensate::None => None,
+        Compensate::Linear => {
+            let (map, fit) = fit(engine, &analysis.graph, actions)?;
+            Some((Compensation::Output(map), Fitted::Output(fit)))
+        }
+        Compensate::Merged => {
+            let (folds, report) = merged::fit(engine, model, analysis, actions)?;
+            Some((Compensation::Merged(folds), Fitted::Merged(report)))
+        }
+    })
 }
 
 /// A fitted map and the graph output it is applied to: what a rewrite writes into the model.
@@ -82,7 +189,8 @@ pub fn output_spec(graph: &GraphProto, output: &str) -> Result<(usize, i32)> {
 /// the search can remove that much more; refuses what cannot be compensated before the search.
 pub fn planned_params(choice: Compensate, graph: &GraphProto, opts: &EngineOptions) -> Result<u64> {
     match choice {
-        Compensate::None => Ok(0),
+        // A fold replaces weights with as many (exporter-shared ones are copied, and reported).
+        Compensate::None | Compensate::Merged => Ok(0),
         Compensate::Linear => {
             if opts.projection.is_some() {
                 return Err(SkrrError::Usage(PROJECTION_REFUSED.into()).into());
@@ -196,28 +304,14 @@ impl LinearMap {
             .collect()
     }
 
-    /// Reads `to_le_bytes`'s form for a map on `dim` channels.
-    pub fn from_le_bytes(dim: usize, bytes: &[u8]) -> Result<LinearMap> {
-        let want = map_params(dim) * 8;
-        if bytes.len() as u64 != want {
-            bail!(
-                "holds {} bytes; a map on {dim} channels takes {want}",
-                bytes.len()
-            );
-        }
-        let mut values: Vec<f64> = bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect();
-        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-            bail!("value {i} is {}, not a finite number", values[i]);
-        }
+    /// The map on `dim` channels whose `dim² + dim` values are `to_le_bytes`'s order.
+    pub fn from_values(dim: usize, mut values: Vec<f64>) -> LinearMap {
         let bias = values.split_off(dim * dim);
-        Ok(LinearMap {
+        LinearMap {
             dim,
             weight: values,
             bias,
-        })
+        }
     }
 
     /// The weight (`[dim, dim]`, so that `MatMul(x, weight)` is `x W`) and the bias (`[dim]`)
@@ -228,67 +322,117 @@ impl LinearMap {
         weight: &str,
         bias: &str,
     ) -> Result<(TensorProto, TensorProto)> {
-        let encode = |values: &[f64]| -> Result<Bytes> {
-            let bytes: Vec<u8> = match elem_type {
-                data_type::FLOAT => values
-                    .iter()
-                    .flat_map(|&x| (x as f32).to_le_bytes())
-                    .collect(),
-                data_type::FLOAT16 => values
-                    .iter()
-                    .flat_map(|&x| f16::from_f64(x).to_le_bytes())
-                    .collect(),
-                data_type::BFLOAT16 => values
-                    .iter()
-                    .flat_map(|&x| bf16::from_f64(x).to_le_bytes())
-                    .collect(),
-                data_type::DOUBLE => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                other => bail!("a linear map cannot be stored as {}", type_name(other)),
-            };
-            Ok(Bytes::from(bytes))
-        };
         let d = self.dim as i64;
-        let tensor = |name: &str, dims: Vec<i64>, values: &[f64]| -> Result<TensorProto> {
-            Ok(TensorProto {
-                name: Some(name.to_string()),
-                data_type: Some(elem_type),
-                dims,
-                raw_data: Some(encode(values)?),
-                ..Default::default()
-            })
-        };
         Ok((
-            tensor(weight, vec![d, d], &self.weight)?,
-            tensor(bias, vec![d], &self.bias)?,
+            tensor_proto(weight, elem_type, vec![d, d], &self.weight)?,
+            tensor_proto(bias, elem_type, vec![d], &self.bias)?,
         ))
     }
 }
 
-/// Weighted normal equations of `y ≈ [x, 1] M`: `a = Σ w x̃ᵀx̃`, `b = Σ w x̃ᵀy`, `c = Σ w yᵀy`,
-/// with `x̃ = [x, 1]` (so `M`'s last row is the bias).
+/// The `count` finite little-endian f64 values of a plan's sidecar.
+pub fn f64_values(bytes: &[u8], count: u64) -> Result<Vec<f64>> {
+    if bytes.len() as u64 != count * 8 {
+        bail!(
+            "holds {} bytes; the plan's compensation takes {}",
+            bytes.len(),
+            count * 8
+        );
+    }
+    let values: Vec<f64> = bytes
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        bail!("value {i} is {}, not a finite number", values[i]);
+    }
+    Ok(values)
+}
+
+/// `values` rounded to what a tensor of `elem_type` holds, so that the engine scores, and a plan's
+/// sidecar records, exactly what the written file computes; a value the type cannot hold (fp16
+/// beyond 65504) is an error, never an `inf` in the file.
+pub(crate) fn stored_as(values: &[f64], elem_type: i32) -> Result<Vec<f64>> {
+    let round: fn(f64) -> f64 = match elem_type {
+        data_type::FLOAT => |x| f64::from(x as f32),
+        data_type::FLOAT16 => |x| f16::from_f64(x).to_f64(),
+        data_type::BFLOAT16 => |x| bf16::from_f64(x).to_f64(),
+        data_type::DOUBLE => |x| x,
+        other => bail!("a compensation cannot be stored as {}", type_name(other)),
+    };
+    let stored: Vec<f64> = values.iter().map(|&x| round(x)).collect();
+    if let Some(x) = stored.iter().find(|x| !x.is_finite()) {
+        bail!(
+            "the compensation has a value ({x}) that {} cannot hold; use --compensate none",
+            type_name(elem_type)
+        );
+    }
+    Ok(stored)
+}
+
+/// An inline initializer `name` of `elem_type` and shape `dims` holding `values`.
+pub(crate) fn tensor_proto(
+    name: &str,
+    elem_type: i32,
+    dims: Vec<i64>,
+    values: &[f64],
+) -> Result<TensorProto> {
+    let bytes: Vec<u8> = match elem_type {
+        data_type::FLOAT => values
+            .iter()
+            .flat_map(|&x| (x as f32).to_le_bytes())
+            .collect(),
+        data_type::FLOAT16 => values
+            .iter()
+            .flat_map(|&x| f16::from_f64(x).to_le_bytes())
+            .collect(),
+        data_type::BFLOAT16 => values
+            .iter()
+            .flat_map(|&x| bf16::from_f64(x).to_le_bytes())
+            .collect(),
+        data_type::DOUBLE => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        other => bail!("a compensation cannot be stored as {}", type_name(other)),
+    };
+    Ok(TensorProto {
+        name: Some(name.to_string()),
+        data_type: Some(elem_type),
+        dims,
+        raw_data: Some(Bytes::from(bytes)),
+        ..Default::default()
+    })
+}
+
+/// Weighted normal equations of `y ≈ x̃ M`: `a = Σ w x̃ᵀx̃`, `b = Σ w x̃ᵀy`, `c = Σ w yᵀy`, with
+/// `x̃ = [x, 1]` when the map has an intercept (`M`'s last row is then the bias), else `x̃ = x`.
 #[derive(Debug, Clone)]
-struct Normal {
+pub(crate) struct Normal {
     dim: usize,
+    intercept: bool,
     a: Vec<f64>,
     b: Vec<f64>,
     c: f64,
 }
 
 impl Normal {
-    fn new(dim: usize) -> Normal {
-        let n = dim + 1;
+    pub(crate) fn new(dim: usize, intercept: bool) -> Normal {
+        let n = dim + usize::from(intercept);
         Normal {
             dim,
+            intercept,
             a: vec![0.0; n * n],
             b: vec![0.0; n * dim],
             c: 0.0,
         }
     }
 
+    fn n(&self) -> usize {
+        self.dim + usize::from(self.intercept)
+    }
+
     /// Adds the counted positions of every row of `x` (pruned) against `y` (dense).
-    fn add(&mut self, x: &Dense, y: &Dense, counted: &[usize], weight: f64) {
+    pub(crate) fn add(&mut self, x: &Dense, y: &Dense, counted: &[usize], weight: f64) {
         let d = self.dim;
-        let n = d + 1;
+        let n = self.n();
         let per_row = x.positions() * d;
         let mut xt = vec![0f64; n];
         for (r, &count) in counted.iter().enumerate() {
@@ -298,7 +442,9 @@ impl Normal {
                 for (t, &v) in xt.iter_mut().zip(&x.data[at..at + d]) {
                     *t = f64::from(v);
                 }
-                xt[d] = 1.0;
+                if self.intercept {
+                    xt[d] = 1.0;
+                }
                 let yv = &y.data[at..at + d];
                 for i in 0..n {
                     let wi = weight * xt[i];
@@ -318,10 +464,11 @@ impl Normal {
         }
     }
 
-    fn plus(&self, o: &Normal) -> Normal {
+    pub(crate) fn plus(&self, o: &Normal) -> Normal {
         let add = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x + y).collect();
         Normal {
             dim: self.dim,
+            intercept: self.intercept,
             a: add(&self.a, &o.a),
             b: add(&self.b, &o.b),
             c: self.c + o.c,
@@ -329,15 +476,16 @@ impl Normal {
     }
 
     /// Mean of the channel diagonal of `a`: the scale ridge terms are relative to.
-    fn scale(&self) -> f64 {
-        let n = self.dim + 1;
+    pub(crate) fn scale(&self) -> f64 {
+        let n = self.n();
         (0..self.dim).map(|i| self.a[i * n + i]).sum::<f64>() / self.dim.max(1) as f64
     }
 
-    /// The map minimizing `Σ w |y − x̃M|² + ridge |W|²` (the bias is not shrunk), or `None`
-    /// when the system is singular even with the ridge term.
-    fn solve(&self, ridge: f64) -> Option<LinearMap> {
-        let (d, n) = (self.dim, self.dim + 1);
+    /// The map minimizing `Σ w |y − x̃M|² + ridge |W − P|²` (the bias is not shrunk), with the
+    /// prior `P` the identity when `towards_identity` (a map that changes nothing), else 0; or
+    /// `None` when the system is singular even with the ridge term.
+    pub(crate) fn solve(&self, ridge: f64, towards_identity: bool) -> Option<LinearMap> {
+        let (d, n) = (self.dim, self.n());
         let mut l = vec![0f64; n * n];
         for i in 0..n {
             for j in 0..=i {
@@ -349,6 +497,11 @@ impl Normal {
         }
         cholesky(&mut l, n)?;
         let mut m = self.b.clone();
+        if towards_identity {
+            for i in 0..d {
+                m[i * d + i] += ridge;
+            }
+        }
         // Solve L Lᵀ M = B, every column of B at once (rows of M are contiguous).
         for i in 0..n {
             for k in 0..i {
@@ -376,7 +529,11 @@ impl Normal {
             let lii = l[i * n + i];
             m[i * d..(i + 1) * d].iter_mut().for_each(|x| *x /= lii);
         }
-        let bias = m.split_off(d * d);
+        let bias = if self.intercept {
+            m.split_off(d * d)
+        } else {
+            vec![0.0; d]
+        };
         Some(LinearMap {
             dim: d,
             weight: m,
@@ -384,9 +541,10 @@ impl Normal {
         })
     }
 
-    /// `Σ w |y − x̃M|²` of `map` on the data these equations hold, without visiting it again.
-    fn sse(&self, map: &LinearMap) -> f64 {
-        let (d, n) = (self.dim, self.dim + 1);
+    /// `Σ w |y − x̃M|²` of `map` on the data these equations hold, without visiting it again
+    /// (without an intercept, `map`'s bias is taken as 0).
+    pub(crate) fn sse(&self, map: &LinearMap) -> f64 {
+        let (d, n) = (self.dim, self.n());
         let row = |i: usize| -> &[f64] {
             if i < d {
                 &map.weight[i * d..(i + 1) * d]
@@ -432,7 +590,7 @@ fn cholesky(l: &mut [f64], n: usize) -> Option<()> {
 }
 
 /// Ridge terms tried, relative to the mean channel energy (`Normal::scale`).
-const RIDGES: [f64; 8] = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+pub(crate) const RIDGES: [f64; 8] = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 
 /// What a fit found and cost.
 #[derive(Debug, Clone, Serialize)]
@@ -473,7 +631,7 @@ pub fn fit(
         if dim == 0 {
             dim = out.channels();
         }
-        let mut normal = Normal::new(dim);
+        let mut normal = Normal::new(dim, true);
         normal.add(&out, target, counted, weight);
         let null = engine.chunk_rows(c).0;
         let held = !null && prompt_chunks % 4 == 3;
@@ -484,7 +642,7 @@ pub fn fit(
         parts
             .iter()
             .filter(|(held, _)| pick(*held))
-            .fold(Normal::new(dim), |acc, (_, n)| acc.plus(n))
+            .fold(Normal::new(dim, true), |acc, (_, n)| acc.plus(n))
     };
     let (train, valid, all) = (sum(&|h| !h), sum(&|h| h), sum(&|_| true));
     let mut validation = Vec::new();
@@ -492,7 +650,7 @@ pub fn fit(
         let scale = train.scale();
         let mut best: Option<(f64, f64)> = None;
         for r in RIDGES {
-            let Some(map) = train.solve(r * scale) else {
+            let Some(map) = train.solve(r * scale, false) else {
                 continue;
             };
             let err = valid.sse(&map);
@@ -506,7 +664,7 @@ pub fn fit(
     } else {
         1e-3
     };
-    let Some(map) = all.solve(ridge * all.scale()) else {
+    let Some(map) = all.solve(ridge * all.scale(), false) else {
         bail!("the linear compensation's normal equations are singular even with a ridge term");
     };
     if map.dim != width {
@@ -563,41 +721,67 @@ impl std::fmt::Display for Effect {
     }
 }
 
+/// D, D_c and mean token cosine of one side of an `Effect`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Side {
+    d: f64,
+    d_c: f64,
+    cos_sum: f64,
+    tokens: usize,
+}
+
+impl Side {
+    /// Adds chunk `c`'s output `out` against the engine's dense target.
+    fn add(&mut self, engine: &Engine, c: usize, out: &Dense) -> Result<()> {
+        let (target, counted, weight) = engine.target(c);
+        let sse = weight * row_sse(out, target, counted)?.iter().sum::<f64>();
+        self.d += sse;
+        if !engine.chunk_rows(c).0 {
+            self.d_c += sse;
+            self.cos_sum += row_cos_sum(out, target, counted)?;
+            self.tokens += counted
+                .iter()
+                .map(|&n| n.min(out.positions()))
+                .sum::<usize>();
+        }
+        Ok(())
+    }
+}
+
+impl Effect {
+    fn of(without: Side, with: Side) -> Effect {
+        let cos = |s: Side| s.cos_sum / s.tokens.max(1) as f64;
+        Effect {
+            d_without: without.d,
+            d_with: with.d,
+            d_c_without: without.d_c,
+            d_c_with: with.d_c,
+            cos_without: cos(without),
+            cos_with: cos(with),
+        }
+    }
+}
+
 /// Runs every chunk of `engine` once under `actions` and measures the output with and without
 /// `map`.
 pub fn effect(engine: &mut Engine, actions: &[Action], map: &LinearMap) -> Result<Effect> {
-    let (mut d_without, mut d_with, mut cos_without, mut cos_with) = (0.0, 0.0, 0.0, 0.0);
-    let (mut d_c_without, mut d_c_with) = (0.0, 0.0);
-    let mut tokens = 0usize;
+    let (mut without, mut with) = (Side::default(), Side::default());
     for c in 0..engine.chunks() {
         let plain = engine.output(c, actions)?;
-        let mapped = map.apply(&plain);
-        let null = engine.chunk_rows(c).0;
-        let (target, counted, weight) = engine.target(c);
-        let without = weight * row_sse(&plain, target, counted)?.iter().sum::<f64>();
-        let with = weight * row_sse(&mapped, target, counted)?.iter().sum::<f64>();
-        d_without += without;
-        d_with += with;
-        if !null {
-            d_c_without += without;
-            d_c_with += with;
-            cos_without += row_cos_sum(&plain, target, counted)?;
-            cos_with += row_cos_sum(&mapped, target, counted)?;
-            tokens += counted
-                .iter()
-                .map(|&n| n.min(plain.positions()))
-                .sum::<usize>();
-        }
+        without.add(engine, c, &plain)?;
+        with.add(engine, c, &map.apply(&plain))?;
     }
-    let per_token = 1.0 / tokens.max(1) as f64;
-    Ok(Effect {
-        d_without,
-        d_with,
-        d_c_without,
-        d_c_with,
-        cos_without: cos_without * per_token,
-        cos_with: cos_with * per_token,
-    })
+    Ok(Effect::of(without, with))
+}
+
+/// The plan's output on every chunk, measured: one side of an `Effect`.
+fn side(engine: &mut Engine, actions: &[Action]) -> Result<Side> {
+    let mut side = Side::default();
+    for c in 0..engine.chunks() {
+        let out = engine.output(c, actions)?;
+        side.add(engine, c, &out)?;
+    }
+    Ok(side)
 }
 
 #[cfg(test)]
@@ -634,9 +818,9 @@ mod tests {
             bias: b,
         };
         let y = truth.apply(&x);
-        let mut n = Normal::new(d);
+        let mut n = Normal::new(d, true);
         n.add(&x, &y, &[7, 7, 7], 0.25);
-        let got = n.solve(1e-12).unwrap();
+        let got = n.solve(1e-12, false).unwrap();
         for (g, t) in got.weight.iter().zip(&truth.weight) {
             assert!((g - t).abs() < 1e-4, "{g} vs {t}");
         }
@@ -652,9 +836,9 @@ mod tests {
         let x = dense(2, 6, d, noise);
         let y = dense(2, 6, d, |i| noise(i + 77));
         let counted = [6, 3];
-        let mut n = Normal::new(d);
+        let mut n = Normal::new(d, true);
         n.add(&x, &y, &counted, 0.5);
-        let map = n.solve(0.1).unwrap();
+        let map = n.solve(0.1, false).unwrap();
         let direct: f64 = row_sse(&map.apply(&x), &y, &counted)
             .unwrap()
             .iter()
@@ -668,9 +852,9 @@ mod tests {
         // Padded positions (row 1 past 3) are not part of the fit.
         let mut other = dense(2, 6, d, |i| noise(i + 77));
         other.data[(6 + 4) * d] += 100.0;
-        let mut m = Normal::new(d);
+        let mut m = Normal::new(d, true);
         m.add(&x, &other, &counted, 0.5);
-        assert_eq!(m.solve(0.1).unwrap(), map);
+        assert_eq!(m.solve(0.1, false).unwrap(), map);
     }
 
     #[test]
@@ -678,11 +862,11 @@ mod tests {
         let d = 3;
         let x = dense(1, 20, d, noise);
         let y = dense(1, 20, d, |i| noise(i + 5));
-        let mut n = Normal::new(d);
+        let mut n = Normal::new(d, true);
         n.add(&x, &y, &[20], 1.0);
         let norm = |m: &LinearMap| m.weight.iter().map(|w| w * w).sum::<f64>();
-        let small = n.solve(1e-9).unwrap();
-        let big = n.solve(1e3).unwrap();
+        let small = n.solve(1e-9, false).unwrap();
+        let big = n.solve(1e3, false).unwrap();
         assert!(norm(&big) < 0.01 * norm(&small));
         // The least-squares fit is no worse in-sample than the shrunk one.
         assert!(n.sse(&small) <= n.sse(&big));
@@ -703,11 +887,12 @@ mod tests {
         assert_eq!(f16_map.stored_as(data_type::FLOAT16).unwrap(), f16_map);
         let bytes = f16_map.to_le_bytes();
         assert_eq!(bytes.len(), 6 * 8);
-        assert_eq!(LinearMap::from_le_bytes(2, &bytes).unwrap(), f16_map);
-        assert!(LinearMap::from_le_bytes(3, &bytes).is_err());
+        let values = f64_values(&bytes, 6).unwrap();
+        assert_eq!(LinearMap::from_values(2, values), f16_map);
+        assert!(f64_values(&bytes, 12).is_err());
         let mut nan = bytes.clone();
         nan[..8].copy_from_slice(&f64::NAN.to_le_bytes());
-        let err = LinearMap::from_le_bytes(2, &nan).unwrap_err().to_string();
+        let err = f64_values(&nan, 6).unwrap_err().to_string();
         assert!(err.contains("not a finite number"), "{err}");
         assert!(map.stored_as(data_type::INT8).is_err());
         let mut big = map.clone();
