@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""docs/benchmarks.md, "Linear compensation": held-out D and token cosine of Skrr, FinerCut and
-ShortGPT plans without and with the output map (`skrr-onnx plan --compensate linear`, which
-searches at the level plus the map's share, so every row meets the level *net* of the map's
-d² + d parameters), and of Skrr ranking candidates by their compensated D (`--rank
-compensated`). Held-out figures come from `skrr-onnx score --compensate linear --heldout`.
+"""docs/benchmarks.md, "Linear compensation": held-out D, D_c and token cosine of Skrr, FinerCut and
+ShortGPT plans without compensation, with the output map (`skrr-onnx plan --compensate linear`,
+which searches at the level plus the map's share, so every row meets the level *net* of the
+map's d² + d parameters), with zero-parameter folds (`--compensate merged`), and of Skrr ranking
+candidates by their compensated D (`--rank compensated`). Held-out figures come from `skrr-onnx
+score --compensate linear|merged --heldout`.
 
     .venv/bin/python benches/compensate.py [--model fixtures/minilm/model.onnx]
         [--levels 0.10,0.23,0.30] [--work /tmp/skrr-bench-compensate] [--null-ids 101,102]
@@ -61,7 +62,8 @@ def main() -> None:
     # ranking candidates by their compensated D.
     variants = []
     for method in args.methods.split(","):
-        variants += [(method, "none", "plain"), (method, "linear", "plain")]
+        variants += [(method, "none", "plain"), (method, "linear", "plain"),
+                     (method, "merged", "plain")]
         if method == "skrr":
             variants.append((method, "linear", "compensated"))
     rows = []
@@ -75,12 +77,13 @@ def main() -> None:
                       *(["--rank", rank] if method == "skrr" else []), *common)
             p = json.loads(plan.read_text())
             s = run("score", str(args.model), "--plan", str(plan), *common,
-                    "--compensate", "linear", "--heldout", str(heldout))
+                    "--compensate", "merged" if comp == "merged" else "linear",
+                    "--heldout", str(heldout))
             c = s["compensation"]
             h = c["held_out"]
-            mapped = comp == "linear"
+            mapped = comp != "none"
             if mapped:
-                # The map score refits is the plan's own (the fit is deterministic).
+                # The compensation score refits is the plan's own (the fit is deterministic).
                 assert p["compensation"]["discrepancy"] == c["fit"]["d_after"], plan
             added = p.get("params_added", 0)
             rows.append({
@@ -106,7 +109,7 @@ def main() -> None:
                     and b["compensate"] == "none")
         change = 100 * (r["heldout_d"] / base["heldout_d"] - 1)
         change_c = 100 * (r["heldout_d_c"] / base["heldout_d_c"] - 1)
-        label = {"none": "-", "linear": "output map"}[r["compensate"]]
+        label = {"none": "-", "linear": "output map", "merged": "merged folds"}[r["compensate"]]
         if r["rank"] == "compensated":
             label += ", ranked compensated"
         search = f"{r['search_seconds']:.1f}" if r["search_seconds"] is not None else "-"

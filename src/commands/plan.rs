@@ -53,9 +53,10 @@ pub struct SearchArgs {
     /// Stop the skip phase after this many seconds (an error if no target was reached).
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
-    /// Compensate what the plan removes: `linear` fits a map on the measured output in closed
-    /// form on the calibration prompts (its d² + d parameters count against the sparsity, so
-    /// the search removes that much more).
+    /// Compensate what the plan removes, in closed form on the calibration prompts: `merged`
+    /// folds maps into the kept sub-block before each skipped run (no parameter added);
+    /// `linear` writes a map on the measured output (its d² + d parameters count against the
+    /// sparsity, so the search removes that much more).
     #[arg(long, value_enum, default_value_t = Compensate::None)]
     pub compensate: Compensate,
     /// What the Skrr search ranks candidates by: their D, or (with --compensate linear) their
