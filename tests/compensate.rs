@@ -425,6 +425,10 @@ fn merged_folds_are_written_measured_and_reproduced() {
         bytes(&applied) == bytes(&a.path("out.onnx")),
         "apply differs"
     );
+    // The fit is deterministic: a second run writes the same model and sidecar.
+    let b = Compensated::run_with(&model, "0.3", "merged", &[]);
+    assert!(bytes(&b.path("out.onnx")) == bytes(&a.path("out.onnx")));
+    assert!(bytes(&b.path("plan.map.bin")) == bytes(&a.path("plan.map.bin")));
 
     // A fold the plan cannot hold is refused: at a skipped position, or replacing a weight
     // that is not its site's.
