@@ -96,16 +96,17 @@ pub struct Fidelity {
     pub passed: bool,
 }
 
-/// D and cosine of a compensated model's output before its map.
+/// D and cosine of a compensated model without its compensation: the value its output map reads
+/// (same run), or its plan without its folds (`compare`, by the calibration engine).
 #[derive(Debug, Clone, Serialize)]
 pub struct Uncompensated {
-    /// The value the map reads.
+    /// What was measured.
     pub value: String,
     pub d_c: f64,
     pub d_null: Option<f64>,
     pub d: f64,
     pub cos_mean: f64,
-    pub cos_min: f64,
+    pub cos_min: Option<f64>,
 }
 
 /// Running sums over measured positions.
@@ -508,7 +509,7 @@ pub fn measure(
             d_null,
             d: prompts.d() + d_null.unwrap_or(0.0),
             cos_mean: prompts.cos_mean(),
-            cos_min: prompts.cos_min,
+            cos_min: Some(prompts.cos_min),
         }
     });
 

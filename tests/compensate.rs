@@ -425,6 +425,30 @@ fn merged_folds_are_written_measured_and_reproduced() {
         bytes(&applied) == bytes(&a.path("out.onnx")),
         "apply differs"
     );
+    // `compare` of the written file shows the plan without its folds too (engine on the dense
+    // model): the main job's held-out figure.
+    let out = common::skrr([
+        "--json".as_ref(),
+        "compare".as_ref(),
+        model.as_os_str(),
+        a.path("out.onnx").as_os_str(),
+        "--min-cos".as_ref(),
+        "0".as_ref(),
+    ]);
+    let compared: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = &compared["uncompensated"];
+    for (k, e) in [
+        ("d", "d_without"),
+        ("d_c", "d_c_without"),
+        ("cos_mean", "cos_without"),
+    ] {
+        let (x, y) = (u[k].as_f64().unwrap(), held[e].as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-9 * y.abs(),
+            "{k}: compare {x} vs the main job {y}"
+        );
+    }
+    assert_eq!(compared["d"], r["fidelity"]["d"]);
     // The fit is deterministic: a second run writes the same model and sidecar.
     let b = Compensated::run_with(&model, "0.3", "merged", &[]);
     assert!(bytes(&b.path("out.onnx")) == bytes(&a.path("out.onnx")));

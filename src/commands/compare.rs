@@ -7,11 +7,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::calibrate::{CalibArgs, CalibSet, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Engine, Part};
 use crate::cli::Context;
 use crate::error::SkrrError;
-use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
-use crate::model_io::read_model;
+use crate::fidelity::{self, Fidelity, RunOptions, Tolerances, Uncompensated};
+use crate::model_io::{read_model, Model};
+use crate::plan::PlanFile;
 
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
@@ -106,10 +107,13 @@ pub fn fidelity_on(
 
 pub fn run(args: &CompareArgs, ctx: &Context) -> Result<()> {
     let tol = args.tolerances.tolerances()?;
-    let set = args
-        .calib
-        .calib_set(&read_model(&args.dense)?, Part::HeldOut)?;
-    let f = fidelity_on(&args.dense, &args.pruned, &set, &args.calib, &tol)?;
+    crate::runtime::init(&ctx.runtime)?;
+    let dense = read_model(&args.dense)?;
+    let set = args.calib.calib_set(&dense, Part::HeldOut)?;
+    let mut f = fidelity_on(&args.dense, &args.pruned, &set, &args.calib, &tol)?;
+    if f.uncompensated.is_none() {
+        f.uncompensated = without_folds(args, &dense, &set)?;
+    }
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
@@ -117,6 +121,45 @@ pub fn run(args: &CompareArgs, ctx: &Context) -> Result<()> {
         println!("{}", if f.passed { "PASSED" } else { "FAILED" });
     }
     verdict(&f)
+}
+
+/// A pruned file whose merged compensation's folds leave no uncompensated value in it: its plan
+/// without them, run by the calibration engine on the dense model and the same prompts (the
+/// engine computes what `apply` writes: tests/engine_vs_rewrite.rs).
+fn without_folds(
+    args: &CompareArgs,
+    dense: &Model,
+    set: &CalibSet,
+) -> Result<Option<Uncompensated>> {
+    let pruned = read_model(&args.pruned)?;
+    let Some(plan) = pruned
+        .proto
+        .metadata_props
+        .iter()
+        .find(|e| e.key() == crate::onnx::META_PLAN)
+        .and_then(|e| serde_json::from_str::<PlanFile>(e.value()).ok())
+    else {
+        return Ok(None);
+    };
+    if plan
+        .compensation
+        .as_ref()
+        .is_none_or(|c| c.placement != "merged")
+    {
+        return Ok(None);
+    }
+    let analysis = crate::blocks::analyze_at(&dense.proto, &args.dense)?;
+    let actions = plan.to_actions(&analysis)?;
+    let mut engine = Engine::new(dense, &analysis, set.clone(), args.calib.engine_options()?)?;
+    let e = crate::compensate::merged::effect(&mut engine, &actions, &[])?;
+    Ok(Some(Uncompensated {
+        value: "the plan without its folds (engine on the dense model)".into(),
+        d_c: e.d_c_without,
+        d_null: set.null.is_some().then(|| e.d_without - e.d_c_without),
+        d: e.d_without,
+        cos_mean: e.cos_without,
+        cos_min: None,
+    }))
 }
 
 /// `Ok` when every check passed, else the typed error (exit status 1) naming the failed checks.
@@ -173,11 +216,11 @@ pub fn render(f: &Fidelity) -> String {
     );
     let _ = writeln!(s, "cosine  mean {:.6}, min {:.6}", f.cos_mean, f.cos_min);
     if let Some(u) = &f.uncompensated {
+        let min = u.cos_min.map_or(String::new(), |m| format!(", min {m:.6}"));
         let _ = writeln!(
             s,
-            "no map  {} (the output before the model's linear map): D {:.6e} (D_c {:.6e}), \
-             cosine mean {:.6}, min {:.6}",
-            u.value, u.d, u.d_c, u.cos_mean, u.cos_min
+            "without {}: D {:.6e} (D_c {:.6e}), cosine mean {:.6}{min}",
+            u.value, u.d, u.d_c, u.cos_mean
         );
     }
     if let Some(r) = f.null_norm_ratio {

@@ -499,6 +499,9 @@ fn refit_norm(
 /// were not fitted on) without and with `folds`; the engine is left without them.
 pub fn effect(engine: &mut Engine, actions: &[Action], folds: &[Fold]) -> Result<super::Effect> {
     let without = super::side(engine, actions)?;
+    if folds.is_empty() {
+        return Ok(super::Effect::of(without, without));
+    }
     for f in folds {
         let protos = f
             .tensors
