@@ -155,7 +155,7 @@ fn without_folds(
     Ok(Some(Uncompensated {
         value: "the plan without its folds (engine on the dense model)".into(),
         d_c: e.d_c_without,
-        d_null: set.null.is_some().then(|| e.d_without - e.d_c_without),
+        d_null: set.null.is_some().then_some(e.d_without - e.d_c_without),
         d: e.d_without,
         cos_mean: e.cos_without,
         cos_min: None,
