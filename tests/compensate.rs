@@ -147,6 +147,25 @@ impl Compensated {
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
+
+    /// `apply` of the plan (its sidecar found beside it) writes the bytes the job wrote, and a
+    /// second run of the job (`again`) writes the same model and sidecar: the fit is
+    /// deterministic.
+    fn assert_reproduced(&self, model: &std::path::Path, again: Compensated) {
+        let dir = tempfile::tempdir().unwrap();
+        let applied = dir.path().join("out.onnx");
+        common::skrr_ok([
+            "apply".as_ref(),
+            model.as_os_str(),
+            self.path("plan.json").as_os_str(),
+            applied.as_os_str(),
+        ]);
+        let bytes = |p: &std::path::Path| std::fs::read(p).unwrap();
+        let out = bytes(&self.path("out.onnx"));
+        assert!(bytes(&applied) == out, "apply differs");
+        assert!(bytes(&again.path("out.onnx")) == out, "second run differs");
+        assert!(bytes(&again.path("plan.map.bin")) == bytes(&self.path("plan.map.bin")));
+    }
 }
 
 #[test]
@@ -220,27 +239,7 @@ fn the_main_job_writes_the_map_and_apply_reproduces_it_byte_for_byte() {
     assert_eq!(again["d"], r["fidelity"]["d"]);
     assert_ne!(u["d"], r["fidelity"]["d"]);
 
-    // apply of the plan (its sidecar found beside it) writes the same bytes; so does a second
-    // run of the whole job (the fit is deterministic).
-    let again = tempfile::tempdir().unwrap();
-    let applied = again.path().join("out.onnx");
-    common::skrr_ok([
-        "apply".as_ref(),
-        model.as_os_str(),
-        a.path("plan.json").as_os_str(),
-        applied.as_os_str(),
-    ]);
-    let bytes = |p: &std::path::Path| std::fs::read(p).unwrap();
-    assert!(
-        bytes(&applied) == bytes(&a.path("out.onnx")),
-        "apply differs"
-    );
-    let b = Compensated::run(&model, "0.3", &[]);
-    assert!(
-        bytes(&b.path("out.onnx")) == bytes(&a.path("out.onnx")),
-        "second run differs"
-    );
-    assert!(bytes(&b.path("plan.map.bin")) == sidecar);
+    a.assert_reproduced(&model, Compensated::run(&model, "0.3", &[]));
 }
 
 #[test]
@@ -412,19 +411,7 @@ fn merged_folds_are_written_measured_and_reproduced() {
     );
     assert_ne!(held["d_without"], held["d_with"]);
 
-    let again = tempfile::tempdir().unwrap();
-    let applied = again.path().join("out.onnx");
-    common::skrr_ok([
-        "apply".as_ref(),
-        model.as_os_str(),
-        a.path("plan.json").as_os_str(),
-        applied.as_os_str(),
-    ]);
-    let bytes = |p: &std::path::Path| std::fs::read(p).unwrap();
-    assert!(
-        bytes(&applied) == bytes(&a.path("out.onnx")),
-        "apply differs"
-    );
+    a.assert_reproduced(&model, Compensated::run_with(&model, "0.3", "merged", &[]));
     // `compare` of the written file shows the plan without its folds too (engine on the dense
     // model): the main job's held-out figure.
     let out = common::skrr([
@@ -449,11 +436,6 @@ fn merged_folds_are_written_measured_and_reproduced() {
         );
     }
     assert_eq!(compared["d"], r["fidelity"]["d"]);
-    // The fit is deterministic: a second run writes the same model and sidecar.
-    let b = Compensated::run_with(&model, "0.3", "merged", &[]);
-    assert!(bytes(&b.path("out.onnx")) == bytes(&a.path("out.onnx")));
-    assert!(bytes(&b.path("plan.map.bin")) == bytes(&a.path("plan.map.bin")));
-
     // A fold the plan cannot hold is refused: at a skipped position, or replacing a weight
     // that is not its site's.
     let plan_path = a.path("plan.json");
