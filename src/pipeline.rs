@@ -200,7 +200,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
                 compensate::compensate(choice, &mut engine, &model, &analysis, &level.actions)?;
             if let Some((comp, fit)) = &fitted {
                 let file = args.plan_out.as_deref().map(PlanFile::sidecar_name);
-                plan.compensate(comp, fit.ridge(), fit.d_after(), file);
+                plan.compensate(comp, &analysis, fit.ridge(), fit.d_after(), file);
             }
             Ok(fitted)
         })?,

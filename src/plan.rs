@@ -211,17 +211,14 @@ impl PlanFile {
     pub fn compensate(
         &mut self,
         comp: &Compensation,
+        analysis: &Analysis,
         ridge: Option<f64>,
         d: f64,
         file: Option<String>,
     ) {
-        let (output, dim, folds, added) = match comp {
-            Compensation::Output(m) => (
-                Some(m.output.clone()),
-                Some(m.map.dim),
-                None,
-                m.map.params(),
-            ),
+        let added = comp.params_added(analysis);
+        let (output, dim, folds) = match comp {
+            Compensation::Output(m) => (Some(m.output.clone()), Some(m.map.dim), None),
             Compensation::Merged(folds) => {
                 let entries = folds
                     .iter()
@@ -238,12 +235,19 @@ impl PlanFile {
                             .collect(),
                     })
                     .collect();
-                (None, None, Some(entries), 0)
+                (None, None, Some(entries))
             }
         };
         self.params_added = Some(added);
         if let (Some(total), Some(removed)) = (self.params_total, self.params_removed) {
-            self.net_sparsity = Some((removed as f64 - added as f64) / total.max(1) as f64);
+            let net = (removed as f64 - added as f64) / total.max(1) as f64;
+            self.net_sparsity = Some(net);
+            if let Some(target) = self.target_sparsity.filter(|&t| net < t) {
+                log::warn!(
+                    "the compensation adds {added} parameters (copies of weights the exporter \
+                     shares between layers): net sparsity {net:.4} is below the target {target}"
+                );
+            }
         }
         self.compensation = Some(CompensationEntry {
             kind: "linear".into(),
@@ -305,14 +309,16 @@ impl PlanFile {
             SkrrError::BadInput(format!("plan {}: {m}", path.display())).into()
         };
         let graph = &analysis.graph;
-        // What the sidecar must hold, checked before it is read.
-        let expected = match (c.kind.as_str(), c.placement.as_str()) {
-            ("linear", "output") => {
-                let (Some(output), Some(dim)) = (&c.output, c.dim) else {
-                    return Err(bad(
-                        "its output compensation names no output or width".into()
-                    ));
-                };
+        // What the sidecar must hold, checked before it is read: the fields of one placement,
+        // and none of the other's.
+        let expected = match (
+            c.kind.as_str(),
+            c.placement.as_str(),
+            &c.output,
+            c.dim,
+            &c.folds,
+        ) {
+            ("linear", "output", Some(output), Some(dim), None) => {
                 let (width, _) = crate::compensate::output_spec(graph, output)
                     .map_err(|e| bad(format!("compensation: {e}")))?;
                 if width != dim || c.params != map_params(dim) {
@@ -324,16 +330,26 @@ impl PlanFile {
                 }
                 map_params(dim)
             }
-            ("linear", "merged") => {
-                let folds = c.folds.as_deref().unwrap_or_default();
+            ("linear", "merged", None, None, Some(folds)) => {
                 self.check_folds(folds, analysis, actions).map_err(bad)?;
                 folds
                     .iter()
                     .flat_map(|f| &f.tensors)
-                    .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+                    .map(|t| t.dims.iter().map(|&d| d as u64).product::<u64>())
                     .sum()
             }
-            (kind, placement) => {
+            ("linear", "output" | "merged", ..) => {
+                return Err(bad(format!(
+                    "its {:?} compensation must give {} and nothing of the other placement",
+                    c.placement,
+                    if c.placement == "output" {
+                        "`output` and `dim`"
+                    } else {
+                        "`folds`"
+                    }
+                )))
+            }
+            (kind, placement, ..) => {
                 return Err(bad(format!(
                     "compensation {kind:?} placed at {placement:?} is not one this version \
                      applies (linear, at output or merged)"
@@ -368,17 +384,23 @@ impl PlanFile {
         let what = |e: anyhow::Error| bad(format!("its map {}: {e}", sidecar.display()));
         let values = crate::compensate::f64_values(&bytes, expected).map_err(what)?;
         match (&c.output, c.dim, &c.folds) {
-            (Some(output), Some(dim), _) => Ok(Some(Compensation::Output(OutputMap {
-                output: output.clone(),
-                map: LinearMap::from_values(dim, values),
-            }))),
+            (Some(output), Some(dim), _) => {
+                let (_, elem) = crate::compensate::output_spec(graph, output)?;
+                let map = LinearMap::from_values(dim, values)
+                    .and_then(|m| m.stored_as(elem))
+                    .map_err(what)?;
+                Ok(Some(Compensation::Output(OutputMap {
+                    output: output.clone(),
+                    map,
+                })))
+            }
             (_, _, folds) => {
                 let mut values = values.into_iter();
                 let mut out = Vec::new();
                 for f in folds.as_deref().unwrap_or_default() {
                     let mut tensors = Vec::new();
                     for t in &f.tensors {
-                        let n = t.dims.iter().map(|&d| d.max(0) as usize).product::<usize>();
+                        let n = t.dims.iter().map(|&d| d as usize).product::<usize>();
                         let elem_type = graph
                             .initializer
                             .iter()
@@ -412,9 +434,20 @@ impl PlanFile {
         actions: &[Action],
     ) -> std::result::Result<(), String> {
         let runs = crate::compensate::merged::skipped_runs(actions);
+        if folds.windows(2).any(|w| w[0].at >= w[1].at) {
+            return Err(
+                "its folds must be listed once each, in the order of their sub-blocks".into(),
+            );
+        }
         for f in folds {
             let at = f.at;
-            if !runs.contains(&(f.run[0], f.run[1])) || f.run[0] != at + 1 {
+            if at >= actions.len() {
+                return Err(format!(
+                    "its fold names sub-block {at}; the model has {}",
+                    actions.len()
+                ));
+            }
+            if !runs.contains(&(f.run[0], f.run[1])) || Some(f.run[0]) != at.checked_add(1) {
                 return Err(format!(
                     "its fold at sub-block {at} compensates {:?}, which is not a run of skips \
                      right after it in this plan",
@@ -426,23 +459,29 @@ impl PlanFile {
             }
             let site = FoldSite::find(analysis, at)
                 .map_err(|e| format!("its fold at sub-block {at} does not fit the model: {e}"))?;
-            let allowed: Vec<&str> = [Some(&site.weight), site.bias.as_ref()]
+            // Exactly what a fit replaces there, in the fit's order (the sidecar's).
+            let site_tensors: Vec<&String> = [Some(&site.weight), site.bias.as_ref()]
                 .into_iter()
                 .chain(site.norm.iter().flat_map(|(s, b, _)| [Some(s), b.as_ref()]))
                 .flatten()
-                .map(String::as_str)
                 .collect();
+            let named: Vec<&String> = f.tensors.iter().map(|t| &t.replaces).collect();
+            if named != site_tensors {
+                return Err(format!(
+                    "its fold at sub-block {at} replaces {named:?}; that fold site's are \
+                     {site_tensors:?}, in that order"
+                ));
+            }
             for t in &f.tensors {
                 let init = analysis
                     .graph
                     .initializer
                     .iter()
                     .find(|i| i.name() == t.replaces);
-                if !allowed.contains(&t.replaces.as_str()) || init.is_none_or(|i| i.dims != t.dims)
-                {
+                if init.is_none_or(|i| i.dims != t.dims) {
                     return Err(format!(
-                        "its fold at sub-block {at} replaces {:?} {:?}, which is not a weight of \
-                         that fold site at that shape",
+                        "its fold at sub-block {at} gives {:?} the shape {:?}, which is not the \
+                         model's",
                         t.replaces, t.dims
                     ));
                 }

@@ -457,15 +457,39 @@ fn merged_folds_are_written_measured_and_reproduced() {
         &[&model],
     );
     let mut bad = plan.clone();
-    bad["compensation"]["folds"][0]["tensors"][0]["replaces"] = "shared.weight".into();
+    bad["compensation"]["folds"][folds.len() - 1]["at"] = u64::MAX.into();
+    std::fs::write(&plan_path, bad.to_string()).unwrap();
+    common::assert_error_contract(&apply, 4, "the model has 8", Some(&out), &[&model]);
+    let mut bad = plan.clone();
+    bad["compensation"]["output"] = "last_hidden_state".into();
+    bad["compensation"]["dim"] = 64.into();
     std::fs::write(&plan_path, bad.to_string()).unwrap();
     common::assert_error_contract(
         &apply,
         4,
-        "which is not a weight of that fold site",
+        "nothing of the other placement",
         Some(&out),
         &[&model],
     );
+    if folds.len() > 1 {
+        let mut bad = plan.clone();
+        bad["compensation"]["folds"]
+            .as_array_mut()
+            .unwrap()
+            .swap(0, 1);
+        std::fs::write(&plan_path, bad.to_string()).unwrap();
+        common::assert_error_contract(
+            &apply,
+            4,
+            "in the order of their sub-blocks",
+            Some(&out),
+            &[&model],
+        );
+    }
+    let mut bad = plan.clone();
+    bad["compensation"]["folds"][0]["tensors"][0]["replaces"] = "shared.weight".into();
+    std::fs::write(&plan_path, bad.to_string()).unwrap();
+    common::assert_error_contract(&apply, 4, "that fold site's are", Some(&out), &[&model]);
 }
 
 /// The merged placement on the real all-MiniLM-L6-v2 at 0.23: held-out D_c (the prompts alone)
@@ -488,4 +512,47 @@ fn merged_folds_lower_held_out_d_c_on_the_real_minilm() {
     assert!(get("d_with") < 0.7 * get("d_without"));
     assert!(get("cos_with") > get("cos_without") + 0.05);
     assert_eq!(a.report["rewrite"]["params_added"], 0);
+}
+
+/// Folds serve the measured output: with a tap inside the encoder (`--measure`, the layer SDXL
+/// reads), runs after it are left alone and the fit never raises D where it is measured.
+#[test]
+fn merged_folds_respect_a_tapped_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let tapped = dir.path().join("tapped.onnx");
+    let code = "import onnx, sys\n\
+        m = onnx.load(sys.argv[1])\n\
+        m.graph.output.append(onnx.helper.make_tensor_value_info(sys.argv[3], onnx.TensorProto.FLOAT, None))\n\
+        onnx.save(m, sys.argv[2])";
+    let model = common::fixtures().join("clip/model.onnx");
+    let tap = "/model/encoder/layers.2/Add_1_output_0";
+    common::run_python(
+        code,
+        &[model.to_str().unwrap(), tapped.to_str().unwrap(), tap],
+    );
+    let tokenizer = common::fixtures().join("clip/tokenizer.json");
+    std::fs::copy(tokenizer, dir.path().join("tokenizer.json")).unwrap();
+    let out = dir.path().join("out.onnx");
+    let report: Value = serde_json::from_str(&common::skrr_ok([
+        "--json",
+        tapped.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--sparsity",
+        "0.2",
+        "--compensate",
+        "merged",
+        "--measure",
+        tap,
+        "--no-compare",
+    ]))
+    .unwrap();
+    let fit = &report["compensation"]["fit"];
+    assert!(
+        fit["d_after"].as_f64().unwrap() <= fit["d_before"].as_f64().unwrap(),
+        "{fit}"
+    );
+    // Sub-block 5 ends at the tap: no fold compensates a run after it.
+    for f in fit["folds"].as_array().unwrap() {
+        assert!(f["run"][0].as_u64().unwrap() <= 5, "{f}");
+    }
 }

@@ -415,6 +415,11 @@ impl Engine {
         (&chunk.target, &chunk.counted, 1.0 / denom)
     }
 
+    /// Sub-blocks that run before the measured output (all, unless it is a tap inside).
+    pub fn measured_after(&self) -> usize {
+        self.partition.measured_after
+    }
+
     /// The graph output D is measured on.
     pub fn measured_output(&self) -> &str {
         &self.partition.output

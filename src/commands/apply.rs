@@ -186,11 +186,12 @@ fn print_report(r: &ApplyReport, json: bool) -> Result<()> {
         "  parameters   {} -> {}  (removed {}, sparsity {:.4})",
         rw.params_before, rw.params_after, rw.params_removed, r.sparsity
     )?;
-    if rw.params_added > 0 {
+    if rw.params_added > 0 || rw.params_replaced > 0 {
         writeln!(
             out,
-            "  compensation {} parameters added (a linear map on the output): net sparsity {:.4}",
+            "  compensation {} parameters added, {} replaced by folds: net sparsity {:.4}",
             rw.params_added,
+            rw.params_replaced,
             (rw.params_removed as f64 - rw.params_added as f64) / rw.params_before.max(1) as f64
         )?;
     }

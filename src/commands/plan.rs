@@ -190,7 +190,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
         )?;
         if let Some((comp, fit)) = &fitted {
             let file = PlanFile::sidecar_name(path);
-            plan.compensate(comp, fit.ridge(), fit.d_after(), Some(file));
+            plan.compensate(comp, &analysis, fit.ridge(), fit.d_after(), Some(file));
         }
         plan.write(path, fitted.as_ref().map(|(c, _)| c))?;
         fits.extend(fitted.map(|(_, fit)| fit));

@@ -12,10 +12,10 @@
 //! folded). Runs are fitted in order, each on the stream the earlier folds produce. This is the
 //! variant an independent reference measured best on the real MiniLM (docs/benchmarks.md).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 
-use super::{stored_as, tensor_proto, Normal, RIDGES};
+use super::{stored_as, tensor_proto, Split};
 use crate::blocks::Analysis;
 use crate::calibrate::tensors::{self, Dense};
 use crate::calibrate::Engine;
@@ -162,11 +162,36 @@ pub struct FoldTensor {
     pub values: Vec<f64>,
 }
 
+impl Fold {
+    /// The fold's tensors named as the initializers they stand in for (what the engine runs).
+    pub fn protos(&self) -> Result<Vec<TensorProto>> {
+        self.tensors.iter().map(|t| t.proto(&t.replaces)).collect()
+    }
+}
+
 impl FoldTensor {
     /// The tensor named `name`, inline, in its element type.
     pub fn proto(&self, name: &str) -> Result<TensorProto> {
         tensor_proto(name, self.elem_type, self.dims.clone(), &self.values)
     }
+}
+
+/// Elements the folds add to the model: copies of initializers that nodes outside the fold's
+/// sub-block still read (exporters share all-ones norms and zero biases between layers).
+pub fn copied_params(analysis: &Analysis, folds: &[Fold]) -> u64 {
+    let g = &analysis.graph;
+    folds
+        .iter()
+        .flat_map(|f| f.tensors.iter().map(move |t| (f.at, t)))
+        .filter(|(at, t)| {
+            let own = &analysis.sub_blocks[*at].nodes;
+            g.node
+                .iter()
+                .enumerate()
+                .any(|(i, n)| !own.contains(&i) && n.input.contains(&t.replaces))
+        })
+        .map(|(_, t)| t.values.len() as u64)
+        .sum()
 }
 
 /// A run the fit left alone, and why.
@@ -230,9 +255,13 @@ pub fn fit(
     let mut folds = Vec::new();
     let mut reports = Vec::new();
     let mut unfolded = Vec::new();
+    let mut d = d_before;
     for run in skipped_runs(actions) {
         let site = match run.0.checked_sub(1) {
             None => Err("no sub-block runs before it".to_string()),
+            Some(_) if run.0 >= engine.measured_after() => {
+                Err("it lies after the measured output, which it cannot change".to_string())
+            }
             Some(p) if actions[p] != Action::Keep => Err(format!("sub-block {p} is not kept")),
             Some(p) if actions.contains(&Action::Reuse(p)) => Err(format!(
                 "sub-block {p} is re-used elsewhere, and its weights must keep serving there"
@@ -248,16 +277,22 @@ pub fn fit(
             }
         };
         let (fold, report) = fit_one(engine, model, &analysis.graph, actions, &site, run)?;
-        let protos = fold
-            .tensors
-            .iter()
-            .map(|t| t.proto(&t.replaces))
-            .collect::<Result<Vec<_>>>()?;
-        engine.set_fold(fold.at, Some(protos));
+        engine.set_fold(fold.at, Some(fold.protos()?));
+        // A fold is fitted to the stream after its run; one that does not lower D where it is
+        // measured (the output, through later sub-blocks) is left out.
+        let with = engine.d(actions)?;
+        if with >= d {
+            engine.set_fold(fold.at, None);
+            let reason = format!("its fold did not lower D ({d:.4e} → {with:.4e})");
+            log::info!("skipped run {run:?} not compensated: {reason}");
+            unfolded.push(Unfolded { run, reason });
+            continue;
+        }
+        d = with;
         folds.push(fold);
         reports.push(report);
     }
-    let d_after = engine.d(actions)?;
+    let d_after = d;
     for f in &folds {
         engine.set_fold(f.at, None);
     }
@@ -276,7 +311,6 @@ pub fn fit(
 /// One chunk's data for a fold: the stream `h` entering the site, its branch output `B`, the
 /// dense stream `L` after the run, and how D counts the chunk.
 struct Sample {
-    held: bool,
     h: Dense,
     b: Dense,
     l: Dense,
@@ -293,55 +327,32 @@ fn fit_one(
     run: (usize, usize),
 ) -> Result<(Fold, FoldReport)> {
     let p = site.at;
+    // The target: the dense stream after the run, or at the measured output when that is a
+    // tap inside the run (later sub-blocks cannot change it).
+    let until = (run.1 + 1).min(engine.measured_after());
     let mut samples = Vec::new();
-    let mut prompt_chunks = 0usize;
+    let mut split: Option<Split> = None;
     for c in 0..engine.chunks() {
         let h = engine.stream_into(c, actions, p)?;
-        let outs = engine.probe(c, p, &h, std::slice::from_ref(&site.branch))?;
-        let l = tensors::dense(&*engine.dense_stream(c, run.1 + 1)?)?;
-        let null = engine.chunk_rows(c).0;
-        let (_, counted, weight) = engine.target(c);
-        samples.push(Sample {
-            held: !null && prompt_chunks % 4 == 3,
+        let mut outs = engine.probe(c, p, &h, std::slice::from_ref(&site.branch))?;
+        let sample = Sample {
             h: tensors::dense(&h)?,
-            b: outs[1].clone(),
-            l,
-            counted: counted.to_vec(),
-            weight,
-        });
-        prompt_chunks += usize::from(!null);
+            b: outs.swap_remove(1),
+            l: tensors::dense(&*engine.dense_stream(c, until)?)?,
+            counted: engine.target(c).1.to_vec(),
+            weight: engine.target(c).2,
+        };
+        let split =
+            split.get_or_insert_with(|| Split::new(sample.b.channels(), site.bias.is_some()));
+        let null = engine.chunk_rows(c).0;
+        let y = minus(&sample.l, &sample.h);
+        split.add(null, &sample.b, &y, &sample.counted, sample.weight);
+        samples.push(sample);
     }
+    let split = split.ok_or_else(|| anyhow::anyhow!("no calibration chunks to fit on"))?;
     let dim = samples[0].b.channels();
-    let intercept = site.bias.is_some();
-    let normal = |s: &Sample| {
-        let mut n = Normal::new(dim, intercept);
-        n.add(&s.b, &minus(&s.l, &s.h), &s.counted, s.weight);
-        n
-    };
-    let sum = |pick: &dyn Fn(&Sample) -> bool| {
-        samples
-            .iter()
-            .filter(|s| pick(s))
-            .fold(Normal::new(dim, intercept), |acc, s| acc.plus(&normal(s)))
-    };
-    let (train, valid, all) = (sum(&|s| !s.held), sum(&|s| s.held), sum(&|_| true));
-    let ridge = if samples.iter().any(|s| s.held) {
-        let scale = train.scale();
-        RIDGES
-            .iter()
-            .filter_map(|&r| train.solve(r * scale, true).map(|m| (r, valid.sse(&m))))
-            // Ties go to the larger ridge (the map nearer to no change).
-            .fold(None, |best: Option<(f64, f64)>, (r, e)| match best {
-                Some((_, be)) if e > be => best,
-                _ => Some((r, e)),
-            })
-            .map_or(1e-3, |(r, _)| r)
-    } else {
-        1e-3
-    };
-    let Some(map) = all.solve(ridge * all.scale(), true) else {
-        bail!("the merged compensation's normal equations for sub-block {p} are singular");
-    };
+    let solved = split.solve(true)?;
+    let (map, ridge) = (solved.map, solved.ridge);
     let init = |name: &str| -> Result<&TensorProto> {
         graph
             .initializer
@@ -503,12 +514,7 @@ pub fn effect(engine: &mut Engine, actions: &[Action], folds: &[Fold]) -> Result
         return Ok(super::Effect::of(without, without));
     }
     for f in folds {
-        let protos = f
-            .tensors
-            .iter()
-            .map(|t| t.proto(&t.replaces))
-            .collect::<Result<Vec<_>>>()?;
-        engine.set_fold(f.at, Some(protos));
+        engine.set_fold(f.at, Some(f.protos()?));
     }
     let with = super::side(engine, actions);
     for f in folds {

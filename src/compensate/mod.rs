@@ -49,6 +49,14 @@ pub enum Compensation {
 }
 
 impl Compensation {
+    /// Parameters it adds to the model `analysis` describes.
+    pub fn params_added(&self, analysis: &crate::blocks::Analysis) -> u64 {
+        match self {
+            Compensation::Output(m) => m.map.params(),
+            Compensation::Merged(folds) => merged::copied_params(analysis, folds),
+        }
+    }
+
     /// The plan's sidecar bytes: every value, in order, as little-endian f64.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {
@@ -305,13 +313,16 @@ impl LinearMap {
     }
 
     /// The map on `dim` channels whose `dim² + dim` values are `to_le_bytes`'s order.
-    pub fn from_values(dim: usize, mut values: Vec<f64>) -> LinearMap {
+    pub fn from_values(dim: usize, mut values: Vec<f64>) -> Result<LinearMap> {
+        if values.len() as u64 != map_params(dim) {
+            bail!("{} values for a map on {dim} channels", values.len());
+        }
         let bias = values.split_off(dim * dim);
-        LinearMap {
+        Ok(LinearMap {
             dim,
             weight: values,
             bias,
-        }
+        })
     }
 
     /// The weight (`[dim, dim]`, so that `MatMul(x, weight)` is `x W`) and the bias (`[dim]`)
@@ -400,6 +411,80 @@ pub(crate) fn tensor_proto(
         raw_data: Some(Bytes::from(bytes)),
         ..Default::default()
     })
+}
+
+/// The normal equations of a fit, split into the chunks it learns from and the chunks held out
+/// to choose its ridge: every 4th prompt chunk (the null input's chunk always stays in the fit:
+/// it is one prompt D weighs like all the others). Accumulated as chunks come, so memory holds
+/// two systems whatever the number of chunks.
+pub(crate) struct Split {
+    train: Normal,
+    valid: Normal,
+    prompt_chunks: usize,
+}
+
+impl Split {
+    pub(crate) fn new(dim: usize, intercept: bool) -> Split {
+        Split {
+            train: Normal::new(dim, intercept),
+            valid: Normal::new(dim, intercept),
+            prompt_chunks: 0,
+        }
+    }
+
+    /// Adds a chunk's `x` against `y` (`null`: the null input's chunk).
+    pub(crate) fn add(&mut self, null: bool, x: &Dense, y: &Dense, counted: &[usize], w: f64) {
+        let held = !null && self.prompt_chunks % 4 == 3;
+        self.prompt_chunks += usize::from(!null);
+        let n = if held {
+            &mut self.valid
+        } else {
+            &mut self.train
+        };
+        n.add(x, y, counted, w);
+    }
+
+    /// The ridge (relative to the mean channel energy, one of `RIDGES`) whose map fitted on the
+    /// training chunks errs least on the held-out ones, with the error of each ridge tried
+    /// (ties go to the larger ridge, the map nearer to its prior; 1e-3 when no chunk was held
+    /// out); then the map fitted on all chunks with it, and their normal equations.
+    pub(crate) fn solve(self, towards_identity: bool) -> Result<Solved> {
+        let mut validation = Vec::new();
+        let mut best: Option<(f64, f64)> = None;
+        if self.prompt_chunks > 3 {
+            let scale = self.train.scale();
+            for r in RIDGES {
+                let Some(map) = self.train.solve(r * scale, towards_identity) else {
+                    continue;
+                };
+                let err = self.valid.sse(&map);
+                validation.push((r, err));
+                if best.is_none_or(|(_, e)| err <= e) {
+                    best = Some((r, err));
+                }
+            }
+        }
+        let ridge = best.map_or(1e-3, |(r, _)| r);
+        let all = self.train.plus(&self.valid);
+        let Some(map) = all.solve(ridge * all.scale(), towards_identity) else {
+            bail!("a compensation's normal equations are singular even with a ridge term");
+        };
+        Ok(Solved {
+            map,
+            ridge,
+            validation,
+            all,
+        })
+    }
+}
+
+/// A `Split`'s fit: the map, the ridge chosen, each ridge's held-out error, and the normal
+/// equations of all chunks (which give the map's error without another pass).
+pub(crate) struct Solved {
+    pub(crate) map: LinearMap,
+    pub(crate) ridge: f64,
+    pub(crate) validation: Vec<(f64, f64)>,
+    pub(crate) all: Normal,
 }
 
 /// Weighted normal equations of `y ≈ x̃ M`: `a = Σ w x̃ᵀx̃`, `b = Σ w x̃ᵀy`, `c = Σ w yᵀy`, with
@@ -622,51 +707,21 @@ pub fn fit(
     let output = engine.measured_output().to_string();
     let (width, elem) = output_spec(graph, &output)?;
     let start = Instant::now();
-    let mut parts: Vec<(bool, Normal)> = Vec::new();
-    let mut prompt_chunks = 0usize;
-    let mut dim = 0usize;
+    let mut split: Option<Split> = None;
     for c in 0..engine.chunks() {
         let out = engine.output(c, actions)?;
         let (target, counted, weight) = engine.target(c);
-        if dim == 0 {
-            dim = out.channels();
-        }
-        let mut normal = Normal::new(dim, true);
-        normal.add(&out, target, counted, weight);
-        let null = engine.chunk_rows(c).0;
-        let held = !null && prompt_chunks % 4 == 3;
-        prompt_chunks += usize::from(!null);
-        parts.push((held, normal));
+        let split = split.get_or_insert_with(|| Split::new(out.channels(), true));
+        split.add(engine.chunk_rows(c).0, &out, target, counted, weight);
     }
-    let sum = |pick: &dyn Fn(bool) -> bool| {
-        parts
-            .iter()
-            .filter(|(held, _)| pick(*held))
-            .fold(Normal::new(dim, true), |acc, (_, n)| acc.plus(n))
-    };
-    let (train, valid, all) = (sum(&|h| !h), sum(&|h| h), sum(&|_| true));
-    let mut validation = Vec::new();
-    let ridge = if parts.iter().any(|(held, _)| *held) {
-        let scale = train.scale();
-        let mut best: Option<(f64, f64)> = None;
-        for r in RIDGES {
-            let Some(map) = train.solve(r * scale, false) else {
-                continue;
-            };
-            let err = valid.sse(&map);
-            validation.push((r, err));
-            // Ties go to the larger ridge (the smoother map).
-            if best.is_none_or(|(_, e)| err <= e) {
-                best = Some((r, err));
-            }
-        }
-        best.map_or(1e-3, |(r, _)| r)
-    } else {
-        1e-3
-    };
-    let Some(map) = all.solve(ridge * all.scale(), false) else {
-        bail!("the linear compensation's normal equations are singular even with a ridge term");
-    };
+    let split = split.ok_or_else(|| anyhow::anyhow!("no calibration chunks to fit on"))?;
+    let dim = split.train.dim;
+    let Solved {
+        map,
+        ridge,
+        validation,
+        all,
+    } = split.solve(false)?;
     if map.dim != width {
         bail!(
             "output {output:?} declares {width} channels, the model computes {}",
@@ -705,7 +760,7 @@ pub struct Effect {
 impl std::fmt::Display for Effect {
     /// `D a → b (−x%), D_c c → d (−y%), cosine e → f`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let change = |a: f64, b: f64| 100.0 * (b / a - 1.0);
+        let change = |a: f64, b: f64| if a > 0.0 { 100.0 * (b / a - 1.0) } else { 0.0 };
         write!(
             f,
             "D {:.4e} → {:.4e} ({:+.1}%), D_c {:.4e} → {:.4e} ({:+.1}%), cosine {:.4} → {:.4}",
@@ -888,7 +943,8 @@ mod tests {
         let bytes = f16_map.to_le_bytes();
         assert_eq!(bytes.len(), 6 * 8);
         let values = f64_values(&bytes, 6).unwrap();
-        assert_eq!(LinearMap::from_values(2, values), f16_map);
+        assert_eq!(LinearMap::from_values(2, values).unwrap(), f16_map);
+        assert!(LinearMap::from_values(3, vec![0.0; 6]).is_err());
         assert!(f64_values(&bytes, 12).is_err());
         let mut nan = bytes.clone();
         nan[..8].copy_from_slice(&f64::NAN.to_le_bytes());

@@ -208,31 +208,29 @@ pub fn plan_edits(
 
 /// The edit writing output map `c` after the graph's output.
 fn output_map_edit(graph: &GraphProto, c: &OutputMap, names: &mut Names) -> Result<Edit> {
-    {
-        let (width, elem) = crate::compensate::output_spec(graph, &c.output)?;
-        ensure!(
-            width == c.map.dim,
-            "the compensation maps {} channels; output {:?} has {width}",
-            c.map.dim,
-            c.output
-        );
-        let tag = "skrr_compensation";
-        let (weight, bias) = c.map.tensors(
-            elem,
-            &names.fresh_value(&format!("{}.weight", c.output), tag),
-            &names.fresh_value(&format!("{}.bias", c.output), tag),
-        )?;
-        Ok(Edit::OutputMap {
-            pre: names.fresh_value(&c.output, "skrr_uncompensated"),
-            product: names.fresh_value(&format!("{}.product", c.output), tag),
-            output: c.output.clone(),
-            tensors: Box::new([weight, bias]),
-            node_names: [
-                names.fresh_node(&format!("{}/MatMul", c.output), tag),
-                names.fresh_node(&format!("{}/Add", c.output), tag),
-            ],
-        })
-    }
+    let (width, elem) = crate::compensate::output_spec(graph, &c.output)?;
+    ensure!(
+        width == c.map.dim,
+        "the compensation maps {} channels; output {:?} has {width}",
+        c.map.dim,
+        c.output
+    );
+    let tag = "skrr_compensation";
+    let (weight, bias) = c.map.tensors(
+        elem,
+        &names.fresh_value(&format!("{}.weight", c.output), tag),
+        &names.fresh_value(&format!("{}.bias", c.output), tag),
+    )?;
+    Ok(Edit::OutputMap {
+        pre: names.fresh_value(&c.output, "skrr_uncompensated"),
+        product: names.fresh_value(&format!("{}.product", c.output), tag),
+        output: c.output.clone(),
+        tensors: Box::new([weight, bias]),
+        node_names: [
+            names.fresh_node(&format!("{}/MatMul", c.output), tag),
+            names.fresh_node(&format!("{}/Add", c.output), tag),
+        ],
+    })
 }
 
 /// Applies `edits` to `graph` and returns the edited graph, topologically sorted (stable: the

@@ -262,8 +262,7 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
                     Compensation::Output(m) => m.map.apply(&gots[0]),
                     Compensation::Merged(folds) => {
                         for f in folds.iter() {
-                            let t = f.tensors.iter().map(|t| t.proto(&t.replaces).unwrap());
-                            engine.set_fold(f.at, Some(t.collect()));
+                            engine.set_fold(f.at, Some(f.protos().unwrap()));
                         }
                         let out = engine.output(c, &plans[0].1).unwrap();
                         for f in folds.iter() {
