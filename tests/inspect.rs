@@ -185,10 +185,12 @@ fn every_fixture_is_analyzed_exactly() {
         failed.is_empty(),
         "fixtures failing (see above): {failed:?}"
     );
-    // Other exports of one model (fp16, dynamo, external data, sdpa attention) share its
-    // structure signature, so a plan moves between them; different models do not.
+    // Other exports of one model (fp16, dynamo, external data, sdpa attention) and the same
+    // architecture with transformers' default init (`_default`: the signature is
+    // architecture-level) share its structure signature, so a plan moves between them;
+    // different models do not.
     let base = |n: &str| {
-        ["_fp16", "_dynamo", "_external", "_sdpa"]
+        ["_fp16", "_dynamo", "_external", "_sdpa", "_default"]
             .iter()
             .fold(n.to_string(), |n, s| n.replace(s, ""))
     };
