@@ -369,8 +369,8 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
             .count(),
     };
     let family = signature::family(&traits).map(str::to_string);
-    let blocks: Vec<(Kind, &[String])> = (0..k)
-        .map(|i| (kinds[i], part.initializers[i].as_slice()))
+    let blocks: Vec<(Kind, &[usize])> = (0..k)
+        .map(|i| (kinds[i], part.sub_nodes[i].as_slice()))
         .collect();
     let structure_signature =
         signature::structure(&g, &format!("{family:?} post_norm={post_norm}"), &blocks);

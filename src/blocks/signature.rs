@@ -176,13 +176,37 @@ pub fn kind(g: &Graph, nodes: &[usize]) -> Kind {
 
 /// Architecture-level identity of the block structure: family, norm position, kinds and the
 /// shapes of the float weights each sub-block reads. Equal for fp32/fp16 and legacy/dynamo exports of one model,
-/// so that a plan made on one applies to the other.
-pub fn structure(g: &Graph, architecture: &str, blocks: &[(Kind, &[String])]) -> String {
+/// so that a plan made on one applies to the other. The weights are those its nodes *read*, owned
+/// or not: an exporter merges identical default-initialized norms and biases into one initializer
+/// every layer reads (directly, or through an `Identity` as Optimum writes), which must not make
+/// a default-initialized export another architecture than a trained one.
+pub fn structure(g: &Graph, architecture: &str, blocks: &[(Kind, &[usize])]) -> String {
     let mut text = format!("{architecture}\n");
-    for (kind, inits) in blocks {
-        let mut shapes: Vec<Vec<i64>> = inits
-            .iter()
-            .filter_map(|name| g.initializer(name))
+    for (kind, nodes) in blocks {
+        // By the value read (two aliases of one merged initializer are two weights).
+        let mut read: Vec<(&str, &TensorProto)> = Vec::new();
+        for &n in nodes.iter() {
+            let node = g.node(n);
+            // An alias (`Identity` of an initializer) is counted where it is read.
+            if node.op_type() == "Identity" && node.input.iter().all(|i| g.initializer(i).is_some())
+            {
+                continue;
+            }
+            for v in &node.input {
+                let t = g.initializer(v).or_else(|| {
+                    let p = g.node(g.producer(v)?);
+                    (p.op_type() == "Identity")
+                        .then(|| p.input.first().and_then(|i| g.initializer(i)))
+                        .flatten()
+                });
+                if let Some(t) = t.filter(|_| !read.iter().any(|(r, _)| r == v)) {
+                    read.push((v, t));
+                }
+            }
+        }
+        let mut shapes: Vec<Vec<i64>> = read
+            .into_iter()
+            .map(|(_, t)| t)
             .filter(|t| {
                 matches!(
                     t.data_type(),
