@@ -398,11 +398,7 @@ fn same_interface(a: &Runner, b: &Runner) -> Result<()> {
 /// In a model written with an output map on `output` (its `skrr.plan` metadata records one), the
 /// value the map reads: the plan's output before compensation, so that `compare` can show both.
 fn map_input(model: &crate::onnx::ModelProto, output: &str) -> Option<String> {
-    let plan = model
-        .metadata_props
-        .iter()
-        .find(|e| e.key() == crate::onnx::META_PLAN)?;
-    let plan: crate::plan::PlanFile = serde_json::from_str(plan.value()).ok()?;
+    let plan = crate::plan::PlanFile::recorded_in(model)?;
     if plan.compensation?.output.as_deref() != Some(output) {
         return None;
     }

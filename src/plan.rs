@@ -160,6 +160,15 @@ impl PlanFile {
         })
     }
 
+    /// The plan a pruned model records in its metadata (`skrr.plan`), when it has a readable one.
+    pub fn recorded_in(model: &crate::onnx::ModelProto) -> Option<PlanFile> {
+        let entry = model
+            .metadata_props
+            .iter()
+            .find(|e| e.key() == crate::onnx::META_PLAN)?;
+        serde_json::from_str(entry.value()).ok()
+    }
+
     /// Builds the file form of `actions` for `analysis`, with every informative field filled.
     pub fn describe(analysis: &Analysis, actions: &[Action]) -> PlanFile {
         let sub_blocks = analysis

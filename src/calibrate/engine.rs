@@ -430,8 +430,8 @@ impl Engine {
         self.projection.is_some()
     }
 
-    /// The (projected) output of the plan on chunk `c` of the calibration set; exposed for
-    /// tests that compare against the full model.
+    /// The (projected) output of the plan on chunk `c` of the calibration set (with the folds
+    /// set), for fits and for tests that compare against the full model.
     pub fn output(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
         self.forward(c, actions)
     }

@@ -132,13 +132,7 @@ fn without_folds(
     set: &CalibSet,
 ) -> Result<Option<Uncompensated>> {
     let pruned = read_model(&args.pruned)?;
-    let Some(plan) = pruned
-        .proto
-        .metadata_props
-        .iter()
-        .find(|e| e.key() == crate::onnx::META_PLAN)
-        .and_then(|e| serde_json::from_str::<PlanFile>(e.value()).ok())
-    else {
+    let Some(plan) = PlanFile::recorded_in(&pruned.proto) else {
         return Ok(None);
     };
     if plan

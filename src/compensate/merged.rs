@@ -268,29 +268,33 @@ pub fn fit(
             )),
             Some(p) => FoldSite::find(analysis, p).map_err(|e| format!("sub-block {p}: {e}")),
         };
-        let site = match site {
-            Ok(site) => site,
+        let fitted = match site {
+            Ok(site) => {
+                let (fold, report) = fit_one(engine, model, &analysis.graph, actions, &site, run)?;
+                engine.set_fold(fold.at, Some(fold.protos()?));
+                // A fold is fitted to the stream after its run; one that does not lower D where
+                // it is measured (the output, through later sub-blocks) is left out.
+                let with = engine.d(actions)?;
+                if with < d {
+                    d = with;
+                    Ok((fold, report))
+                } else {
+                    engine.set_fold(fold.at, None);
+                    Err(format!("its fold did not lower D ({d:.4e} → {with:.4e})"))
+                }
+            }
+            Err(reason) => Err(reason),
+        };
+        match fitted {
+            Ok((fold, report)) => {
+                folds.push(fold);
+                reports.push(report);
+            }
             Err(reason) => {
                 log::info!("skipped run {run:?} not compensated: {reason}");
                 unfolded.push(Unfolded { run, reason });
-                continue;
             }
-        };
-        let (fold, report) = fit_one(engine, model, &analysis.graph, actions, &site, run)?;
-        engine.set_fold(fold.at, Some(fold.protos()?));
-        // A fold is fitted to the stream after its run; one that does not lower D where it is
-        // measured (the output, through later sub-blocks) is left out.
-        let with = engine.d(actions)?;
-        if with >= d {
-            engine.set_fold(fold.at, None);
-            let reason = format!("its fold did not lower D ({d:.4e} → {with:.4e})");
-            log::info!("skipped run {run:?} not compensated: {reason}");
-            unfolded.push(Unfolded { run, reason });
-            continue;
         }
-        d = with;
-        folds.push(fold);
-        reports.push(report);
     }
     let d_after = d;
     for f in &folds {
@@ -335,12 +339,14 @@ fn fit_one(
     for c in 0..engine.chunks() {
         let h = engine.stream_into(c, actions, p)?;
         let mut outs = engine.probe(c, p, &h, std::slice::from_ref(&site.branch))?;
+        let l = tensors::dense(&*engine.dense_stream(c, until)?)?;
+        let (_, counted, weight) = engine.target(c);
         let sample = Sample {
             h: tensors::dense(&h)?,
             b: outs.swap_remove(1),
-            l: tensors::dense(&*engine.dense_stream(c, until)?)?,
-            counted: engine.target(c).1.to_vec(),
-            weight: engine.target(c).2,
+            l,
+            counted: counted.to_vec(),
+            weight,
         };
         let split =
             split.get_or_insert_with(|| Split::new(sample.b.channels(), site.bias.is_some()));
@@ -513,14 +519,29 @@ pub fn effect(engine: &mut Engine, actions: &[Action], folds: &[Fold]) -> Result
     if folds.is_empty() {
         return Ok(super::Effect::of(without, without));
     }
-    for f in folds {
-        engine.set_fold(f.at, Some(f.protos()?));
+    let with = with_folds(engine, folds, |e| super::side(e, actions))?;
+    Ok(super::Effect::of(without, with))
+}
+
+/// Runs `f` on the engine with `folds` set, and leaves the engine without them, whatever `f`
+/// returns.
+pub fn with_folds<T>(
+    engine: &mut Engine,
+    folds: &[Fold],
+    f: impl FnOnce(&mut Engine) -> Result<T>,
+) -> Result<T> {
+    let mut set = Ok(());
+    for fold in folds {
+        set = fold.protos().map(|t| engine.set_fold(fold.at, Some(t)));
+        if set.is_err() {
+            break;
+        }
     }
-    let with = super::side(engine, actions);
-    for f in folds {
-        engine.set_fold(f.at, None);
+    let out = set.and_then(|()| f(engine));
+    for fold in folds {
+        engine.set_fold(fold.at, None);
     }
-    Ok(super::Effect::of(without, with?))
+    out
 }
 
 /// The folds as the plan's sidecar holds them: every tensor's values, in order, as

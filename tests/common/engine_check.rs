@@ -261,14 +261,8 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
                 let got = match comp {
                     Compensation::Output(m) => m.map.apply(&gots[0]),
                     Compensation::Merged(folds) => {
-                        for f in folds.iter() {
-                            engine.set_fold(f.at, Some(f.protos().unwrap()));
-                        }
-                        let out = engine.output(c, &plans[0].1).unwrap();
-                        for f in folds.iter() {
-                            engine.set_fold(f.at, None);
-                        }
-                        out
+                        merged::with_folds(&mut engine, folds, |e| e.output(c, &plans[0].1))
+                            .unwrap()
                     }
                 };
                 let file = comp_file.output(&batch_rows, len, pad_id);
