@@ -5,6 +5,7 @@
 //! compensate (`compensate`) → search (`search`) → plan (`plan`) → rewrite (`rewrite`) →
 //! write (`model_io`) → report (`fidelity`).
 
+pub mod apply;
 pub mod blocks;
 pub mod calibrate;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod report;
 pub mod rewrite;
 pub mod runtime;
 pub mod search;
