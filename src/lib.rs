@@ -3,13 +3,15 @@
 //! The modules follow the data flow of the compiler:
 //! read (`model_io`) → graph (`graph`) → blocks (`blocks`) → calibrate (`calibrate`) →
 //! compensate (`compensate`) → search (`search`) → plan (`plan`) → rewrite (`rewrite`) →
-//! write (`model_io`) → report (`fidelity`).
+//! write (`model_io`) → report (`fidelity`). A diffusers pipeline folder goes through the same
+//! flow once per text encoder it prunes (`diffusers`).
 
 pub mod blocks;
 pub mod calibrate;
 pub mod cli;
 pub mod commands;
 pub mod compensate;
+pub mod diffusers;
 pub mod error;
 pub mod fidelity;
 pub mod graph;
