@@ -31,14 +31,19 @@ use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
 use crate::search::methods::run_method;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The dense text encoder (.onnx; external data beside it is followed).
+    /// The dense text encoder (.onnx; external data beside it is followed), or a diffusers
+    /// pipeline folder (model_index.json and a folder per component, as Optimum exports it).
     #[arg(required = true)]
     pub input: Option<PathBuf>,
-    /// Where to write the pruned model (written whole or not at all; never over the input).
+    /// Where to write the pruned model (written whole or not at all; never over the input), or
+    /// the new pipeline folder (which must not exist).
     #[arg(required = true)]
     pub output: Option<PathBuf>,
+    /// With a pipeline folder: a text encoder to prune (repeatable; default: the largest).
+    #[arg(long = "encoder", value_name = "NAME")]
+    pub encoders: Vec<String>,
     /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
     #[arg(long, required = true, allow_negative_numbers = true)]
     pub sparsity: Option<f64>,
@@ -142,6 +147,22 @@ impl Clock {
 }
 
 pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
+    if args.input.as_deref().is_some_and(Path::is_dir) {
+        return crate::commands::folder::run(args, ctx);
+    }
+    let (report, checked) = execute(args, ctx)?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        eprintln!("{}", report.verdict);
+    } else {
+        print!("{}", render_run(&report));
+        println!("{}", report.verdict);
+    }
+    checked
+}
+
+/// The main job on one model file: its report, and whether the fidelity check passed.
+pub(crate) fn execute(args: &RunArgs, ctx: &Context) -> Result<(RunReport, Result<()>)> {
     let usage = |m: &str| -> anyhow::Error { SkrrError::Usage(m.to_string()).into() };
     let (Some(input), Some(output), Some(sparsity)) =
         (args.input.as_deref(), args.output.as_deref(), args.sparsity)
@@ -150,6 +171,13 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             "usage: skrr-onnx IN OUT --sparsity S (or a subcommand; see --help)",
         ));
     };
+    if !args.encoders.is_empty() {
+        return Err(usage(&format!(
+            "--encoder chooses among the text encoders of a diffusers pipeline folder, and {} \
+             is a model file: leave it out",
+            input.display()
+        )));
+    }
     // Everything that can be refused without the search is refused before it.
     check_output_not_input(output, input, "pruned model")?;
     if let Some(p) = &args.plan_out {
@@ -280,7 +308,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         compensation,
         phases: clock.phases,
         seconds,
-        verdict: verdict_line.clone(),
+        verdict: verdict_line,
     };
     if let Some(p) = &args.report {
         write_file(
@@ -288,14 +316,7 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
             format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
         )?;
     }
-    if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        eprintln!("{verdict_line}");
-    } else {
-        print!("{}", render_run(&report));
-        println!("{verdict_line}");
-    }
-    checked
+    Ok((report, checked))
 }
 
 impl PromptsReport {
@@ -452,7 +473,7 @@ fn one_line(
 }
 
 /// The human-readable report printed before the verdict line.
-fn render_run(r: &RunReport) -> String {
+pub(crate) fn render_run(r: &RunReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(

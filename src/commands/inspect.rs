@@ -13,11 +13,15 @@ use crate::model_io::read_model;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// The ONNX text encoder (`.onnx`; external data is found beside it).
+    /// The ONNX text encoder (`.onnx`; external data is found beside it), or a diffusers
+    /// pipeline folder (lists its text encoders).
     pub model: PathBuf,
 }
 
 pub fn run(args: &InspectArgs, ctx: &Context) -> Result<()> {
+    if args.model.is_dir() {
+        return super::folder::inspect(&args.model, ctx);
+    }
     let model = read_model(&args.model)?;
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
     crate::loadable::check_input(&model, &args.model)?;

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod compare;
 pub mod convert;
 pub mod doctor;
+pub mod folder;
 pub mod inspect;
 pub mod plan;
 pub mod score;
