@@ -461,6 +461,33 @@ fn inspect_lists_the_text_encoders_and_marks_the_default() {
             .len()
             + (T5_ROWS * 64 * 4) as u64
     );
+
+    // An encoder that cannot be read is listed as such and refused if named; the others can
+    // still be pruned.
+    std::fs::write(input.join("text_encoder_2/model.onnx"), b"not a model").unwrap();
+    let text = skrr_ok(["inspect".as_ref(), input.as_os_str()]);
+    assert!(
+        text.contains("text_encoder_2: cannot be read: ")
+            && text.contains("not a valid ONNX model"),
+        "{text}"
+    );
+    assert!(row("text_encoder_3").starts_with('*'));
+    let out = work.path().join("out");
+    let e = assert_error_contract(
+        &[
+            input.as_os_str(),
+            out.as_os_str(),
+            "--sparsity".as_ref(),
+            "0.25".as_ref(),
+            "--encoder".as_ref(),
+            "text_encoder_2".as_ref(),
+        ],
+        3,
+        "--encoder text_encoder_2 cannot be read",
+        Some(&out),
+        &[],
+    );
+    assert!(e.contains("not a valid ONNX model"), "{e}");
 }
 
 #[test]

@@ -243,7 +243,13 @@ pub fn run(
     stage.commit()?;
 
     // The reports name the staged folder; the finished one is at the destination.
-    let to = job.output.display().to_string();
+    // Written as given, without a trailing slash.
+    let to = job
+        .output
+        .components()
+        .collect::<PathBuf>()
+        .display()
+        .to_string();
     for e in &mut encoders {
         e.text = e.text.replace(&staged, &to);
         relocate(&mut e.report, &staged, &to);
@@ -340,8 +346,10 @@ fn mirror_folders(input: &Path, stage: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         if !rel.as_os_str().is_empty() {
-            std::fs::create_dir(stage.join(&rel))
-                .with_context(|| format!("cannot create {}", stage.join(&rel).display()))?;
+            std::fs::create_dir(stage.join(&rel)).map_err(|e| SkrrError::Output {
+                path: stage.join(&rel),
+                msg: format!("cannot create the folder: {e}"),
+            })?;
         }
         let mut subdirs: Vec<PathBuf> = Vec::new();
         for entry in
@@ -362,6 +370,7 @@ fn mirror_folders(input: &Path, stage: &Path) -> Result<Vec<PathBuf>> {
 /// Every regular file of the input that is not a pruned encoder's model or data, linked (or
 /// copied) into the stage. The external data of the text encoders left as they are is copied:
 /// skrr-onnx (reading the input or the output later) refuses a data file with several links.
+/// (An encoder that cannot be read has no known data files: its folder is linked.)
 fn carry_the_rest(
     pipeline: &Pipeline,
     chosen: &[&Encoder],
@@ -481,6 +490,7 @@ pub struct Listing<'a> {
     pub default_encoder: &'a str,
     pub encoders: &'a [Encoder],
     pub without_model: &'a [String],
+    pub unreadable: &'a [super::Unreadable],
 }
 
 impl<'a> From<&'a Pipeline> for Listing<'a> {
@@ -491,6 +501,7 @@ impl<'a> From<&'a Pipeline> for Listing<'a> {
             default_encoder: &p.default_encoder().name,
             encoders: &p.encoders,
             without_model: &p.without_model,
+            unreadable: &p.unreadable,
         }
     }
 }
@@ -556,6 +567,9 @@ pub fn render_listing(p: &Pipeline) -> String {
         if let Some(w) = &e.measured.warning {
             let _ = writeln!(s, "    warning: {w}");
         }
+    }
+    for u in &p.unreadable {
+        let _ = writeln!(s, "  {}: cannot be read: {}", u.name, u.error);
     }
     if !p.without_model.is_empty() {
         let _ = writeln!(

@@ -43,6 +43,15 @@ pub struct Pipeline {
     pub encoders: Vec<Encoder>,
     /// Text encoders model_index.json names whose folder holds no model file.
     pub without_model: Vec<String>,
+    /// Text encoders whose model cannot be read: refused if chosen, but they do not keep the
+    /// others from being pruned (their files are carried over as they are).
+    pub unreadable: Vec<Unreadable>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Unreadable {
+    pub name: String,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +219,7 @@ impl Pipeline {
         names.sort_by_key(|n| encoder_order(n));
         let mut encoders = Vec::new();
         let mut without_model = Vec::new();
+        let mut unreadable = Vec::new();
         for name in names {
             let model = folder.join(&name).join(MODEL_FILE);
             if !model.is_file() {
@@ -217,19 +227,26 @@ impl Pipeline {
                 continue;
             }
             let class_of = components.get(&name).cloned().flatten();
-            encoders.push(Encoder::read(folder, &class, name, class_of, model)?);
+            match Encoder::read(folder, &class, name.clone(), class_of, model) {
+                Ok(e) => encoders.push(e),
+                Err(e) => unreadable.push(Unreadable {
+                    name,
+                    error: format!("{e:#}"),
+                }),
+            }
         }
         if encoders.is_empty() {
+            let why = match (unreadable.first(), without_model.is_empty()) {
+                (Some(u), _) => format!("no text encoder can be read ({}: {})", u.name, u.error),
+                (None, true) => format!("no text_encoder*/{MODEL_FILE}"),
+                (None, false) => format!(
+                    "no text_encoder*/{MODEL_FILE} (listed: {})",
+                    without_model.join(", ")
+                ),
+            };
             return Err(SkrrError::BadModel {
                 path: folder.to_path_buf(),
-                msg: format!(
-                    "a diffusers pipeline ({class}) without a text encoder model: no \
-                     text_encoder*/{MODEL_FILE}{}",
-                    match without_model.is_empty() {
-                        true => String::new(),
-                        false => format!(" (listed: {})", without_model.join(", ")),
-                    }
-                ),
+                msg: format!("a diffusers pipeline ({class}) to prune, but {why}"),
             }
             .into());
         }
@@ -238,6 +255,7 @@ impl Pipeline {
             class,
             encoders,
             without_model,
+            unreadable,
         })
     }
 
@@ -261,6 +279,13 @@ impl Pipeline {
         }
         let mut chosen: Vec<&Encoder> = Vec::new();
         for name in names {
+            if let Some(u) = self.unreadable.iter().find(|u| &u.name == name) {
+                return Err(SkrrError::BadModel {
+                    path: self.folder.join(name),
+                    msg: format!("--encoder {name} cannot be read: {}", u.error),
+                }
+                .into());
+            }
             let Some(e) = self.encoders.iter().find(|e| &e.name == name) else {
                 let have: Vec<&str> = self.encoders.iter().map(|e| e.name.as_str()).collect();
                 let listed = match self.without_model.contains(name) {
@@ -347,6 +372,10 @@ mod tests {
             class: "StableDiffusion3Pipeline".into(),
             encoders,
             without_model: vec!["text_encoder_4".into()],
+            unreadable: vec![Unreadable {
+                name: "text_encoder_5".into(),
+                error: "text_encoder_5/model.onnx: not a valid ONNX model".into(),
+            }],
         }
     }
 
@@ -405,6 +434,12 @@ mod tests {
                 .contains("text_encoder_4/ holds no model.onnx"),
             "{err}"
         );
+        let err = p.choose(&names(&["text_encoder_5"])).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_of(&err),
+            crate::error::exit::BAD_MODEL
+        );
+        assert!(err.to_string().contains("not a valid ONNX model"), "{err}");
     }
 
     #[test]

@@ -53,13 +53,7 @@ pub(crate) struct Stage {
 /// Refuses a destination that cannot be written as a new folder: one that exists (the new
 /// pipeline never replaces anything), or whose parent folder is missing or read-only.
 pub(crate) fn check_destination(dest: &Path) -> Result<PathBuf> {
-    let refuse = |msg: String| -> anyhow::Error {
-        SkrrError::Output {
-            path: dest.to_path_buf(),
-            msg,
-        }
-        .into()
-    };
+    let refuse = |msg: String| output_error(dest, msg);
     if dest.symlink_metadata().is_ok() {
         return Err(refuse(
             "already exists; the pipeline folder is written whole to a new path: remove it or \
@@ -84,6 +78,16 @@ pub(crate) fn check_destination(dest: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
+/// Failures to write the new folder are output errors (exit 6), named by the path the file or
+/// folder would have had.
+fn output_error(path: &Path, msg: String) -> anyhow::Error {
+    SkrrError::Output {
+        path: path.to_path_buf(),
+        msg,
+    }
+    .into()
+}
+
 impl Stage {
     /// Creates the temporary folder beside `dest` (which [`check_destination`] accepted),
     /// after removing those an earlier run killed by SIGKILL left for the same destination.
@@ -103,7 +107,12 @@ impl Stage {
             .suffix(TMP_SUFFIX)
             .permissions(std::fs::Permissions::from_mode(0o777))
             .tempdir_in(parent)
-            .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
+            .map_err(|e| {
+                output_error(
+                    dest,
+                    format!("cannot create a folder in {}: {e}", parent.display()),
+                )
+            })?;
         let lock = File::open(dir.path())
             .with_context(|| format!("cannot open {}", dir.path().display()))?;
         // SAFETY: flock on a file descriptor we own.
@@ -126,14 +135,28 @@ impl Stage {
     /// symbolic link is followed: the new folder holds the file (a Hugging Face
     /// cache snapshot's links point into its `blobs/`, which the new folder does not have).
     pub fn carry(&self, from: &Path, rel: &Path, how: Carry, carried: &mut Carried) -> Result<()> {
+        let (linked, bytes) = self.place(from, &self.dir.join(rel), how).map_err(|e| {
+            output_error(
+                &self.dest.join(rel),
+                format!("cannot carry over {}: {e:#}", from.display()),
+            )
+        })?;
+        carried.files += 1;
+        carried.bytes += bytes;
+        match linked {
+            true => carried.linked += 1,
+            false => carried.copied += 1,
+        }
+        Ok(())
+    }
+
+    /// [`carry`](Self::carry)'s work: whether the file was linked, and its size.
+    fn place(&self, from: &Path, to: &Path, how: Carry) -> Result<(bool, u64)> {
         interrupt::check()?;
-        let to = self.dir.join(rel);
-        let source = from
-            .canonicalize()
-            .with_context(|| format!("cannot resolve {}", from.display()))?;
+        let source = from.canonicalize()?;
         let bytes = std::fs::metadata(&source)?.len();
         let linked = how == Carry::Link
-            && match std::fs::hard_link(&source, &to) {
+            && match std::fs::hard_link(&source, to) {
                 Ok(()) => true,
                 // Another file system, or one without hard links (or out of links for this file).
                 Err(e)
@@ -144,42 +167,28 @@ impl Stage {
                 {
                     false
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("cannot link {} to {}", source.display(), to.display())
-                    })
-                }
+                Err(e) => return Err(e.into()),
             };
         if !linked {
-            copy_interruptibly(&source, &to)
-                .with_context(|| format!("cannot copy {} to {}", source.display(), to.display()))?;
+            copy_interruptibly(&source, to)?;
         }
-        carried.files += 1;
-        carried.bytes += bytes;
-        match linked {
-            true => carried.linked += 1,
-            false => carried.copied += 1,
-        }
-        Ok(())
+        Ok((linked, bytes))
     }
 
     /// Makes every entry durable, then renames the folder to its destination, which must
     /// still not exist.
     pub fn commit(mut self) -> Result<()> {
-        sync_tree(&self.dir).context("cannot sync the new pipeline folder")?;
+        sync_tree(&self.dir)
+            .map_err(|e| output_error(&self.dest, format!("cannot sync the new folder: {e}")))?;
         interrupt::check()?;
-        rename_new(&self.dir, &self.dest).map_err(|e| -> anyhow::Error {
+        rename_new(&self.dir, &self.dest).map_err(|e| {
             let msg = match e.kind() {
                 io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty => {
                     "appeared while the pipeline was being written; the new one was removed".into()
                 }
                 _ => format!("cannot rename {} into place: {e}", self.dir.display()),
             };
-            SkrrError::Output {
-                path: self.dest.clone(),
-                msg,
-            }
-            .into()
+            output_error(&self.dest, msg)
         })?;
         self.placed = true;
         if let Some(parent) = self.dir.parent() {
