@@ -17,7 +17,8 @@ use anyhow::{anyhow, Context, Result};
 use prost::Message;
 use skrr_onnx::blocks::{self, Analysis};
 use skrr_onnx::calibrate::tensors::{self, Dense};
-use skrr_onnx::calibrate::{CalibArgs, CalibSet, Engine, Part};
+use skrr_onnx::calibrate::{CalibSet, Engine, Part};
+use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::onnx::{GraphProto, ModelProto};
 use skrr_onnx::plan::Action;
 use skrr_onnx::search::{self, Limits, Scorer};
@@ -72,8 +73,9 @@ fn main() -> Result<()> {
     runtime::init(&Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
-    let calib = args.calib.calib_set(&model, Part::Calibration)?;
-    let opts = args.calib.engine_options()?;
+    let config = args.calib.config()?;
+    let calib = config.calib_set(&model, Part::Calibration)?;
+    let opts = config.engine_options();
     eprintln!(
         "{}: {} sub-blocks, {} prompts, chunk {}",
         args.model.display(),

@@ -31,7 +31,7 @@ pub struct Cli {
     pub global: GlobalArgs,
     /// The main job, when no subcommand is given.
     #[command(flatten)]
-    pub run: Box<crate::pipeline::RunArgs>,
+    pub run: Box<commands::run::RunArgs>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -6,6 +6,7 @@
 //! write (`model_io`) → report (`fidelity`). A diffusers pipeline folder goes through the same
 //! flow once per text encoder it prunes (`diffusers`).
 
+pub mod apply;
 pub mod blocks;
 pub mod calibrate;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod report;
 pub mod rewrite;
 pub mod runtime;
 pub mod search;

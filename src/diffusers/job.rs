@@ -1,9 +1,9 @@
 //! The main job on a pipeline folder: every refusal first (the folder, the encoders, their
-//! tokenizers, the destination), then the chosen encoders pruned one after the other by the
-//! caller's main job into a staged folder, then every other file carried over, then one rename.
+//! tokenizers, the options, the destination), then the chosen encoders pruned one after the
+//! other by the main job (`pipeline::run`) into a staged folder, then every other file carried
+//! over, then one rename.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,43 +12,12 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::stage::{check_destination, Carry, Stage};
-use super::{Encoder, Measured, Pipeline, TokenizerFolder, MODEL_FILE};
+use super::{Encoder, Measured, Pipeline, TokenizerFolder, Unreadable, MODEL_FILE};
 use crate::error::SkrrError;
+use crate::model_io::{check_output, write_file};
+use crate::pipeline::{Job, RunReport};
 
 pub use super::stage::Carried;
-
-/// The main job's options that concern the folder, as the caller's command line gave them.
-#[derive(Debug, Clone, Default)]
-pub struct FolderJob {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    /// Encoders to prune, in order (`--encoder`, repeatable); empty: the largest.
-    pub encoders: Vec<String>,
-    /// A tokenizer.json to use instead of the tokenizer folder's (one encoder only).
-    pub tokenizer: Option<PathBuf>,
-    /// The output to measure instead of the one the pipeline reads (one encoder only).
-    pub measure: Option<String>,
-    /// Token ids are given (`--calib`): a tokenizer folder without tokenizer.json is then for
-    /// the main job to judge (it needs one only for the null input).
-    pub pre_tokenized: bool,
-    /// Other options given that belong to one encoder (token ids, its projection, one plan
-    /// file), named as the user wrote them: refused when several encoders are pruned.
-    pub one_encoder_options: Vec<String>,
-    /// Other files the run writes (report, plan): not inside the input folder, where they
-    /// would replace one of its files.
-    pub other_outputs: Vec<PathBuf>,
-}
-
-/// One encoder's main job: the caller runs it with its own options and these replaced.
-#[derive(Debug, Clone)]
-pub struct EncoderJob {
-    pub name: String,
-    pub model: PathBuf,
-    /// Inside the staged folder.
-    pub output: PathBuf,
-    pub tokenizer: Option<PathBuf>,
-    pub measure: String,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -59,39 +28,55 @@ pub enum Verdict {
     Done,
 }
 
-/// What the caller's main job returns for one encoder.
-#[derive(Debug)]
-pub struct Pruned {
-    /// Its report, as `--json` prints it for a model file.
-    pub report: serde_json::Value,
-    /// Its text report, verdict line included.
-    pub text: String,
-    pub verdict: Verdict,
-    /// Parameters removed / all parameters.
-    pub sparsity: f64,
-    /// Mean held-out token cosine, when compared.
-    pub cosine: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
 pub struct EncoderReport {
     pub name: String,
     pub class: Option<String>,
     pub tokenizer: Option<PathBuf>,
     pub measured: Measured,
     pub verdict: Verdict,
-    /// The main job's report for this encoder.
-    pub report: serde_json::Value,
-    #[serde(skip)]
-    text: String,
-    #[serde(skip)]
-    sparsity: f64,
-    #[serde(skip)]
-    cosine: Option<f64>,
+    /// The main job's report for this encoder. It names the staged folder, where the encoder
+    /// was written: `relocated` gives its text with the destination's paths.
+    pub report: RunReport,
+    staged: String,
+    output: String,
+}
+
+impl EncoderReport {
+    /// `text` (a rendering of `report`) with the staged folder's paths replaced by the
+    /// destination's.
+    pub fn relocated(&self, text: &str) -> String {
+        text.replace(&self.staged, &self.output)
+    }
+}
+
+/// The JSON of an encoder: its choices, and the main job's report with the destination's paths.
+impl Serialize for EncoderReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            name: &'a str,
+            class: &'a Option<String>,
+            tokenizer: &'a Option<PathBuf>,
+            measured: &'a Measured,
+            verdict: Verdict,
+            report: serde_json::Value,
+        }
+        let mut report = serde_json::to_value(&self.report).map_err(serde::ser::Error::custom)?;
+        relocate(&mut report, &self.staged, &self.output);
+        Json {
+            name: &self.name,
+            class: &self.class,
+            tokenizer: &self.tokenizer,
+            measured: &self.measured,
+            verdict: self.verdict,
+            report,
+        }
+        .serialize(s)
+    }
 }
 
 /// Everything a pipeline run did: `--report` writes it and `--json` prints it.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct FolderReport {
     pub version: &'static str,
     pub input: PathBuf,
@@ -109,73 +94,45 @@ pub struct FolderReport {
 }
 
 impl FolderReport {
-    /// The text report: one block per encoder (what was chosen for it, then the main job's
-    /// report and verdict line), then what was carried over. The folder's verdict line is
-    /// `verdict`.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let pruned: Vec<&str> = self.encoders.iter().map(|e| e.name.as_str()).collect();
-        let _ = writeln!(
-            s,
-            "pipeline {} ({}): text encoders {}; pruning {}{}",
-            self.input.display(),
-            self.pipeline,
-            self.text_encoders.join(", "),
-            pruned.join(", "),
-            if self.largest { " (the largest)" } else { "" }
-        );
-        for e in &self.encoders {
-            let _ = writeln!(
-                s,
-                "\nencoder {}{}: tokenizer {}, measured {} ({})",
-                e.name,
-                e.class
-                    .as_deref()
-                    .map_or(String::new(), |c| format!(" ({c})")),
-                e.tokenizer
-                    .as_deref()
-                    .map_or("none".into(), |t| t.display().to_string()),
-                e.measured.output,
-                e.measured.reason
-            );
-            if let Some(w) = &e.measured.warning {
-                let _ = writeln!(s, "warning {w}");
-            }
-            s.push_str(&e.text);
+    /// `Ok` when every pruned encoder passed its fidelity check (or had none), else the typed
+    /// error (exit status 1) naming each encoder's failed checks.
+    pub fn checked(&self) -> Result<()> {
+        let failed: Vec<String> = self
+            .encoders
+            .iter()
+            .filter_map(|e| {
+                let err = e.report.fidelity.as_ref()?.verdict().err()?;
+                Some(format!("{}: {err}", e.name))
+            })
+            .collect();
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(SkrrError::CheckFailed(failed.join("; ")).into()),
         }
-        let c = &self.carried;
-        let _ = writeln!(
-            s,
-            "\ncarried {} other files ({:.2} MB): {} hard-linked, {} copied",
-            c.files,
-            c.bytes as f64 / 1e6,
-            c.linked,
-            c.copied
-        );
-        s
     }
 }
 
-/// Runs the main job on a pipeline folder: `prune` runs one encoder's main job (called once
-/// per chosen encoder, in order) and the folder appears at `job.output` whole, or not at all.
-pub fn run(
-    job: &FolderJob,
-    mut prune: impl FnMut(&EncoderJob) -> Result<Pruned>,
-) -> Result<FolderReport> {
+/// Runs the main job on the pipeline folder `base.input`: `encoders` (or the largest) are
+/// pruned by `pipeline::run` with `base`'s options and their own model, output, tokenizer and
+/// measured output, and the new pipeline appears at `base.output` whole, or not at all. A
+/// FAILED fidelity check is in the report ([`FolderReport::checked`]), not an error.
+pub fn prune(base: &Job, encoders: &[String]) -> Result<FolderReport> {
     let start = Instant::now();
-    let pipeline = Pipeline::read(&job.input)?;
-    let chosen = pipeline.choose(&job.encoders)?;
-    check_one_encoder_options(job, &chosen)?;
-    let destination = check_destination(&job.output)?;
-    let input = job
+    let pipeline = Pipeline::read(&base.input)?;
+    let chosen = pipeline.choose(encoders)?;
+    check_one_encoder_options(base, &chosen)?;
+    let destination = check_destination(&base.output)?;
+    if let Some(p) = &base.report {
+        check_output(p)?;
+    }
+    let input = base
         .input
         .canonicalize()
-        .with_context(|| format!("cannot resolve {}", job.input.display()))?;
-    for (path, what) in std::iter::once((&destination, "write the new pipeline beside it")).chain(
-        job.other_outputs
-            .iter()
-            .map(|p| (p, "its files could be replaced: write it elsewhere")),
-    ) {
+        .with_context(|| format!("cannot resolve {}", base.input.display()))?;
+    let others = base.report.iter().chain(&base.plan_out);
+    for (path, what) in std::iter::once((&destination, "write the new pipeline beside it"))
+        .chain(others.map(|p| (p, "its files could be replaced: write it elsewhere")))
+    {
         let inside = match path.parent().map(|d| d.canonicalize()) {
             Some(Ok(dir)) => dir.join(path.file_name().unwrap_or_default()),
             _ => continue,
@@ -185,7 +142,7 @@ pub fn run(
                 path: path.clone(),
                 msg: format!(
                     "is inside the input pipeline folder {}: {what}",
-                    job.input.display()
+                    base.input.display()
                 ),
             }
             .into());
@@ -193,8 +150,8 @@ pub fn run(
     }
     let mut planned = Vec::new();
     for e in &chosen {
-        let tokenizer = tokenizer_for(job, e)?;
-        let measured = match &job.measure {
+        let tokenizer = tokenizer_for(base, e)?;
+        let measured = match &base.calib.measure {
             Some(m) => Measured {
                 output: m.clone(),
                 reason: "--measure".into(),
@@ -208,9 +165,17 @@ pub fn run(
         planned.push((*e, tokenizer, measured));
     }
 
-    let stage = Stage::new(&job.output)?;
-    let dirs = mirror_folders(&job.input, stage.path())?;
-    let mut encoders = Vec::new();
+    let stage = Stage::new(&base.output)?;
+    let staged = stage.path().display().to_string();
+    // Written as given, without a trailing slash.
+    let output = base
+        .output
+        .components()
+        .collect::<PathBuf>()
+        .display()
+        .to_string();
+    let dirs = mirror_folders(&base.input, stage.path())?;
+    let mut reports = Vec::new();
     for (e, tokenizer, measured) in planned {
         log::info!(
             "pruning {} of {}, measured on {}",
@@ -218,72 +183,74 @@ pub fn run(
             pipeline.class,
             measured.output
         );
-        let pruned = prune(&EncoderJob {
-            name: e.name.clone(),
-            model: e.model.clone(),
-            output: stage.path().join(&e.name).join(MODEL_FILE),
-            tokenizer: tokenizer.clone(),
-            measure: measured.output.clone(),
-        })
-        .with_context(|| format!("text encoder {}", e.name))?;
-        encoders.push(EncoderReport {
+        let mut job = base.clone();
+        job.input = e.model.clone();
+        job.output = stage.path().join(&e.name).join(MODEL_FILE);
+        job.report = None;
+        job.calib.tokenizer = tokenizer.clone();
+        job.calib.measure = Some(measured.output.clone());
+        let report =
+            crate::pipeline::run(&job).with_context(|| format!("text encoder {}", e.name))?;
+        let verdict = match &report.fidelity {
+            None => Verdict::Done,
+            Some(f) if f.passed => Verdict::Passed,
+            Some(_) => Verdict::Failed,
+        };
+        reports.push(EncoderReport {
             name: e.name.clone(),
             class: e.class.clone(),
             tokenizer,
             measured,
-            verdict: pruned.verdict,
-            report: pruned.report,
-            text: pruned.text,
-            sparsity: pruned.sparsity,
-            cosine: pruned.cosine,
+            verdict,
+            report,
+            staged: staged.clone(),
+            output: output.clone(),
         });
     }
     let carried = carry_the_rest(&pipeline, &chosen, &dirs, &stage)?;
-    let staged = stage.path().display().to_string();
     stage.commit()?;
 
-    // The reports name the staged folder; the finished one is at the destination.
-    // Written as given, without a trailing slash.
-    let to = job
-        .output
-        .components()
-        .collect::<PathBuf>()
-        .display()
-        .to_string();
-    for e in &mut encoders {
-        e.text = e.text.replace(&staged, &to);
-        relocate(&mut e.report, &staged, &to);
-    }
     let seconds = start.elapsed().as_secs_f64();
-    let text_encoders = pipeline.encoders.iter().map(|e| e.name.clone()).collect();
-    let verdict = verdict_line(&pipeline.class, &encoders, &carried, &job.output, seconds);
-    Ok(FolderReport {
+    let verdict = verdict_line(&pipeline.class, &reports, &carried, &output, seconds);
+    let report = FolderReport {
         version: env!("CARGO_PKG_VERSION"),
-        input: job.input.clone(),
-        output: job.output.clone(),
+        input: base.input.clone(),
+        output: base.output.clone(),
+        text_encoders: pipeline.encoders.iter().map(|e| e.name.clone()).collect(),
         pipeline: pipeline.class,
-        text_encoders,
-        largest: job.encoders.is_empty(),
-        encoders,
+        largest: encoders.is_empty(),
+        encoders: reports,
         carried,
         seconds,
         verdict,
-    })
+    };
+    if let Some(p) = &base.report {
+        write_file(
+            p,
+            format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
+        )?;
+    }
+    Ok(report)
 }
 
 /// Options that name one encoder's tokens, tokenizer, output or plan cannot hold for two.
-fn check_one_encoder_options(job: &FolderJob, chosen: &[&Encoder]) -> Result<()> {
+fn check_one_encoder_options(base: &Job, chosen: &[&Encoder]) -> Result<()> {
     if chosen.len() < 2 {
         return Ok(());
     }
-    let given: Vec<&str> = job
-        .tokenizer
-        .as_ref()
-        .map(|_| "--tokenizer")
-        .into_iter()
-        .chain(job.measure.as_ref().map(|_| "--measure"))
-        .chain(job.one_encoder_options.iter().map(String::as_str))
-        .collect();
+    let c = &base.calib;
+    let given: Vec<&str> = [
+        ("--tokenizer", c.tokenizer.is_some()),
+        ("--measure", c.measure.is_some()),
+        ("--calib", c.calib.is_some()),
+        ("--null-ids", c.null_ids.is_some()),
+        ("--pad-id", c.pad_id.is_some()),
+        ("--projection", c.projection.is_some()),
+        ("--plan-out", base.plan_out.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
     if given.is_empty() {
         return Ok(());
     }
@@ -304,14 +271,16 @@ fn check_one_encoder_options(job: &FolderJob, chosen: &[&Encoder]) -> Result<()>
 }
 
 /// The tokenizer.json the encoder's prompts are tokenized with: `--tokenizer`, else its
-/// tokenizer folder's. A folder without one is refused before any work, with the ways out.
-fn tokenizer_for(job: &FolderJob, e: &Encoder) -> Result<Option<PathBuf>> {
-    if let Some(t) = &job.tokenizer {
+/// tokenizer folder's. A folder without one is refused before any work, with the ways out,
+/// unless token ids are given (`--calib`: the main job then needs a tokenizer only for the
+/// null input, and says so).
+fn tokenizer_for(base: &Job, e: &Encoder) -> Result<Option<PathBuf>> {
+    if let Some(t) = &base.calib.tokenizer {
         return Ok(Some(t.clone()));
     }
     let (folder, what) = match &e.tokenizer {
         TokenizerFolder::Found { file } => return Ok(Some(file.clone())),
-        _ if job.pre_tokenized => return Ok(None),
+        _ if base.calib.calib.is_some() => return Ok(None),
         TokenizerFolder::SlowOnly { folder } => (
             folder,
             "has no tokenizer.json (a slow tokenizer's files only)",
@@ -443,7 +412,7 @@ fn verdict_line(
     class: &str,
     encoders: &[EncoderReport],
     carried: &Carried,
-    output: &Path,
+    output: &str,
     seconds: f64,
 ) -> String {
     let head = if encoders.iter().any(|e| e.verdict == Verdict::Failed) {
@@ -456,9 +425,9 @@ fn verdict_line(
     let each: Vec<String> = encoders
         .iter()
         .map(|e| {
-            let cos = e
-                .cosine
-                .map_or(String::new(), |c| format!(", held-out cosine {c:.4}"));
+            let cos = e.report.fidelity.as_ref().map_or(String::new(), |f| {
+                format!(", held-out cosine {:.4}", f.cos_mean)
+            });
             let failed = match e.verdict {
                 Verdict::Failed => " (FAILED)",
                 _ => "",
@@ -466,15 +435,14 @@ fn verdict_line(
             format!(
                 "{} {:.1}% of parameters removed{cos}{failed}",
                 e.name,
-                100.0 * e.sparsity
+                100.0 * e.report.plan.achieved_sparsity.unwrap_or(0.0)
             )
         })
         .collect();
     format!(
-        "{head}: {}; wrote pipeline {} ({class}; {} other files carried over: {} hard-linked, {} \
-         copied) in {seconds:.1} s",
+        "{head}: {}; wrote pipeline {output} ({class}; {} other files carried over: {} \
+         hard-linked, {} copied) in {seconds:.1} s",
         each.join("; "),
-        output.display(),
         carried.files,
         carried.linked,
         carried.copied
@@ -490,7 +458,7 @@ pub struct Listing<'a> {
     pub default_encoder: &'a str,
     pub encoders: &'a [Encoder],
     pub without_model: &'a [String],
-    pub unreadable: &'a [super::Unreadable],
+    pub unreadable: &'a [Unreadable],
 }
 
 impl<'a> From<&'a Pipeline> for Listing<'a> {
@@ -504,81 +472,6 @@ impl<'a> From<&'a Pipeline> for Listing<'a> {
             unreadable: &p.unreadable,
         }
     }
-}
-
-/// The text of `inspect` on a pipeline folder.
-pub fn render_listing(p: &Pipeline) -> String {
-    let default = &p.default_encoder().name;
-    let rel = |path: &Path| -> String {
-        path.strip_prefix(&p.folder)
-            .unwrap_or(path)
-            .display()
-            .to_string()
-    };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} ({}): {} text encoder{}\n",
-        p.folder.display(),
-        p.class,
-        p.encoders.len(),
-        if p.encoders.len() == 1 { "" } else { "s" }
-    );
-    let _ = writeln!(
-        s,
-        "  {:<16} {:<30} {:>14} {:>14}  {:<28} measured",
-        "encoder", "class", "parameters", "bytes", "tokenizer"
-    );
-    for e in &p.encoders {
-        let tokenizer = match &e.tokenizer {
-            TokenizerFolder::Found { file } => rel(file),
-            TokenizerFolder::SlowOnly { folder } => format!("{}/ (no tokenizer.json)", rel(folder)),
-            TokenizerFolder::Missing { folder } => format!("{}/ missing", rel(folder)),
-        };
-        let _ = writeln!(
-            s,
-            "{} {:<16} {:<30} {:>14} {:>14}  {:<28} {}",
-            if &e.name == default { "*" } else { " " },
-            e.name,
-            e.class.as_deref().unwrap_or("?"),
-            e.params,
-            e.file_bytes,
-            tokenizer,
-            e.measured.output
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\n* pruned by default (the largest by weight bytes); choose with --encoder NAME \
-         (repeatable)"
-    );
-    for e in &p.encoders {
-        let data = e.files.len().saturating_sub(1);
-        let _ = write!(s, "  {}: {}", e.name, rel(&e.model));
-        if data > 0 {
-            let _ = write!(
-                s,
-                " + {} data file{}",
-                data,
-                if data == 1 { "" } else { "s" }
-            );
-        }
-        let _ = writeln!(s, "; measured {}: {}", e.measured.output, e.measured.reason);
-        if let Some(w) = &e.measured.warning {
-            let _ = writeln!(s, "    warning: {w}");
-        }
-    }
-    for u in &p.unreadable {
-        let _ = writeln!(s, "  {}: cannot be read: {}", u.name, u.error);
-    }
-    if !p.without_model.is_empty() {
-        let _ = writeln!(
-            s,
-            "  listed without a {MODEL_FILE}: {}",
-            p.without_model.join(", ")
-        );
-    }
-    s
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! folder and with the output the pipeline reads from it (`outputs`), prunes the chosen ones
 //! through the ordinary main job, and writes a whole new pipeline folder (`job`, `stage`).
 //!
-//! Nothing here knows the command line: the caller turns its options into a [`FolderJob`] and
-//! runs one encoder through the main job in a closure.
+//! Nothing here knows the command line or prints: [`prune`] takes the main job's `Job` with a
+//! folder as its input and returns a typed report, which `crate::report::folder` renders.
 
 mod job;
 pub mod outputs;
@@ -22,9 +22,7 @@ use serde::Serialize;
 use crate::error::SkrrError;
 use crate::model_io::{read_model, stored_len};
 
-pub use job::{
-    render_listing, run, Carried, EncoderJob, FolderJob, FolderReport, Listing, Pruned, Verdict,
-};
+pub use job::{prune, Carried, EncoderReport, FolderReport, Listing, Verdict};
 pub use outputs::Measured;
 
 /// The file that makes a folder a diffusers pipeline.
