@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use prost::Message;
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis};
 use skrr_onnx::calibrate::tensors::{self, Dense};
 use skrr_onnx::calibrate::{CalibSet, Engine, Part};
 use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::onnx::{GraphProto, ModelProto};
-use skrr_onnx::plan::Action;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
 

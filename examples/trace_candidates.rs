@@ -7,10 +7,10 @@
 //! cargo run --release --example trace_candidates -- MODEL [--sparsity 0.2] [calibration options] > trace.jsonl
 
 use anyhow::{anyhow, Result};
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks;
 use skrr_onnx::calibrate::{tensors, Engine, Outcome, Part};
 use skrr_onnx::commands::args::CalibArgs;
-use skrr_onnx::plan::Action;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
 

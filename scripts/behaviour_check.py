@@ -3,6 +3,7 @@
 and `inspect --json`, byte-identical between two builds on every fixture (issue #14).
 
     .venv/bin/python scripts/behaviour_check.py BASE_REV [--fixtures a,b,...] [--keep DIR]
+        [--base-bin FILE]
 
 Builds BASE_REV in a temporary git worktree and the working tree as it is (both in release mode,
 sharing `target/`'s dependencies), then runs each binary on every fixture under `fixtures/` and
@@ -113,22 +114,26 @@ def main():
     ap.add_argument("base", help="the git revision to compare with (e.g. main before a refactor)")
     ap.add_argument("--fixtures", help="comma-separated fixture names (default: all)")
     ap.add_argument("--keep", type=Path, help="keep the runs' folders here")
+    ap.add_argument(
+        "--base-bin", type=Path, help="BASE_REV's binary, built before (skips building it)"
+    )
     a = ap.parse_args()
     only = set(a.fixtures.split(",")) if a.fixtures else None
 
     work = Path(a.keep or tempfile.mkdtemp(prefix="skrr-behaviour-"))
     work.mkdir(parents=True, exist_ok=True)
     base_src = work / "base-src"
-    if base_src.exists():
-        subprocess.run(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT)
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(base_src), a.base],
-        cwd=ROOT, check=True, capture_output=True,
-    )
+    if not a.base_bin:
+        if base_src.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(base_src), a.base],
+            cwd=ROOT, check=True, capture_output=True,
+        )
     try:
         target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
         binaries = {
-            "base": build(base_src, target, work / "bin" / "base"),
+            "base": a.base_bin or build(base_src, target, work / "bin" / "base"),
             "head": build(ROOT, target, work / "bin" / "head"),
         }
         differences = 0
@@ -170,8 +175,9 @@ def main():
         print(f"{checked} runs compared, {differences} differences (base {a.base}, head = working tree)")
         return 1 if differences else 0
     finally:
-        if not a.keep:
+        if base_src.exists():
             subprocess.run(["git", "worktree", "remove", "--force", str(base_src)], cwd=ROOT)
+        if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -7,9 +7,10 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::action::{self, Action};
 use crate::blocks::{self, Analysis};
 use crate::model_io::{self, Model, WriteOptions, WriteReport};
-use crate::plan::{self, Action, PlanFile};
+use crate::plan::PlanFile;
 use crate::rewrite::{self, ReuseWeights, RewriteOptions, RewriteReport};
 
 /// Everything `apply` did, as printed with `--json` (and embedded in the main command's report).
@@ -19,7 +20,7 @@ pub struct ApplyReport {
     pub output: PathBuf,
     pub sub_blocks: usize,
     pub rewrite: RewriteReport,
-    /// The plan's parameter accounting on this model (`plan::removed_params`); equals
+    /// The plan's parameter accounting on this model (`action::removed_params`); equals
     /// `rewrite.params_removed` (checked).
     pub plan_params_removed: u64,
     /// Parameters removed / all parameters of the input model.
@@ -116,7 +117,7 @@ pub fn apply_to_file(
 ) -> Result<ApplyReport> {
     let start = Instant::now();
     let (proto, report) = rewrite::apply_plan(&model.proto, analysis, actions, opts)?;
-    let plan_params_removed = plan::removed_params(analysis, actions);
+    let plan_params_removed = action::removed_params(analysis, actions);
     if plan_params_removed != report.params_removed {
         anyhow::bail!(
             "internal accounting mismatch: the plan removes {plan_params_removed} parameters, the \

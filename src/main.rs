@@ -13,7 +13,7 @@ fn main() {
     skrr_onnx::interrupt::install();
     let ctx = cli.global.context();
     let result = match &cli.command {
-        Some(command) => skrr_onnx::commands::dispatch(command, &ctx),
+        Some(command) => command.run(&ctx),
         None => skrr_onnx::commands::run::run(&cli.run, &ctx),
     };
     if let Err(err) = result {

@@ -10,13 +10,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::calibrate::{
     CalibConfig, CalibSet, Engine, EngineOptions, Outcome, Part, Prepack, Score,
 };
 use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::model_io::{self, Model};
-use skrr_onnx::plan::Action;
 use skrr_onnx::runtime::{self, Input};
 
 struct Fixture {

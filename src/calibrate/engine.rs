@@ -23,11 +23,11 @@ use super::cache::StreamCache;
 use super::inputs::CalibSet;
 use super::partition::{onnx_data_type, InputType, Partition};
 use super::tensors::{self, Dense};
+use crate::action::Action;
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
 use crate::model_io::Model;
 use crate::onnx::TensorProto;
-use crate::plan::Action;
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -436,7 +436,7 @@ impl Engine {
         self.forward(c, actions)
     }
 
-    /// A re-use must run a kept sub-block of the same kind (as `plan::validate` checks).
+    /// A re-use must run a kept sub-block of the same kind (as `action::validate` checks).
     fn validate(&self, actions: &[Action]) -> Result<()> {
         for (p, a) in actions.iter().enumerate() {
             if let Action::Reuse(q) = *a {

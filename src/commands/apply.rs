@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::apply::{apply_file, ApplyJob};
-use crate::cli::Context;
 use crate::commands::args::ExternalDataArgs;
+use crate::commands::Context;
 use crate::report;
 use crate::rewrite::ReuseWeights;
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::Context;
 use crate::commands::args::{CalibArgs, ToleranceArgs};
+use crate::commands::Context;
 use crate::pipeline::compare::{compare, CompareJob};
 use crate::report;
 

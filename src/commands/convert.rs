@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::Context;
 use crate::commands::args::ExternalDataArgs;
+use crate::commands::Context;
 use crate::model_io::{read_model, write_model};
 use crate::report::{self, subcommands::ConvertReport};
 

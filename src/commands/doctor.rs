@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::cli::Context;
+use crate::commands::Context;
 use crate::report::subcommands::{DoctorNotFound, DoctorReport};
 use crate::{report, runtime};
 

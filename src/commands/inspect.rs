@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::blocks;
-use crate::cli::Context;
+use crate::commands::Context;
 use crate::model_io::read_model;
 use crate::report::{self, inspect::InspectReport};
 

@@ -1,8 +1,7 @@
-//! One file per subcommand; `dispatch` maps a parsed [`Command`] to its `run`.
+//! One file per command: its clap arguments, converted into the library's job, and the report
+//! rendered (`report::emit`). `cli` lists them and dispatches.
 
-use anyhow::Result;
-
-use crate::cli::{Command, Context};
+use crate::runtime::RuntimeConfig;
 
 pub mod apply;
 pub mod args;
@@ -14,14 +13,9 @@ pub mod plan;
 pub mod run;
 pub mod score;
 
-pub fn dispatch(command: &Command, ctx: &Context) -> Result<()> {
-    match command {
-        Command::Apply(args) => apply::run(args, ctx),
-        Command::Compare(args) => compare::run(args, ctx),
-        Command::Convert(args) => convert::run(args, ctx),
-        Command::Doctor(args) => doctor::run(args, ctx),
-        Command::Inspect(args) => inspect::run(args, ctx),
-        Command::Score(args) => score::run(args, ctx),
-        Command::Plan(args) => plan::run(args, ctx),
-    }
+/// What a command gets besides its own arguments: the global flags.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub json: bool,
+    pub runtime: RuntimeConfig,
 }

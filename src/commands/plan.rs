@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::Context;
 use crate::commands::args::{CalibArgs, SearchArgs};
+use crate::commands::Context;
 use crate::error::SkrrError;
 use crate::pipeline::plan::{plan, PlanJob};
 use crate::report;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::cli::Context;
 use crate::commands::args::{CalibArgs, ExternalDataArgs, SearchArgs, ToleranceArgs};
+use crate::commands::Context;
 use crate::error::SkrrError;
 use crate::pipeline::{self, Job};
 use crate::report;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::Context;
 use crate::commands::args::CalibArgs;
+use crate::commands::Context;
 use crate::compensate::Compensate;
 use crate::pipeline::score::{score, ScoreJob};
 use crate::report;

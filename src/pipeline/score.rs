@@ -8,11 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use crate::action::Action;
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibConfig, Engine, EngineStats, Outcome, Part};
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::model_io::Model;
-use crate::plan::{Action, PlanFile};
+use crate::plan::PlanFile;
 use crate::runtime::RuntimeConfig;
 use crate::{blocks, model_io, runtime};
 

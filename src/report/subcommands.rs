@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::Render;
+use crate::action::Action;
 use crate::model_io::WriteReport;
 use crate::pipeline::plan::PlanReport;
 use crate::pipeline::score::ScoreReport;
-use crate::plan::Action;
 use crate::runtime::Provider;
 
 impl Render for PlanReport {

@@ -12,13 +12,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{search, shortgpt_orders, Config, Level, Limits, Rank, Report, Scorer};
+use crate::action::Action;
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats};
 use crate::compensate::Compensate;
 use crate::error::SkrrError;
 use crate::model_io::Model;
 use crate::onnx::GraphProto;
-use crate::plan::Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
