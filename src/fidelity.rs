@@ -285,6 +285,7 @@ impl Runner {
         let path = self.size.path.display().to_string();
         let mut session = self.session()?;
         for (i, batch) in batches.iter().enumerate() {
+            crate::interrupt::check()?;
             let values = feeds(&self.inputs, &batch.rows, batch.len, pad_id)?;
             let values = session
                 .run(

@@ -4,7 +4,8 @@
 //! only modules before it, checked by tests/dependency_rule.rs):
 //! format (`onnx`) → `runtime` → read (`model_io`) → `graph` → `ops` → `loadable` → `blocks` →
 //! `action` → `calibrate` → `compensate` → `plan` → `search` → `rewrite` → `apply` →
-//! `fidelity` → jobs (`pipeline`) → `report` → the command line (`commands`, `cli`).
+//! `fidelity` → jobs (`pipeline`; `diffusers`, a pipeline folder: one job per text encoder it
+//! prunes) → `report` → the command line (`commands`, `cli`).
 
 pub mod action;
 pub mod apply;
@@ -13,6 +14,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod commands;
 pub mod compensate;
+pub mod diffusers;
 pub mod error;
 pub mod fidelity;
 pub mod graph;

@@ -23,6 +23,7 @@ const ORDER: &[&str] = &[
     "apply",
     "fidelity",
     "pipeline",
+    "diffusers",
     "report",
     "commands",
     "cli",

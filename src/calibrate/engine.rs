@@ -667,6 +667,9 @@ impl Engine {
 
     /// The plan's (projected) output on chunk `c`, resuming from the longest cached prefix.
     fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
+        // A pipeline folder's run holds its staged folder through the search: a signal then
+        // ends the search here, and the folder is removed (crate::interrupt).
+        crate::interrupt::check()?;
         self.stats.chunk_runs += 1;
         let stream = self.stream_into(c, actions, self.partition.measured_after)?;
         let output = match self.partition.epilogue.clone() {

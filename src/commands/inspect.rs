@@ -12,11 +12,16 @@ use crate::report::{self, inspect::InspectReport};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// The ONNX text encoder (`.onnx`; external data is found beside it).
+    /// The ONNX text encoder (`.onnx`; external data is found beside it), or a diffusers
+    /// pipeline folder (lists its text encoders).
     pub model: PathBuf,
 }
 
 pub fn run(args: &InspectArgs, ctx: &Context) -> Result<()> {
+    if args.model.is_dir() {
+        let pipeline = crate::diffusers::Pipeline::read(&args.model)?;
+        return report::emit(&crate::diffusers::Listing::from(&pipeline), ctx.json);
+    }
     let model = read_model(&args.model)?;
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
     crate::loadable::check_input(&model, &args.model)?;

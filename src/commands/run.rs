@@ -1,7 +1,7 @@
 //! The main job on the command line, `skrr-onnx IN OUT --sparsity S`: its arguments, converted
 //! into a `pipeline::Job`, and the report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -14,12 +14,17 @@ use crate::rewrite::ReuseWeights;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The dense text encoder (.onnx; external data beside it is followed).
+    /// The dense text encoder (.onnx; external data beside it is followed), or a diffusers
+    /// pipeline folder (model_index.json and a folder per component, as Optimum exports it).
     #[arg(required = true)]
     pub input: Option<PathBuf>,
-    /// Where to write the pruned model (written whole or not at all; never over the input).
+    /// Where to write the pruned model (written whole or not at all; never over the input), or
+    /// the new pipeline folder (which must not exist).
     #[arg(required = true)]
     pub output: Option<PathBuf>,
+    /// With a pipeline folder: a text encoder to prune (repeatable; default: the largest).
+    #[arg(long = "encoder", value_name = "NAME")]
+    pub encoders: Vec<String>,
     /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
     #[arg(long, required = true, allow_negative_numbers = true)]
     pub sparsity: Option<f64>,
@@ -82,6 +87,19 @@ impl RunArgs {
 }
 
 pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
+    if args.input.as_deref().is_some_and(Path::is_dir) {
+        let report = crate::diffusers::prune(&args.job(ctx)?, &args.encoders)?;
+        report::emit(&report, ctx.json)?;
+        return report.checked();
+    }
+    if !args.encoders.is_empty() {
+        return Err(SkrrError::Usage(
+            "--encoder chooses among the text encoders of a diffusers pipeline folder, and the \
+             input is a model file: leave it out"
+                .into(),
+        )
+        .into());
+    }
     let report = pipeline::run(&args.job(ctx)?)?;
     report::emit(&report, ctx.json)?;
     report.fidelity.as_ref().map_or(Ok(()), |f| f.verdict())

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod fidelity;
+pub mod folder;
 pub mod inspect;
 pub mod run;
 pub mod subcommands;
