@@ -151,6 +151,9 @@ class PruneOptions(
     report: PathLike
     no_compare: bool
     heldout: PathLike
+    encoder: collections.abc.Sequence[str]
+    """With a diffusers pipeline folder as input: the text encoders to prune (default: the
+    largest)."""
 
 
 class PlanOptions(GlobalOptions, SearchOptions, CalibOptions, total=False):

@@ -23,7 +23,7 @@ pub struct RunArgs {
     #[arg(required = true)]
     pub output: Option<PathBuf>,
     /// With a pipeline folder: a text encoder to prune (repeatable; default: the largest).
-    #[arg(long = "encoder", value_name = "NAME")]
+    #[arg(long = "encoder", value_name = "NAME", value_delimiter = ',')]
     pub encoders: Vec<String>,
     /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
     #[arg(long, required = true, allow_negative_numbers = true)]
