@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, Result};
 use skrr_onnx::blocks;
-use skrr_onnx::calibrate::{tensors, CalibArgs, Engine, Outcome, Part};
+use skrr_onnx::calibrate::{tensors, CalibArgs, Engine, Outcome, PromptHalf};
 use skrr_onnx::plan::Action;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
@@ -25,7 +25,7 @@ struct Args {
 /// Scores every candidate in full (so the search ends as it would with bounds) and prints it.
 struct Tracing {
     engine: Engine,
-    targets: Vec<(Vec<usize>, tensors::Dense)>,
+    targets: Vec<(Vec<usize>, tensors::Activations)>,
 }
 
 impl Scorer for Tracing {
@@ -64,7 +64,7 @@ fn main() -> Result<()> {
     runtime::init(&Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
-    let calib = args.calib.calib_set(&model, Part::Calibration)?;
+    let calib = args.calib.calib_set(&model, PromptHalf::Calibration)?;
     let mut engine = Engine::new(
         &model,
         &analysis,

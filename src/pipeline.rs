@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, CalibSet, Engine, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Engine, PromptHalf};
 use crate::cli::Context;
 use crate::commands::apply::apply_to_file;
 use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
@@ -376,7 +376,7 @@ fn prompt_sets(
     model: &crate::model_io::Model,
 ) -> Result<(CalibSet, Option<(CalibSet, String)>)> {
     if args.no_compare {
-        return Ok((args.calib.calib_set(model, Part::Calibration)?, None));
+        return Ok((args.calib.calib_set(model, PromptHalf::Calibration)?, None));
     }
     let (calib, held, source) = args
         .calib

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::calibrate::{
-    CalibArgs, CalibSet, Engine, EngineOptions, Outcome, Part, Prepack, Score,
+    CalibArgs, CalibSet, Engine, EngineOptions, Outcome, Prepack, PromptHalf, Score,
 };
 use skrr_onnx::model_io::{self, Model};
 use skrr_onnx::plan::Action;
@@ -67,7 +67,7 @@ fn setup(f: &Fixture, extra: &[&str]) -> (Model, Analysis, CalibSet, EngineOptio
     let model = model_io::read_model(&f.model).unwrap();
     let analysis = blocks::analyze(&model.proto).unwrap();
     let a = args(extra);
-    let calib = a.calib_set(&model, Part::Calibration).unwrap();
+    let calib = a.calib_set(&model, PromptHalf::Calibration).unwrap();
     let opts = a.engine_options().unwrap();
     (model, analysis, calib, opts)
 }
@@ -197,7 +197,7 @@ fn all_keep_reproduces_the_full_model() {
         let d = scored(engine.score(&keep, None).unwrap());
         assert_eq!(d.d(), 0.0, "{}: dense D", f.name);
         // Weights are held once: shared values never exceed the model's initializer bytes, and
-        // in fp32 models they are most of them (fp16 weights are inlined, see partition.rs).
+        // in fp32 models they are most of them (fp16 weights are inlined, see calibrate/parts.rs).
         let total: u64 = model
             .proto
             .graph

@@ -1,11 +1,11 @@
 //! Calibration: the inputs D is measured on (`inputs`), the model split into sessions
-//! (`partition`), and the engine that executes any plan and scores it (`engine`, with its stream
+//! (`parts`), and the engine that executes any plan and scores it (`engine`, with its stream
 //! `cache` and the `tensors` at its edges).
 
 pub mod cache;
 pub mod engine;
 pub mod inputs;
-pub mod partition;
+pub mod parts;
 pub mod tensors;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use anyhow::Result;
 use clap::Args;
 
 pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Prepack, Score};
-pub use inputs::{CalibSet, Part};
+pub use inputs::{CalibSet, PromptHalf};
 
 use crate::error::SkrrError;
 use crate::model_io::Model;
@@ -79,9 +79,9 @@ pub struct CalibArgs {
 
 impl CalibArgs {
     /// The calibration set for `model`: its tokenizer.json (or `--tokenizer`), token ids checked
-    /// against its vocabulary when the graph tells it. `part` picks the half of the built-in
+    /// against its vocabulary when the graph tells it. `half` picks the half of the built-in
     /// prompt set; files given by the user are used whole.
-    pub fn calib_set(&self, model: &Model, part: Part) -> Result<CalibSet> {
+    pub fn calib_set(&self, model: &Model, half: PromptHalf) -> Result<CalibSet> {
         self.check_static_shape(model)?;
         let model_path = model.path.as_path();
         let graph = model.proto.graph.as_ref();
@@ -96,7 +96,7 @@ impl CalibArgs {
             (None, prompts, Some(tok)) => {
                 let texts = match prompts {
                     Some(p) => inputs::read_prompts(p)?,
-                    None => inputs::default_prompts(part),
+                    None => inputs::default_prompts(half),
                 };
                 texts
                     .iter()
@@ -194,14 +194,14 @@ impl CalibArgs {
                     ..self.clone()
                 };
                 Ok((
-                    self.calib_set(model, Part::Calibration)?,
-                    held.calib_set(model, Part::HeldOut)?,
+                    self.calib_set(model, PromptHalf::Calibration)?,
+                    held.calib_set(model, PromptHalf::HeldOut)?,
                     file.display().to_string(),
                 ))
             }
             (None, None) => Ok((
-                self.calib_set(model, Part::Calibration)?,
-                self.calib_set(model, Part::HeldOut)?,
+                self.calib_set(model, PromptHalf::Calibration)?,
+                self.calib_set(model, PromptHalf::HeldOut)?,
                 "built-in held-out half".into(),
             )),
             (None, Some(file)) => {
@@ -212,7 +212,7 @@ impl CalibArgs {
                     num_prompts: None,
                     ..self.clone()
                 }
-                .calib_set(model, Part::Calibration)?;
+                .calib_set(model, PromptHalf::Calibration)?;
                 if all.prompts.len() < 2 {
                     return Err(SkrrError::BadInput(format!(
                         "{}: the fidelity check holds out every 4th prompt and needs at least 2 \

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::calibrate::{CalibArgs, CalibSet, Engine, Part};
+use crate::calibrate::{CalibArgs, CalibSet, Engine, PromptHalf};
 use crate::cli::Context;
 use crate::error::SkrrError;
 use crate::fidelity::{self, Fidelity, RunOptions, Tolerances, Uncompensated};
@@ -109,7 +109,7 @@ pub fn run(args: &CompareArgs, ctx: &Context) -> Result<()> {
     let tol = args.tolerances.tolerances()?;
     crate::runtime::init(&ctx.runtime)?;
     let dense = read_model(&args.dense)?;
-    let set = args.calib.calib_set(&dense, Part::HeldOut)?;
+    let set = args.calib.calib_set(&dense, PromptHalf::HeldOut)?;
     let mut f = fidelity_on(&args.dense, &args.pruned, &set, &args.calib, &tol)?;
     if f.uncompensated.is_none() {
         f.uncompensated = without_folds(args, &dense, &set)?;

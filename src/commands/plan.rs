@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, Part};
+use crate::calibrate::{CalibArgs, PromptHalf};
 use crate::cli::Context;
 use crate::compensate::{self, Compensate};
 use crate::error::SkrrError;
@@ -172,7 +172,7 @@ pub fn run(args: &PlanArgs, ctx: &Context) -> Result<()> {
     let search_targets = compensate::raised_targets(&targets, added, analysis.total_params);
     check_targets(&analysis, &search_targets)?;
     let sha256 = file_sha256(&args.model)?;
-    let calib = args.calib.calib_set(&model, Part::Calibration)?;
+    let calib = args.calib.calib_set(&model, PromptHalf::Calibration)?;
     let cfg = args.search.config(search_targets)?;
     let method = args.search.method;
     let (run, mut engine) = run_method(&model, &analysis, calib, opts, method, &cfg)?;

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::blocks::Analysis;
-use crate::calibrate::{CalibArgs, Engine, Outcome, Part};
+use crate::calibrate::{CalibArgs, Engine, Outcome, PromptHalf};
 use crate::cli::Context;
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::model_io::Model;
@@ -42,7 +42,7 @@ pub fn run(args: &ScoreArgs, ctx: &Context) -> Result<()> {
     let analysis = blocks::analyze_at(&model.proto, &args.model)?;
     crate::loadable::check_input(&model, &args.model)?;
     let actions = PlanFile::load_actions(&args.plan, &analysis, &model.path)?;
-    let calib = args.calib.calib_set(&model, Part::Calibration)?;
+    let calib = args.calib.calib_set(&model, PromptHalf::Calibration)?;
     let prompts = calib.prompts.len();
     let start = Instant::now();
     let mut engine = Engine::new(&model, &analysis, calib, args.calib.engine_options()?)?;

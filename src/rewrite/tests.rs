@@ -536,7 +536,7 @@ fn check_interface_finds_an_input_left_without_its_initializer() {
 
 #[test]
 fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
-    use crate::calibrate::tensors::Dense;
+    use crate::calibrate::tensors::Activations;
     use crate::compensate::{Compensation, LinearMap, OutputMap};
     let (model, mut analysis) = toy(2, true);
     let g = &mut analysis.graph;
@@ -567,7 +567,7 @@ fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
     assert_eq!(report.params_added, (W * W + W) as u64);
     let (x, m) = ([0.3, -1.2, 0.7], [0.1, 2.0, -0.5]);
     let (p, c) = (eval(plain.graph.as_ref().unwrap(), &x, &m), eval(g, &x, &m));
-    let want = map.apply(&Dense {
+    let want = map.apply(&Activations {
         shape: vec![1, W],
         data: p[0].clone(),
     });

@@ -42,7 +42,7 @@ use crate::onnx::{
 /// Initializers up to this size are inlined into each part that reads them.
 const INLINE_BYTES: usize = 1024;
 
-/// One standalone model of the partition.
+/// One standalone model of the split.
 #[derive(Debug, Clone)]
 pub struct Part {
     /// File stem, for messages ("prologue", "sub-block 3", ...).
@@ -65,7 +65,7 @@ pub struct InputType {
 }
 
 /// The parts of one model and the weights they share.
-pub struct Partition {
+pub struct SessionParts {
     /// The real folder the part models' external data locations point into (`None` when no
     /// weight is read from a file).
     folder: Option<PathBuf>,
@@ -93,13 +93,13 @@ pub struct Partition {
     pub inlined_bytes: u64,
 }
 
-impl Partition {
+impl SessionParts {
     pub fn build(
         model: &ModelProto,
         analysis: &Analysis,
         weights: &WeightStore,
         measure: Option<&str>,
-    ) -> Result<Partition> {
+    ) -> Result<SessionParts> {
         let graph = &analysis.graph;
         let first = analysis
             .sub_blocks
@@ -252,7 +252,7 @@ impl Partition {
             graph: None,
             ..model.clone()
         };
-        Ok(Partition {
+        Ok(SessionParts {
             folder: real.folder,
             model_meta,
             graph: GraphProto {
@@ -310,7 +310,7 @@ impl Partition {
         })
     }
 
-    /// The standalone model of `part` (also useful to inspect a partition by hand).
+    /// The standalone model of `part` (also useful to inspect a split by hand).
     pub fn part_model(
         &self,
         part: &Part,
