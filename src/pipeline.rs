@@ -26,7 +26,7 @@ use crate::fidelity::Fidelity;
 use crate::model_io::{
     check_output_not_input, check_outputs_apart, read_model, write_file, WriteReport,
 };
-use crate::plan::{file_sha256, PlanFile};
+use crate::plan::{file_sha256, ActionName, PlanFile};
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::search::check_targets;
 use crate::search::methods::run_method;
@@ -392,7 +392,7 @@ fn prompt_sets(
 /// "removed 50.3% of parameters (12 skips, 2 re-uses)", and what `--reuse-weights copy` put
 /// back.
 fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
-    let count = |a: &str, one: &str, many: &str| {
+    let count = |a: ActionName, one: &str, many: &str| {
         let n = plan.sub_blocks.iter().filter(|e| e.action == a).count();
         format!("{n} {}", if n == 1 { one } else { many })
     };
@@ -419,8 +419,8 @@ fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
     format!(
         "removed {:.1}% of parameters{net} ({}, {}{copied})",
         100.0 * plan.achieved_sparsity.unwrap_or(0.0),
-        count("skip", "skip", "skips"),
-        count("reuse", "re-use", "re-uses")
+        count(ActionName::Skip, "skip", "skips"),
+        count(ActionName::Reuse, "re-use", "re-uses")
     )
 }
 

@@ -393,7 +393,7 @@ fn output_keeps_the_header_and_records_the_plan() {
         apply_plan(&out, &analysis, &[K, K, K, K], &RewriteOptions::default()).unwrap();
     let (third, _) =
         apply_plan(&again, &analysis, &[K, K, S, K], &RewriteOptions::default()).unwrap();
-    let plans: HashMap<&str, Vec<String>> = third
+    let plans: HashMap<&str, Vec<&str>> = third
         .metadata_props
         .iter()
         .filter(|e| e.key().starts_with(META_PLAN))
@@ -401,7 +401,7 @@ fn output_keeps_the_header_and_records_the_plan() {
             let plan: PlanFile = serde_json::from_str(e.value()).unwrap();
             (
                 e.key(),
-                plan.sub_blocks.into_iter().map(|s| s.action).collect(),
+                plan.sub_blocks.iter().map(|s| s.action.as_str()).collect(),
             )
         })
         .collect();
