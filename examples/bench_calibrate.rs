@@ -17,8 +17,8 @@ use anyhow::{anyhow, Context, Result};
 use prost::Message;
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis};
-use skrr_onnx::calibrate::tensors::{self, Dense};
-use skrr_onnx::calibrate::{CalibSet, Engine, Part};
+use skrr_onnx::calibrate::tensors::{self, Activations};
+use skrr_onnx::calibrate::{CalibSet, Engine, PromptHalf};
 use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::onnx::{GraphProto, ModelProto};
 use skrr_onnx::search::{self, Limits, Scorer};
@@ -74,7 +74,7 @@ fn main() -> Result<()> {
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
     let config = args.calib.config()?;
-    let calib = config.calib_set(&model, Part::Calibration)?;
+    let calib = config.calib_set(&model, PromptHalf::Calibration)?;
     let opts = config.engine_options();
     eprintln!(
         "{}: {} sub-blocks, {} prompts, chunk {}",
@@ -177,7 +177,7 @@ struct Naive<'a> {
     analysis: &'a Analysis,
     meta: ModelProto,
     batches: Vec<Batch>,
-    targets: Vec<Dense>,
+    targets: Vec<Activations>,
     denom_c: f64,
     denom_null: f64,
 }
@@ -246,7 +246,7 @@ impl<'a> Naive<'a> {
         Ok(naive)
     }
 
-    fn outputs(&self, actions: &[Action]) -> Result<Vec<Dense>> {
+    fn outputs(&self, actions: &[Action]) -> Result<Vec<Activations>> {
         let pruned = ModelProto {
             graph: Some(skip_graph(
                 self.meta.graph.as_ref().unwrap(),
@@ -263,7 +263,7 @@ impl<'a> Naive<'a> {
                 let inputs: Vec<(&str, ort::session::SessionInputValue)> =
                     feeds.iter().map(|(n, v)| (n.as_str(), v.into())).collect();
                 let out = session.run(inputs)?;
-                tensors::dense(out.get(out_name.as_str()).context("no output")?)
+                tensors::activations(out.get(out_name.as_str()).context("no output")?)
             })
             .collect()
     }

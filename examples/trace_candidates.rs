@@ -9,7 +9,7 @@
 use anyhow::{anyhow, Result};
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks;
-use skrr_onnx::calibrate::{tensors, Engine, Outcome, Part};
+use skrr_onnx::calibrate::{tensors, Engine, Outcome, PromptHalf};
 use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
@@ -26,7 +26,7 @@ struct Args {
 /// Scores every candidate in full (so the search ends as it would with bounds) and prints it.
 struct Tracing {
     engine: Engine,
-    targets: Vec<(Vec<usize>, tensors::Dense)>,
+    targets: Vec<(Vec<usize>, tensors::Activations)>,
 }
 
 impl Scorer for Tracing {
@@ -66,7 +66,7 @@ fn main() -> Result<()> {
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
     let config = args.calib.config()?;
-    let calib = config.calib_set(&model, Part::Calibration)?;
+    let calib = config.calib_set(&model, PromptHalf::Calibration)?;
     let mut engine = Engine::new(&model, &analysis, calib.clone(), config.engine_options())?;
     let keep = vec![Action::Keep; analysis.sub_blocks.len()];
     let mut targets = Vec::new();

@@ -11,7 +11,7 @@ use ort::value::TensorElementType;
 use serde::Serialize;
 
 use crate::calibrate::engine::projection_session;
-use crate::calibrate::tensors::{dense, feeds, project, Dense};
+use crate::calibrate::tensors::{activations, feeds, project, Activations};
 use crate::calibrate::{CalibConfig, CalibSet, Prepack};
 use crate::error::SkrrError;
 use crate::model_io::{element_count, read_model, Model};
@@ -154,8 +154,8 @@ impl Sums {
     /// Adds the first `counted[r]` positions of every row of `out` against `target`.
     fn add(
         &mut self,
-        out: &Dense,
-        target: &Dense,
+        out: &Activations,
+        target: &Activations,
         counted: &[usize],
         tol: &Tolerances,
     ) -> Result<()> {
@@ -280,7 +280,7 @@ impl Runner {
         batches: &[Batch],
         pad_id: i64,
         projection: &mut Option<(Session, String, TensorElementType)>,
-        mut each: impl FnMut(usize, Dense, Option<Dense>) -> Result<()>,
+        mut each: impl FnMut(usize, Activations, Option<Activations>) -> Result<()>,
     ) -> Result<()> {
         let path = self.size.path.display().to_string();
         let mut session = self.session()?;
@@ -295,15 +295,15 @@ impl Runner {
                         .collect::<Vec<_>>(),
                 )
                 .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed on {path}: {e}")))?;
-            let fetch = |name: &str| -> Result<Dense> {
+            let fetch = |name: &str| -> Result<Activations> {
                 let v = values
                     .get(name)
                     .ok_or_else(|| anyhow!("{path} produced no output {name}"))?;
-                dense(v).with_context(|| format!("output {name} of {path}"))
+                activations(v).with_context(|| format!("output {name} of {path}"))
             };
             let out = fetch(&self.output)?;
             let before = self.before_map.as_deref().map(fetch).transpose()?;
-            let mut projected = |d: Dense| -> Result<Dense> {
+            let mut projected = |d: Activations| -> Result<Activations> {
                 match projection.as_mut() {
                     Some((s, input, ty)) => project(s, input, *ty, &d),
                     None => Ok(d),

@@ -17,6 +17,54 @@ use crate::model_io::write_file;
 
 pub const FORMAT: &str = "skrr-plan/1";
 
+/// A plan entry's `action`, spelled by `as_str`. Reading a plan refuses any other word, naming
+/// the three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum ActionName {
+    Keep,
+    Skip,
+    Reuse,
+}
+
+impl ActionName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionName::Keep => "keep",
+            ActionName::Skip => "skip",
+            ActionName::Reuse => "reuse",
+        }
+    }
+}
+
+impl From<ActionName> for &'static str {
+    fn from(a: ActionName) -> &'static str {
+        a.as_str()
+    }
+}
+
+impl TryFrom<String> for ActionName {
+    type Error = String;
+
+    fn try_from(word: String) -> Result<ActionName, String> {
+        [ActionName::Keep, ActionName::Skip, ActionName::Reuse]
+            .into_iter()
+            .find(|a| a.as_str() == word)
+            .ok_or_else(|| format!("action {word:?} is not keep, skip or reuse"))
+    }
+}
+
+impl From<Action> for ActionName {
+    /// The action as a plan entry spells it (a re-use's source is the entry's `source`).
+    fn from(a: Action) -> ActionName {
+        match a {
+            Action::Keep => ActionName::Keep,
+            Action::Skip => ActionName::Skip,
+            Action::Reuse(_) => ActionName::Reuse,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +91,7 @@ pub struct SubBlockEntry {
     pub kind: Option<Kind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<u64>,
-    pub action: String,
+    pub action: ActionName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<usize>,
 }
@@ -167,12 +215,7 @@ impl PlanFile {
                 layer: Some(sb.layer),
                 kind: Some(sb.kind),
                 params: Some(sb.params),
-                action: match a {
-                    Action::Keep => "keep",
-                    Action::Skip => "skip",
-                    Action::Reuse(_) => "reuse",
-                }
-                .to_string(),
+                action: ActionName::from(*a),
                 source: match a {
                     Action::Reuse(q) => Some(*q),
                     _ => None,
@@ -574,18 +617,19 @@ impl PlanFile {
                     sb.params
                 );
             }
-            let action = match (e.action.as_str(), e.source) {
-                ("keep", None) => Action::Keep,
-                ("skip", None) => Action::Skip,
-                ("reuse", Some(q)) => Action::Reuse(q),
-                ("reuse", None) => {
+            let action = match (e.action, e.source) {
+                (ActionName::Keep, None) => Action::Keep,
+                (ActionName::Skip, None) => Action::Skip,
+                (ActionName::Reuse, Some(q)) => Action::Reuse(q),
+                (ActionName::Reuse, None) => {
                     return Err(bad(format!("sub-block {}: reuse needs a source", e.index)))
                 }
-                (a, source) => {
-                    let with = source.map_or(String::new(), |q| format!(" with source {q}"));
+                (a, Some(q)) => {
                     return Err(bad(format!(
-                        "sub-block {}: action {a:?}{with} is not keep, skip, or reuse with a source",
-                        e.index
+                        "sub-block {}: action {:?} with source {q} is not keep, skip, or reuse \
+                         with a source",
+                        e.index,
+                        a.as_str()
                     )));
                 }
             };
@@ -619,4 +663,30 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan file spells actions as it always did, and refuses any other word by name.
+    #[test]
+    fn actions_are_spelled_as_words_and_unknown_ones_refused() {
+        let entry =
+            |action: &str| format!(r#"{{"sub_blocks": [{{"index": 0, "action": {action}}}]}}"#);
+        for a in [Action::Keep, Action::Skip, Action::Reuse(1)] {
+            let word = serde_json::to_string(&ActionName::from(a)).unwrap();
+            assert_eq!(word, format!("{:?}", ActionName::from(a).as_str()));
+            let plan: PlanFile = serde_json::from_str(&entry(&word)).unwrap();
+            assert_eq!(plan.sub_blocks[0].action, ActionName::from(a));
+        }
+        for (bad, needle) in [
+            (r#""Skip""#, r#"action "Skip" is not keep, skip or reuse"#),
+            (r#""drop""#, r#"action "drop" is not keep, skip or reuse"#),
+            ("1", "expected a string"),
+        ] {
+            let err = serde_json::from_str::<PlanFile>(&entry(bad)).unwrap_err();
+            assert!(err.to_string().contains(needle), "{bad}: {err}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::calibrate::{
-    CalibConfig, CalibSet, Engine, EngineOptions, Outcome, Part, Prepack, Score,
+    CalibConfig, CalibSet, Engine, EngineOptions, Outcome, Prepack, PromptHalf, Score,
 };
 use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::model_io::{self, Model};
@@ -69,7 +69,7 @@ fn setup(f: &Fixture, extra: &[&str]) -> (Model, Analysis, CalibSet, EngineOptio
     let model = model_io::read_model(&f.model).unwrap();
     let analysis = blocks::analyze(&model.proto).unwrap();
     let a = args(extra);
-    let calib = a.calib_set(&model, Part::Calibration).unwrap();
+    let calib = a.calib_set(&model, PromptHalf::Calibration).unwrap();
     let opts = a.engine_options();
     (model, analysis, calib, opts)
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks::analyze;
-use skrr_onnx::calibrate::tensors::Dense;
+use skrr_onnx::calibrate::tensors::Activations;
 use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
 use skrr_onnx::model_io::read_model;
 
@@ -151,12 +151,18 @@ fn eval_rows(c: &Value) -> Vec<Vec<i64>> {
 }
 
 /// ONNX Runtime's (Python) `last_hidden_state` of `model` on `rows` right-padded to `len`.
-fn file_output(model: &Path, rows: &[&[i64]], len: usize, pad_id: i64, optimized: bool) -> Dense {
+fn file_output(
+    model: &Path,
+    rows: &[&[i64]],
+    len: usize,
+    pad_id: i64,
+    optimized: bool,
+) -> Activations {
     let feeds = common::padded_batch(rows, len, pad_id);
     let out = common::ort_reference_with(model, &feeds, optimized)
         .remove("last_hidden_state")
         .expect("output last_hidden_state");
-    Dense {
+    Activations {
         shape: out.shape().to_vec(),
         data: out.iter().copied().collect(),
     }
@@ -309,7 +315,7 @@ fn check_works(name: &str) {
         let (_, order) = engine.chunk_rows(chunk);
         let batch: Vec<&[i64]> = order.iter().map(|&i| rows[i].as_slice()).collect();
         let len = batch.iter().map(|r| r.len()).max().unwrap();
-        let files: Vec<Dense> = written
+        let files: Vec<Activations> = written
             .iter()
             .map(|file| file_output(file, &batch, len, pad_id, false))
             .collect();

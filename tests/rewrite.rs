@@ -326,7 +326,8 @@ fn a_plan_for_another_model_is_refused() {
     };
     refused(&bert, &plan, "does not fit");
     // Hand-written plans: a sub-block the model does not have, a kind that is wrong (spelled
-    // as in the plan file); and a plan that is not there.
+    // as in the plan file), an action that is none of the three, a skip with a source; and a
+    // plan that is not there.
     for (text, needle) in [
         (
             r#"{"sub_blocks": [{"index": 99, "action": "skip"}]}"#,
@@ -335,6 +336,14 @@ fn a_plan_for_another_model_is_refused() {
         (
             r#"{"sub_blocks": [{"index": 1, "kind": "attention", "action": "skip"}]}"#,
             "sub-block 1 is attention; the model's is ffn of layer 0",
+        ),
+        (
+            r#"{"sub_blocks": [{"index": 0, "action": "drop"}]}"#,
+            r#"not a valid plan file: action "drop" is not keep, skip or reuse at line 1"#,
+        ),
+        (
+            r#"{"sub_blocks": [{"index": 0, "action": "skip", "source": 2}]}"#,
+            r#"sub-block 0: action "skip" with source 2 is not keep, skip, or reuse with a source"#,
         ),
     ] {
         std::fs::write(&plan, text).unwrap();

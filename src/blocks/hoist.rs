@@ -6,7 +6,7 @@ use std::collections::{HashSet, VecDeque};
 
 use anyhow::Result;
 
-use super::shapes::Shapes;
+use super::shapes::{shape_read_range, Mono, Shapes};
 use super::stream::is_shape_read;
 use crate::graph::{self, Graph};
 use crate::onnx::{tensor_proto::data_type, AttributeProto, GraphProto, NodeProto, TensorProto};
@@ -25,14 +25,16 @@ pub fn hoist_shapes(proto: &GraphProto, stream: &[String]) -> Result<GraphProto>
     };
     let tainted = downstream(&g, root, |c| !is_shape_read(g.node(c).op_type()));
     let h0_shape = shapes.known_shape(h0);
-    let mut names = Names::new(&g);
+    let mut selections = Selections {
+        h0,
+        names: Names::new(&g),
+        stream_shape: None,
+    };
     let mut out = proto.clone();
-    let mut stream_shape: Option<String> = None;
     // New nodes go right before the node they feed, so that the file order stays topological
     // and sorting keeps every layer's nodes in the same relative order.
     let mut added: Vec<Vec<NodeProto>> = vec![Vec::new(); proto.node.len()];
     for (n, node) in proto.node.iter().enumerate() {
-        let added = &mut added[n];
         if node.op_type() != "Shape" || node.op_domain() != "" {
             continue;
         }
@@ -47,61 +49,84 @@ pub fn hoist_shapes(proto: &GraphProto, stream: &[String]) -> Result<GraphProto>
         };
         if vs == *hs {
             out.node[n].input[0] = h0.to_string();
-            continue;
+        } else if let Some(dims) = dims_read(&vs[shape_read_range(node, vs.len())], hs) {
+            out.node[n] = selections.replace(node, &dims, hs.len(), &mut added[n]);
         }
-        let r = vs.len() as i64;
-        let clamp = |x: i64| (if x < 0 { x + r } else { x }).clamp(0, r) as usize;
-        let start = clamp(node.attr("start").and_then(|a| a.i).unwrap_or(0));
-        let end = clamp(node.attr("end").and_then(|a| a.i).unwrap_or(r)).max(start);
-        // Each dimension read: an axis of h0's shape, or a constant.
-        let mut consts: Vec<i64> = Vec::new();
-        let mut picks: Vec<Pick> = Vec::new();
-        let mut ok = true;
-        for d in &vs[start..end] {
-            if let Some(c) = d.as_const() {
-                picks.push(Pick::Const(consts.len()));
-                consts.push(c);
-            } else if let Some(j) = hs.iter().position(|x| x == d) {
-                picks.push(Pick::Axis(j));
-            } else {
-                ok = false;
-                break;
-            }
+    }
+    let nodes = std::mem::take(&mut out.node);
+    for (node, before) in nodes.into_iter().zip(added) {
+        out.node.extend(before);
+        out.node.push(node);
+    }
+    graph::sorted(&prune_dead(out))
+}
+
+/// Where each dimension a shape read returns comes from.
+enum Pick {
+    /// An axis of h0's shape.
+    Axis(usize),
+    /// The `k`th of `DimsRead::consts`.
+    Const(usize),
+}
+
+struct DimsRead {
+    picks: Vec<Pick>,
+    consts: Vec<i64>,
+}
+
+/// Each of `dims` as an axis of `h0`'s shape or a constant; `None` when one is neither.
+fn dims_read(dims: &[Mono], h0: &[Mono]) -> Option<DimsRead> {
+    let mut read = DimsRead {
+        picks: Vec::new(),
+        consts: Vec::new(),
+    };
+    for d in dims {
+        if let Some(c) = d.as_const() {
+            read.picks.push(Pick::Const(read.consts.len()));
+            read.consts.push(c);
+        } else {
+            read.picks.push(Pick::Axis(h0.iter().position(|x| x == d)?));
         }
-        if !ok {
-            continue;
-        }
+    }
+    Some(read)
+}
+
+/// The nodes that compute a proven shape read from `Shape(h0)` and constants.
+struct Selections<'a> {
+    h0: &'a str,
+    names: Names,
+    /// The one `Shape(h0)` every selection reads, once made.
+    stream_shape: Option<String>,
+}
+
+impl Selections<'_> {
+    /// The node standing for shape read `node` (whose dimensions are `dims`, `rank` being h0's
+    /// rank): a `Constant` when every dimension is one, else a `Gather` from `Shape(h0)` (with
+    /// the constants appended), its new inputs pushed to `added`.
+    fn replace(
+        &mut self,
+        node: &NodeProto,
+        dims: &DimsRead,
+        rank: usize,
+        added: &mut Vec<NodeProto>,
+    ) -> NodeProto {
         let out_name = node.output[0].clone();
-        if picks.iter().all(|p| matches!(p, Pick::Const(_))) {
-            out.node[n] = NodeProto {
+        if dims.picks.iter().all(|p| matches!(p, Pick::Const(_))) {
+            return NodeProto {
                 name: node.name.clone(),
                 op_type: Some("Constant".into()),
                 output: vec![out_name],
-                attribute: vec![tensor_attr("value", int64_tensor(&consts))],
+                attribute: vec![tensor_attr("value", int64_tensor(&dims.consts))],
                 ..Default::default()
             };
-            continue;
         }
-        let src_shape = stream_shape
-            .get_or_insert_with(|| {
-                let name = names.fresh("skrr/stream_shape");
-                added.push(NodeProto {
-                    name: Some(name.clone()),
-                    op_type: Some("Shape".into()),
-                    input: vec![h0.to_string()],
-                    output: vec![name.clone()],
-                    ..Default::default()
-                });
-                name
-            })
-            .clone();
-        let rank = hs.len();
-        let source = if consts.is_empty() {
+        let src_shape = self.stream_shape(added);
+        let source = if dims.consts.is_empty() {
             src_shape
         } else {
-            let c = names.fresh(&format!("{out_name}/skrr_consts"));
-            added.push(constant(&c, &consts));
-            let cat = names.fresh(&format!("{out_name}/skrr_dims"));
+            let c = self.names.fresh(&format!("{out_name}/skrr_consts"));
+            added.push(constant(&c, &dims.consts));
+            let cat = self.names.fresh(&format!("{out_name}/skrr_dims"));
             added.push(NodeProto {
                 name: Some(cat.clone()),
                 op_type: Some("Concat".into()),
@@ -112,30 +137,42 @@ pub fn hoist_shapes(proto: &GraphProto, stream: &[String]) -> Result<GraphProto>
             });
             cat
         };
-        let idx: Vec<i64> = picks
+        let idx: Vec<i64> = dims
+            .picks
             .iter()
             .map(|p| match *p {
                 Pick::Axis(j) => j as i64,
                 Pick::Const(k) => (rank + k) as i64,
             })
             .collect();
-        let idx_name = names.fresh(&format!("{out_name}/skrr_pick"));
+        let idx_name = self.names.fresh(&format!("{out_name}/skrr_pick"));
         added.push(constant(&idx_name, &idx));
-        out.node[n] = NodeProto {
+        NodeProto {
             name: node.name.clone(),
             op_type: Some("Gather".into()),
             input: vec![source, idx_name],
             output: vec![out_name],
             attribute: vec![int_attr("axis", 0)],
             ..Default::default()
-        };
+        }
     }
-    let nodes = std::mem::take(&mut out.node);
-    for (node, before) in nodes.into_iter().zip(added) {
-        out.node.extend(before);
-        out.node.push(node);
+
+    /// `Shape(h0)`'s value, its node pushed to `added` the first time.
+    fn stream_shape(&mut self, added: &mut Vec<NodeProto>) -> String {
+        if let Some(name) = &self.stream_shape {
+            return name.clone();
+        }
+        let name = self.names.fresh("skrr/stream_shape");
+        added.push(NodeProto {
+            name: Some(name.clone()),
+            op_type: Some("Shape".into()),
+            input: vec![self.h0.to_string()],
+            output: vec![name.clone()],
+            ..Default::default()
+        });
+        self.stream_shape = Some(name.clone());
+        name
     }
-    graph::sorted(&prune_dead(out))
 }
 
 /// Drops nodes whose outputs nobody reads (after the rewrite, e.g. a transpose that only fed a
@@ -160,11 +197,6 @@ fn prune_dead(mut proto: GraphProto) -> GraphProto {
         let mut keep = live.into_iter();
         proto.node.retain(|_| keep.next().unwrap_or(true));
     }
-}
-
-enum Pick {
-    Axis(usize),
-    Const(usize),
 }
 
 /// Nodes strictly downstream of `root` along edges into nodes accepted by `follow`.

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SkrrError;
 use crate::graph::{self, describe, Graph};
-use crate::onnx::{GraphProto, ModelProto};
-use partition::Region;
+use crate::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
+use partition::{Partition, Region};
 
 /// The two kinds of sub-block of a transformer layer (method doc, "Units").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -147,7 +147,7 @@ fn check_supported(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
 /// `MatMulNBits`, fused integer products), or fused by its transformer optimizer.
 /// (Standard-op quantization, dynamic int8 and QDQ, is analyzed like a float model.)
 fn refuse_foreign_forms(g: &GraphProto) -> Result<(), String> {
-    let ops = |pick: &dyn Fn(&crate::onnx::NodeProto) -> bool| -> Vec<&str> {
+    let ops = |pick: &dyn Fn(&NodeProto) -> bool| -> Vec<&str> {
         let set: BTreeSet<&str> = g
             .node
             .iter()
@@ -219,7 +219,8 @@ pub fn analyze(model: &ModelProto) -> Result<Analysis> {
     analyze_at(model, Path::new("model"))
 }
 
-/// Block detection; `path` names the model in errors (`SkrrError::BadModel`).
+/// Block detection, in the steps docs/architecture.md describes; `path` names the model in
+/// errors (`SkrrError::BadModel`).
 pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
     let bad = |msg: String| -> anyhow::Error {
         SkrrError::BadModel {
@@ -232,24 +233,98 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
         .graph
         .as_ref()
         .ok_or_else(|| bad("the model has no graph".into()))?;
-    refuse_foreign_forms(input).map_err(bad)?;
-    check_supported(model, input).map_err(bad)?;
-    not_encoder_decoder(input).map_err(bad)?;
+    refuse(model, input).map_err(bad)?;
     let sorted = graph::sorted(input).map_err(|e| bad(format!("invalid graph: {e:#}")))?;
-    let found = {
-        let g = Graph::new(&sorted)?;
-        stream::find(&g).map_err(|stream::NotFound(m)| bad(m))?
-    };
+    let found = stream::find(&Graph::new(&sorted)?).map_err(|stream::NotFound(m)| bad(m))?;
     let graph = hoist::hoist_shapes(&sorted, &found.values)?;
     let g = Graph::new(&graph)?;
     let part = partition::partition(&g, &found.values).map_err(bad)?;
+    let description = description(model, &g, &found, &part).map_err(bad)?;
+    Ok(Analysis {
+        layers: description.sub_blocks.len() / 2,
+        sub_blocks: description.sub_blocks,
+        prologue: part.prologue,
+        epilogue: part.epilogue,
+        prologue_params: description.params.prologue,
+        epilogue_params: description.params.epilogue,
+        shared_params: description.params.shared,
+        total_params: description.params.total,
+        family: description.family,
+        structure_signature: description.structure_signature,
+        graph,
+    })
+}
 
-    let k = part.sub_nodes.len();
+/// Step 1: what the analysis refuses before looking for the stream.
+fn refuse(model: &ModelProto, g: &GraphProto) -> Result<(), String> {
+    refuse_foreign_forms(g)?;
+    check_supported(model, g)?;
+    not_encoder_decoder(g)
+}
+
+/// Step 5's findings on the partitioned graph.
+struct Description {
+    sub_blocks: Vec<SubBlock>,
+    params: Params,
+    family: Option<String>,
+    structure_signature: String,
+}
+
+/// Step 5: what each sub-block is (refusing layers that are not alike), the parameter
+/// accounting, and the architecture.
+fn description(
+    model: &ModelProto,
+    g: &Graph,
+    found: &stream::Stream,
+    part: &Partition,
+) -> Result<Description, String> {
     let kinds: Vec<Kind> = part
         .sub_nodes
         .iter()
-        .map(|n| signature::kind(&g, n))
+        .map(|n| signature::kind(g, n))
         .collect();
+    refuse_unpaired(model, &kinds, found.values.len())?;
+    refuse_control_flow(g, part)?;
+    let signatures = same_kind_signatures(g, part, &found.values, &kinds)?;
+    let params = Params::count(g, &part.region, kinds.len());
+    let (family, structure_signature) = architecture(g, found, part, &kinds);
+    let sub_blocks = kinds
+        .iter()
+        .zip(signatures)
+        .enumerate()
+        .map(|(i, (&kind, signature))| SubBlock {
+            index: i,
+            layer: i / 2,
+            kind,
+            nodes: part.sub_nodes[i].clone(),
+            input: found.values[i].clone(),
+            output: found.values[i + 1].clone(),
+            side_inputs: part.side_inputs[i].clone(),
+            initializers: part.initializers[i].clone(),
+            params: params.sub[i],
+            signature,
+        })
+        .collect();
+    Ok(Description {
+        sub_blocks,
+        params,
+        family,
+        structure_signature,
+    })
+}
+
+/// Refuses residual branches that do not come as (attention, feed-forward) pairs; `values` is
+/// the number of stream values.
+fn refuse_unpaired(model: &ModelProto, kinds: &[Kind], values: usize) -> Result<(), String> {
+    let k = kinds.len();
+    if k % 2 == 0
+        && kinds
+            .iter()
+            .enumerate()
+            .all(|(i, kd)| (*kd == Kind::Attention) == (i % 2 == 0))
+    {
+        return Ok(());
+    }
     let pattern: String = kinds
         .iter()
         .map(|k| match k {
@@ -257,54 +332,52 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
             Kind::Ffn => 'F',
         })
         .collect();
-    if k % 2 != 0
-        || kinds
-            .iter()
-            .enumerate()
-            .any(|(i, kd)| (*kd == Kind::Attention) != (i % 2 == 0))
-    {
-        // A model this tool pruned with uneven skips is the usual way to get here.
-        let pruned = model
-            .metadata_props
-            .iter()
-            .any(|e| e.key() == crate::onnx::META_PLAN);
-        let hint = if pruned {
-            "; this model was already pruned by skrr-onnx (metadata skrr.plan): prune the \
-             original model to the sparsity you want instead"
-        } else {
-            ""
-        };
-        return Err(bad(format!(
-            "found {} stream values and {k} residual branches, but not the repeating \
-             (attention, feed-forward) pattern of a transformer encoder: {pattern} \
-             (A = attention, F = feed-forward){hint}",
-            found.values.len()
-        )));
-    }
+    // A model this tool pruned with uneven skips is the usual way to get here.
+    let pruned = model
+        .metadata_props
+        .iter()
+        .any(|e| e.key() == crate::onnx::META_PLAN);
+    let hint = if pruned {
+        "; this model was already pruned by skrr-onnx (metadata skrr.plan): prune the \
+         original model to the sparsity you want instead"
+    } else {
+        ""
+    };
+    Err(format!(
+        "found {values} stream values and {k} residual branches, but not the repeating \
+         (attention, feed-forward) pattern of a transformer encoder: {pattern} \
+         (A = attention, F = feed-forward){hint}"
+    ))
+}
+
+fn refuse_control_flow(g: &Graph, part: &Partition) -> Result<(), String> {
     for (i, nodes) in part.sub_nodes.iter().enumerate() {
         if let Some(&n) = nodes.iter().find(|&&n| graph::has_subgraph(g.node(n))) {
-            return Err(bad(format!(
+            return Err(format!(
                 "sub-block {i} contains node {} with a nested subgraph (If/Loop/Scan); \
                  control flow inside a transformer layer is not supported",
                 describe(g.node(n), n)
-            )));
+            ));
         }
     }
-    let signatures: Vec<String> = (0..k)
-        .map(|i| {
-            signature::signature(
-                &g,
-                &part.sub_nodes[i],
-                &found.values[i],
-                &part.side_inputs[i],
-            )
-        })
+    Ok(())
+}
+
+/// Each sub-block's signature, refused unless every one equals the first of its kind.
+fn same_kind_signatures(
+    g: &Graph,
+    part: &Partition,
+    stream: &[String],
+    kinds: &[Kind],
+) -> Result<Vec<String>, String> {
+    let signatures: Vec<String> = (0..kinds.len())
+        .map(|i| signature::signature(g, &part.sub_nodes[i], &stream[i], &part.side_inputs[i]))
         .collect();
-    for i in 2..k {
+    for i in 2..kinds.len() {
         if signatures[i] != signatures[i % 2]
             || part.side_inputs[i].len() != part.side_inputs[i % 2].len()
         {
-            return Err(bad(format!(
+            return Err(format!(
                 "sub-block {i} ({:?}, layer {}) differs in structure from sub-block {} \
                  ({} nodes vs {}); layers of different structure are not supported",
                 kinds[i],
@@ -312,98 +385,109 @@ pub fn analyze_at(model: &ModelProto, path: &Path) -> Result<Analysis> {
                 i % 2,
                 part.sub_nodes[i].len(),
                 part.sub_nodes[i % 2].len()
-            )));
+            ));
         }
     }
+    Ok(signatures)
+}
 
-    // Parameter accounting: an initializer belongs to the one region reading it, else shared.
-    let mut users: HashMap<&str, BTreeSet<Region>> = HashMap::new();
-    for (n, r) in part.region.iter().enumerate() {
-        for &v in g.reads(n) {
-            if g.initializer(v).is_some() {
-                users.entry(v).or_default().insert(*r);
+/// Initializer elements per region: an initializer belongs to the one region reading it, else
+/// (read by several, or by none) it is shared.
+struct Params {
+    sub: Vec<u64>,
+    prologue: u64,
+    epilogue: u64,
+    shared: u64,
+    total: u64,
+}
+
+impl Params {
+    /// `region` holds each node's region, `k` is the number of sub-blocks.
+    fn count(g: &Graph, region: &[Region], k: usize) -> Params {
+        let mut users: HashMap<&str, BTreeSet<Region>> = HashMap::new();
+        for (n, r) in region.iter().enumerate() {
+            for &v in g.reads(n) {
+                if g.initializer(v).is_some() {
+                    users.entry(v).or_default().insert(*r);
+                }
             }
         }
-    }
-    let numel =
-        |t: &crate::onnx::TensorProto| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
-    let (mut sub_params, mut prologue_params, mut epilogue_params, mut shared_params, mut total) =
-        (vec![0u64; k], 0u64, 0u64, 0u64, 0u64);
-    for t in &graph.initializer {
-        let n = numel(t);
-        total += n;
-        match users
-            .get(t.name())
-            .map(|u| u.iter().copied().collect::<Vec<_>>())
-            .as_deref()
-        {
-            Some([Region::Sub(i)]) => sub_params[*i] += n,
-            Some([Region::Prologue]) => prologue_params += n,
-            Some([Region::Epilogue]) => epilogue_params += n,
-            _ => shared_params += n,
+        let mut p = Params {
+            sub: vec![0; k],
+            prologue: 0,
+            epilogue: 0,
+            shared: 0,
+            total: 0,
+        };
+        for t in &g.proto.initializer {
+            let n = elements(t);
+            p.total += n;
+            match users
+                .get(t.name())
+                .map(|u| u.iter().copied().collect::<Vec<_>>())
+                .as_deref()
+            {
+                Some([Region::Sub(i)]) => p.sub[*i] += n,
+                Some([Region::Prologue]) => p.prologue += n,
+                Some([Region::Epilogue]) => p.epilogue += n,
+                _ => p.shared += n,
+            }
         }
+        p
     }
+}
 
+/// Elements of an initializer (its dims were checked by `check_supported`).
+fn elements(t: &TensorProto) -> u64 {
+    t.dims.iter().map(|&d| d.max(0) as u64).product()
+}
+
+/// The recognised family and the structure signature, which hashes it with the norm position
+/// and the sub-blocks' kinds and weight shapes.
+fn architecture(
+    g: &Graph,
+    found: &stream::Stream,
+    part: &Partition,
+    kinds: &[Kind],
+) -> (Option<String>, String) {
     let ops = |nodes: &[usize]| -> Vec<String> {
         let set: BTreeSet<&str> = nodes.iter().map(|&n| g.node(n).op_type()).collect();
         set.into_iter().map(str::to_string).collect()
     };
-    let post_norm = found.trailing[0] > 0 && ends_with_norm(&g, &found.values[1]);
+    let post_norm = found.trailing[0] > 0 && ends_with_norm(g, &found.values[1]);
     let traits = signature::Traits {
         prologue_ops: ops(&part.prologue),
         attention_ops: ops(&part.sub_nodes[0]),
         ffn_ops: ops(&part.sub_nodes[1]),
         post_norm,
-        embedding_lookups: part
-            .prologue
-            .iter()
-            .filter(|&&n| {
-                let node = g.node(n);
-                node.op_type() == "Gather"
-                    && node
-                        .input
-                        .first()
-                        .and_then(|v| stored_weight(&g, v))
-                        .is_some_and(|t| t.dims.len() == 2)
-            })
-            .count(),
+        embedding_lookups: embedding_lookups(g, &part.prologue),
     };
     let family = signature::family(&traits).map(str::to_string);
-    let blocks: Vec<(Kind, &[usize])> = (0..k)
-        .map(|i| (kinds[i], part.sub_nodes[i].as_slice()))
+    let blocks: Vec<(Kind, &[usize])> = kinds
+        .iter()
+        .zip(&part.sub_nodes)
+        .map(|(&kind, nodes)| (kind, nodes.as_slice()))
         .collect();
-    let structure_signature =
-        signature::structure(&g, &format!("{family:?} post_norm={post_norm}"), &blocks);
+    let architecture = format!("{family:?} post_norm={post_norm}");
+    let structure = signature::structure(g, &architecture, &blocks);
+    (family, structure)
+}
 
-    let sub_blocks = (0..k)
-        .map(|i| SubBlock {
-            index: i,
-            layer: i / 2,
-            kind: kinds[i],
-            nodes: part.sub_nodes[i].clone(),
-            input: found.values[i].clone(),
-            output: found.values[i + 1].clone(),
-            side_inputs: part.side_inputs[i].clone(),
-            initializers: part.initializers[i].clone(),
-            params: sub_params[i],
-            signature: signatures[i].clone(),
+/// Gathers from a 2-D weight table among `prologue`'s nodes (BERT has word, position and
+/// token-type embeddings).
+fn embedding_lookups(g: &Graph, prologue: &[usize]) -> usize {
+    prologue
+        .iter()
+        .filter(|&&n| {
+            let node = g.node(n);
+            node.op_type() == "Gather"
+                && node
+                    .input
+                    .first()
+                    .and_then(|v| stored_weight(g, v))
+                    .is_some_and(|t| t.dims.len() == 2)
         })
-        .collect();
-    let (prologue, epilogue) = (part.prologue, part.epilogue);
-    drop(g);
-    Ok(Analysis {
-        graph,
-        sub_blocks,
-        prologue,
-        epilogue,
-        prologue_params,
-        epilogue_params,
-        shared_params,
-        total_params: total,
-        layers: k / 2,
-        family,
-        structure_signature,
-    })
+        .count()
 }
 
 /// A sub-block ends with its norm (post-norm, BERT: `norm(h + f(h))`) when the node making its
@@ -427,7 +511,7 @@ fn ends_with_norm(g: &Graph, output: &str) -> bool {
 
 /// The initializer `v` is, or is a stored form of: an int8 table that QDQ quantization reads
 /// through `DequantizeLinear` (the dims are the table's either way).
-fn stored_weight<'g>(g: &Graph<'g>, v: &str) -> Option<&'g crate::onnx::TensorProto> {
+fn stored_weight<'g>(g: &Graph<'g>, v: &str) -> Option<&'g TensorProto> {
     let mut v = v;
     for _ in 0..4 {
         if let Some(t) = g.initializer(v) {

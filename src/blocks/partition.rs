@@ -92,10 +92,7 @@ fn own_tables(g: &Graph, region: &mut [Region], h0: &str) {
             }
         }
     }
-    let table = |v: &str| {
-        g.initializer(v)
-            .is_some_and(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>() > 1)
-    };
+    let table = |v: &str| g.initializer(v).is_some_and(|t| super::elements(t) > 1);
     for n in 0..g.len() {
         let Some(r) = reach[n] else { continue };
         let owned = g
@@ -113,9 +110,21 @@ fn own_tables(g: &Graph, region: &mut [Region], h0: &str) {
 
 /// `stream` holds `h_0 .. h_K`; `g` must be topologically sorted.
 pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
-    let k = stream.len() - 1;
     let h0 = stream[0].as_str();
-    // Reading h0's shape does not depend on any sub-block: h0 is computed in the prologue.
+    let tainted = stream_dependent(g, h0);
+    let mut region = regions_by_stream(g, stream, &tainted);
+    own_tables(g, &mut region, h0);
+    place_weight_only_work(g, &tainted, &mut region);
+    let mut part = Partition::collect(region, stream.len() - 1);
+    part.bind_sub_blocks(g, stream)?;
+    part.check_prologue(g)?;
+    part.check_epilogue(g, stream)?;
+    Ok(part)
+}
+
+/// Nodes downstream of the first stream value through data edges. Reading h0's shape does not
+/// depend on any sub-block: h0 is computed in the prologue.
+fn stream_dependent(g: &Graph, h0: &str) -> Vec<bool> {
     let follow = |c: usize| {
         let node = g.node(c);
         !(is_shape_read(node.op_type()) && node.input.first().is_some_and(|i| i == h0))
@@ -138,6 +147,14 @@ pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
             tainted[r] = true;
         }
     }
+    tainted
+}
+
+/// Each stream-dependent node goes to the sub-block of the latest stream value above it (or
+/// to the epilogue, after the last one); every other node is prologue.
+fn regions_by_stream(g: &Graph, stream: &[String], tainted: &[bool]) -> Vec<Region> {
+    let k = stream.len() - 1;
+    let h0 = stream[0].as_str();
     let mut boundary: HashMap<usize, usize> = HashMap::new();
     for (i, v) in stream.iter().enumerate() {
         if let Some(p) = g.producer(v) {
@@ -166,10 +183,13 @@ pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
             _ => Region::Epilogue,
         };
     }
-    own_tables(g, &mut region, h0);
-    // Weight-only work (constants, and the Identity copies the legacy exporter makes of a
-    // merged initializer) goes where its only readers are, so that a sub-block is
-    // self-contained and its side inputs are the same for every layer.
+    region
+}
+
+/// Weight-only work (constants, and the Identity copies the legacy exporter makes of a merged
+/// initializer) goes where its only readers are, so that a sub-block is self-contained and its
+/// side inputs are the same for every layer.
+fn place_weight_only_work(g: &Graph, tainted: &[bool], region: &mut [Region]) {
     let mut fixed = vec![false; g.len()];
     for n in 0..g.len() {
         fixed[n] = !tainted[n]
@@ -188,88 +208,111 @@ pub fn partition(g: &Graph, stream: &[String]) -> Result<Partition, String> {
             region[n] = *readers.iter().next().unwrap_or(&Region::Prologue);
         }
     }
-    let mut part = Partition {
-        prologue: Vec::new(),
-        epilogue: Vec::new(),
-        sub_nodes: vec![Vec::new(); k],
-        side_inputs: vec![Vec::new(); k],
-        initializers: vec![Vec::new(); k],
-        region: region.clone(),
-    };
-    for (n, r) in region.iter().enumerate() {
-        match r {
-            Region::Prologue => part.prologue.push(n),
-            Region::Epilogue => part.epilogue.push(n),
-            Region::Sub(i) => part.sub_nodes[*i].push(n),
-        }
-    }
-    for (i, nodes) in part.sub_nodes.iter().enumerate() {
-        let me = Region::Sub(i);
-        match g.producer(&stream[i + 1]) {
-            Some(p) if region[p] == me => {}
-            _ => {
-                return Err(format!(
-                    "sub-block {i} does not compute its output stream value {:?}",
-                    stream[i + 1]
-                ))
+}
+
+impl Partition {
+    /// The nodes of each region, in order; `k` is the number of sub-blocks.
+    fn collect(region: Vec<Region>, k: usize) -> Partition {
+        let mut part = Partition {
+            prologue: Vec::new(),
+            epilogue: Vec::new(),
+            sub_nodes: vec![Vec::new(); k],
+            side_inputs: vec![Vec::new(); k],
+            initializers: vec![Vec::new(); k],
+            region,
+        };
+        for (n, r) in part.region.iter().enumerate() {
+            match r {
+                Region::Prologue => part.prologue.push(n),
+                Region::Epilogue => part.epilogue.push(n),
+                Region::Sub(i) => part.sub_nodes[*i].push(n),
             }
         }
-        let mut side: Vec<String> = Vec::new();
-        let mut inits: BTreeSet<String> = BTreeSet::new();
-        for &n in nodes {
-            for &v in g.reads(n) {
-                let from = match g.source(v) {
-                    Some(Source::Initializer) => {
-                        inits.insert(v.to_string());
+        part
+    }
+
+    /// Each sub-block's side inputs and initializers, proving that it computes its output
+    /// stream value and reads only its input stream value, initializers, its own values and
+    /// prologue values or graph inputs.
+    fn bind_sub_blocks(&mut self, g: &Graph, stream: &[String]) -> Result<(), String> {
+        for (i, nodes) in self.sub_nodes.iter().enumerate() {
+            let me = Region::Sub(i);
+            match g.producer(&stream[i + 1]) {
+                Some(p) if self.region[p] == me => {}
+                _ => {
+                    return Err(format!(
+                        "sub-block {i} does not compute its output stream value {:?}",
+                        stream[i + 1]
+                    ))
+                }
+            }
+            let mut side: Vec<String> = Vec::new();
+            let mut inits: BTreeSet<String> = BTreeSet::new();
+            for &n in nodes {
+                for &v in g.reads(n) {
+                    let from = match g.source(v) {
+                        Some(Source::Initializer) => {
+                            inits.insert(v.to_string());
+                            continue;
+                        }
+                        Some(Source::Input) => Region::Prologue,
+                        Some(Source::Node { node, .. }) => self.region[node],
+                        None => return Err(format!("value {v:?} is not defined")),
+                    };
+                    if from == me || v == stream[i] {
                         continue;
                     }
-                    Some(Source::Input) => Region::Prologue,
-                    Some(Source::Node { node, .. }) => region[node],
-                    None => return Err(format!("value {v:?} is not defined")),
-                };
-                if from == me || v == stream[i] {
-                    continue;
+                    if from != Region::Prologue {
+                        return Err(format!(
+                            "node {} of sub-block {i} reads {v:?}, computed in {from}: the \
+                             branches are not separable",
+                            describe(g.node(n), n)
+                        ));
+                    }
+                    if !side.iter().any(|s| s == v) {
+                        side.push(v.to_string());
+                    }
                 }
-                if from != Region::Prologue {
-                    return Err(format!(
-                        "node {} of sub-block {i} reads {v:?}, computed in {from}: the \
-                         branches are not separable",
-                        describe(g.node(n), n)
-                    ));
-                }
-                if !side.iter().any(|s| s == v) {
-                    side.push(v.to_string());
+            }
+            self.side_inputs[i] = side;
+            self.initializers[i] = inits.into_iter().collect();
+        }
+        Ok(())
+    }
+
+    /// The prologue reads nothing computed later.
+    fn check_prologue(&self, g: &Graph) -> Result<(), String> {
+        for &n in &self.prologue {
+            for &v in g.reads(n) {
+                if let Some(p) = g.producer(v) {
+                    if self.region[p] != Region::Prologue {
+                        return Err(format!(
+                            "prologue node {} reads {v:?}, computed in {}",
+                            describe(g.node(n), n),
+                            self.region[p]
+                        ));
+                    }
                 }
             }
         }
-        part.side_inputs[i] = side;
-        part.initializers[i] = inits.into_iter().collect();
+        Ok(())
     }
-    for &n in &part.prologue {
-        for &v in g.reads(n) {
-            if let Some(p) = g.producer(v) {
-                if region[p] != Region::Prologue {
-                    return Err(format!(
-                        "prologue node {} reads {v:?}, computed in {}",
-                        describe(g.node(n), n),
-                        region[p]
-                    ));
+
+    /// The epilogue reads no sub-block's inner values (stream values are fine).
+    fn check_epilogue(&self, g: &Graph, stream: &[String]) -> Result<(), String> {
+        for &n in &self.epilogue {
+            for &v in g.reads(n) {
+                if let Some(p) = g.producer(v) {
+                    if matches!(self.region[p], Region::Sub(_)) && !stream.iter().any(|s| s == v) {
+                        return Err(format!(
+                            "epilogue node {} reads {v:?}, an inner value of {}",
+                            describe(g.node(n), n),
+                            self.region[p]
+                        ));
+                    }
                 }
             }
         }
+        Ok(())
     }
-    for &n in &part.epilogue {
-        for &v in g.reads(n) {
-            if let Some(p) = g.producer(v) {
-                if matches!(region[p], Region::Sub(_)) && !stream.iter().any(|s| s == v) {
-                    return Err(format!(
-                        "epilogue node {} reads {v:?}, an inner value of {}",
-                        describe(g.node(n), n),
-                        region[p]
-                    ));
-                }
-            }
-        }
-    }
-    Ok(part)
 }

@@ -1,20 +1,26 @@
 //! Finding the residual stream: the chain of values every path from the embedding to the output
 //! passes through, and the residual branches between them.
 //!
-//! Shape reads are cut first (every stream value has the same shape, so reading it carries no
-//! data); otherwise T5's position bias, computed from shapes inside layer 0 and read by every
-//! layer, would be a path around every stream value. On the remaining dataflow DAG the stream is
-//! a chain of post-dominators; we take the chain of the deepest node in the post-dominator tree,
-//! which starts in the embedding (mask and rotary paths join the chain only late).
+//! 1. `CutDag`: the dataflow DAG with shape reads cut (every stream value has the same shape,
+//!    so reading it carries no data; otherwise T5's position bias, computed from shapes inside
+//!    layer 0 and read by every layer, would be a path around every stream value), plus a
+//!    virtual sink after the final outputs and a vertex per graph input.
+//! 2. `PostDominators`: the post-dominator tree towards the sink. The stream is the chain of
+//!    post-dominators of its start (`stream_start`): the token-embedding lookup, or the graph
+//!    input of a model fed embeddings. Mask and rotary paths join the chain only at the end.
+//! 3. `Segments`: the nodes between consecutive chain values. A segment that does a matrix
+//!    product and whose end adds its own input back is a residual branch.
+//! 4. `Segments::stream`: the other segments (post-norm LayerNorm, fp16 clamps, casts) are
+//!    merged into the branch before them; before the first branch they are prologue, and after
+//!    the last one the last sub-block takes as many as the previous one of its kind did.
 
-use anyhow::Result;
-use petgraph::algo::dominators::simple_fast;
+use petgraph::algo::dominators::{simple_fast, Dominators};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::Reversed;
 
 use crate::graph::{Graph, Source};
 
-/// What pass 1 finds: the sub-block boundaries on the stream.
+/// The sub-block boundaries on the stream.
 #[derive(Debug, Clone)]
 pub struct Stream {
     /// `h_0 .. h_K`: sub-block `i` maps `values[i]` to `values[i + 1]`.
@@ -37,94 +43,189 @@ fn is_matmul(op: &str) -> bool {
 #[derive(Debug)]
 pub struct NotFound(pub String);
 
-pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
-    // Vertices: the nodes, then a virtual sink, then one vertex per graph input (so that a
-    // model fed embeddings directly has its first stream value on the chain).
-    let n = g.len();
-    let sink = n;
-    let inputs: Vec<&str> = g
-        .proto
-        .input
-        .iter()
-        .map(|i| i.name())
-        .filter(|&i| g.source(i) == Some(Source::Input))
-        .collect();
-    let input_vertex = |name: &str| inputs.iter().position(|&i| i == name).map(|j| n + 1 + j);
-    let vertices = n + 1 + inputs.len();
-    let mut dag: DiGraph<(), ()> = DiGraph::with_capacity(vertices, g.dag.edge_count() + 4);
-    for _ in 0..vertices {
-        dag.add_node(());
-    }
-    let data_edge = |c: usize| !is_shape_read(g.node(c).op_type());
-    for e in g.dag.raw_edges() {
-        let (p, c) = (e.source().index(), e.target().index());
-        if data_edge(c) {
-            dag.add_edge(NodeIndex::new(p), NodeIndex::new(c), ());
-        }
-    }
-    for (j, &i) in inputs.iter().enumerate() {
-        for &c in g.consumers(i) {
-            if data_edge(c) {
-                dag.add_edge(NodeIndex::new(n + 1 + j), NodeIndex::new(c), ());
-            }
-        }
-    }
-    // The sink follows the final outputs only: an output that is also read further on (SDXL
-    // exports list every layer's `hidden_states`; `last_hidden_state` feeds the pooler) is a tap
-    // on the stream, and an edge from it to the sink would bypass every later stream value.
-    let through_identity = |mut v: &'a str| {
-        while let Some(p) = g.producer(v) {
-            match g.node(p) {
-                n if n.op_type() == "Identity" && !n.input.is_empty() => v = &n.input[0],
-                _ => break,
-            }
-        }
-        v
-    };
-    let is_tap = |v: &'a str| {
-        g.consumers(through_identity(v))
-            .iter()
-            .any(|&c| g.node(c).op_type() != "Identity")
-    };
-    let finals: Vec<&str> = g
-        .proto
-        .output
-        .iter()
-        .map(|o| o.name())
-        .filter(|&o| !is_tap(o))
-        .collect();
-    let finals = if finals.is_empty() {
-        g.proto.output.iter().map(|o| o.name()).collect()
-    } else {
-        finals
-    };
-    for o in finals {
-        if let Some(p) = g.producer(o).or_else(|| input_vertex(o)) {
-            dag.add_edge(NodeIndex::new(p), NodeIndex::new(sink), ());
-        }
-    }
+pub fn find(g: &Graph) -> Result<Stream, NotFound> {
     let order = g.topo_order().map_err(|e| NotFound(e.to_string()))?;
-    let pdom = simple_fast(Reversed(&dag), NodeIndex::new(sink));
-    let ipdom = |i: usize| {
-        pdom.immediate_dominator(NodeIndex::new(i))
-            .map(|x| x.index())
-    };
-
-    // Depth in the post-dominator tree; the nodes come in reverse topological order so a node's
-    // immediate post-dominator (always later) is done first.
-    let mut depth: Vec<Option<usize>> = vec![None; vertices];
-    depth[sink] = Some(0);
-    for i in order.iter().rev().copied().chain(n + 1..vertices) {
-        depth[i] = ipdom(i).and_then(|p| depth[p]).map(|d| d + 1);
+    let cut = CutDag::new(g);
+    let pdom = PostDominators::new(&cut, &order);
+    let start = stream_start(&cut, &pdom, &order)
+        .ok_or_else(|| NotFound("no node reaches the graph outputs".into()))?;
+    let segments = Segments::new(&cut, &order, pdom.chain(start));
+    let branches = segments.residual_branches();
+    log::debug!(
+        "stream: chain of {} values, residual branches at segments {branches:?}",
+        segments.chain.len()
+    );
+    if branches.len() < 2 {
+        return Err(NotFound(format!(
+            "found {} stream values but {} residual branch{} (a transformer encoder has an \
+             attention and a feed-forward branch per layer)",
+            segments.chain.len(),
+            branches.len(),
+            if branches.len() == 1 { "" } else { "es" }
+        )));
     }
-    // The stream starts at the token-embedding lookup: a Gather from a 2-D weight table with
-    // indices computed from a graph input. (Depth in the post-dominator tree alone would pick a
-    // node inside layer 0's attention, whose single-path chain down to the next stream value is
-    // longer than the embedding's.) Models without one (fed embeddings directly) start at the
-    // deepest graph input.
-    let mut from_input = vec![false; n];
-    for &i in &order {
-        from_input[i] = data_edge(i)
+    segments.stream(&branches)
+}
+
+/// The dataflow DAG the stream is a chain of post-dominators on. Vertices: the graph's nodes
+/// (same indices), then a virtual sink, then one vertex per fed graph input (so that a model fed
+/// embeddings directly has its first stream value on the chain). Edges into shape reads are cut.
+struct CutDag<'a, 'g> {
+    g: &'a Graph<'g>,
+    dag: DiGraph<(), ()>,
+    inputs: Vec<&'g str>,
+}
+
+impl<'a, 'g> CutDag<'a, 'g> {
+    fn new(g: &'a Graph<'g>) -> Self {
+        let inputs: Vec<&str> = g
+            .proto
+            .input
+            .iter()
+            .map(|i| i.name())
+            .filter(|&i| g.source(i) == Some(Source::Input))
+            .collect();
+        let vertices = g.len() + 1 + inputs.len();
+        let mut dag = DiGraph::with_capacity(vertices, g.dag.edge_count() + 4);
+        for _ in 0..vertices {
+            dag.add_node(());
+        }
+        let mut cut = CutDag { g, dag, inputs };
+        cut.add_data_edges();
+        cut.add_sink_edges();
+        cut
+    }
+
+    fn add_data_edges(&mut self) {
+        let g = self.g;
+        for e in g.dag.raw_edges() {
+            let (p, c) = (e.source().index(), e.target().index());
+            if self.reads_data(c) {
+                self.dag.add_edge(NodeIndex::new(p), NodeIndex::new(c), ());
+            }
+        }
+        for (j, &i) in self.inputs.iter().enumerate() {
+            for &c in g.consumers(i) {
+                if self.reads_data(c) {
+                    let input = NodeIndex::new(g.len() + 1 + j);
+                    self.dag.add_edge(input, NodeIndex::new(c), ());
+                }
+            }
+        }
+    }
+
+    /// The sink follows the final outputs only: an output that is also read further on (SDXL
+    /// exports list every layer's `hidden_states`; `last_hidden_state` feeds the pooler) is a
+    /// tap on the stream, and an edge from it to the sink would bypass every later stream value.
+    fn add_sink_edges(&mut self) {
+        let g = self.g;
+        let through_identity = |mut v: &'g str| {
+            while let Some(p) = g.producer(v) {
+                match g.node(p) {
+                    n if n.op_type() == "Identity" && !n.input.is_empty() => v = &n.input[0],
+                    _ => break,
+                }
+            }
+            v
+        };
+        let is_tap = |v: &'g str| {
+            g.consumers(through_identity(v))
+                .iter()
+                .any(|&c| g.node(c).op_type() != "Identity")
+        };
+        let outputs = || g.proto.output.iter().map(|o| o.name());
+        let finals: Vec<&str> = outputs().filter(|&o| !is_tap(o)).collect();
+        let finals = if finals.is_empty() {
+            outputs().collect()
+        } else {
+            finals
+        };
+        for o in finals {
+            if let Some(p) = g.producer(o).or_else(|| self.input_vertex(o)) {
+                let sink = NodeIndex::new(self.sink());
+                self.dag.add_edge(NodeIndex::new(p), sink, ());
+            }
+        }
+    }
+
+    /// Whether node `c` reads its inputs' data (not only their shape).
+    fn reads_data(&self, c: usize) -> bool {
+        !is_shape_read(self.g.node(c).op_type())
+    }
+
+    fn sink(&self) -> usize {
+        self.g.len()
+    }
+
+    fn input_vertex(&self, name: &str) -> Option<usize> {
+        let j = self.inputs.iter().position(|&i| i == name)?;
+        Some(self.g.len() + 1 + j)
+    }
+
+    fn is_input_vertex(&self, v: usize) -> bool {
+        v > self.sink()
+    }
+
+    fn vertices(&self) -> usize {
+        self.dag.node_count()
+    }
+}
+
+/// The post-dominator tree of the cut DAG, rooted at the sink, with each vertex's depth in it.
+struct PostDominators {
+    tree: Dominators<NodeIndex>,
+    sink: usize,
+    depth: Vec<Option<usize>>,
+}
+
+impl PostDominators {
+    /// `order` is the graph's topological order.
+    fn new(cut: &CutDag, order: &[usize]) -> Self {
+        let sink = cut.sink();
+        let tree = simple_fast(Reversed(&cut.dag), NodeIndex::new(sink));
+        let mut pdom = PostDominators {
+            tree,
+            sink,
+            depth: vec![None; cut.vertices()],
+        };
+        // The nodes come in reverse topological order so that a node's immediate
+        // post-dominator (always later) is done first.
+        pdom.depth[sink] = Some(0);
+        for i in order.iter().rev().copied().chain(sink + 1..cut.vertices()) {
+            pdom.depth[i] = pdom.parent(i).and_then(|p| pdom.depth[p]).map(|d| d + 1);
+        }
+        pdom
+    }
+
+    fn parent(&self, i: usize) -> Option<usize> {
+        self.tree
+            .immediate_dominator(NodeIndex::new(i))
+            .map(|x| x.index())
+    }
+
+    /// The post-dominators of `start`, nearest first, `start` included and the sink not.
+    fn chain(&self, start: usize) -> Vec<usize> {
+        let mut chain = vec![start];
+        while let Some(p) = self.parent(*chain.last().unwrap_or(&self.sink)) {
+            if p == self.sink {
+                break;
+            }
+            chain.push(p);
+        }
+        chain
+    }
+}
+
+/// Where the stream starts: the token-embedding lookup, a Gather from a 2-D weight table with
+/// indices computed from a graph input (the deepest one in the post-dominator tree). Depth
+/// alone would pick a node inside layer 0's attention, whose single-path chain down to the next
+/// stream value is longer than the embedding's. A model without one (fed embeddings directly)
+/// starts at the deepest graph input, and failing that at the deepest node.
+fn stream_start(cut: &CutDag, pdom: &PostDominators, order: &[usize]) -> Option<usize> {
+    let g = cut.g;
+    let mut from_input = vec![false; g.len()];
+    for &i in order {
+        from_input[i] = cut.reads_data(i)
             && (g
                 .reads(i)
                 .iter()
@@ -147,115 +248,119 @@ pub fn find<'a>(g: &Graph<'a>) -> Result<Stream, NotFound> {
         order
             .iter()
             .copied()
-            .chain(n + 1..vertices)
-            .filter(|&i| depth[i].is_some() && pick(i))
-            .max_by_key(|&i| (depth[i], std::cmp::Reverse(i)))
+            .chain(cut.sink() + 1..cut.vertices())
+            .filter(|&i| pdom.depth[i].is_some() && pick(i))
+            .max_by_key(|&i| (pdom.depth[i], std::cmp::Reverse(i)))
     };
-    let Some(deepest) = deepest_of(&|i| i < n && is_embedding(i))
-        .or_else(|| deepest_of(&|i| i > n))
-        .or_else(|| deepest_of(&|i| i < n))
-    else {
-        return Err(NotFound("no node reaches the graph outputs".into()));
-    };
-    let mut chain = vec![deepest];
-    while let Some(p) = ipdom(*chain.last().unwrap_or(&sink)) {
-        if p == sink {
-            break;
-        }
-        chain.push(p);
-    }
-    let mut pos = vec![None; vertices];
-    for (k, &c) in chain.iter().enumerate() {
-        pos[c] = Some(k);
-    }
+    let is_node = |i: usize| i < cut.sink();
+    deepest_of(&|i| is_node(i) && is_embedding(i))
+        .or_else(|| deepest_of(&|i| cut.is_input_vertex(i)))
+        .or_else(|| deepest_of(&is_node))
+}
 
-    // The latest chain node each node is (strictly) downstream of: its segment.
-    let mut anc: Vec<Option<usize>> = vec![None; n];
-    for &i in &order {
-        if !data_edge(i) {
-            continue;
+/// The stream's chain of post-dominators and the nodes between consecutive chain vertices:
+/// segment `k` holds the nodes whose latest chain ancestor is `chain[k]`.
+struct Segments<'c, 'a, 'g> {
+    cut: &'c CutDag<'a, 'g>,
+    chain: Vec<usize>,
+    nodes: Vec<Vec<usize>>,
+}
+
+impl<'c, 'a, 'g> Segments<'c, 'a, 'g> {
+    fn new(cut: &'c CutDag<'a, 'g>, order: &[usize], chain: Vec<usize>) -> Self {
+        let g = cut.g;
+        let mut pos = vec![None; cut.vertices()];
+        for (k, &c) in chain.iter().enumerate() {
+            pos[c] = Some(k);
         }
-        let from_inputs = g.reads(i).iter().filter_map(|v| pos[input_vertex(v)?]);
-        anc[i] = g
-            .predecessors(i)
-            .filter_map(|p| anc[p].max(pos[p]))
-            .chain(from_inputs)
-            .max();
-    }
-    let segments = chain.len().saturating_sub(1);
-    let mut seg_nodes: Vec<Vec<usize>> = vec![Vec::new(); segments];
-    for &i in &order {
-        if let Some(k) = anc[i] {
-            if k < segments {
-                seg_nodes[k].push(i);
+        // The latest chain vertex each node is (strictly) downstream of.
+        let mut latest: Vec<Option<usize>> = vec![None; g.len()];
+        for &i in order {
+            if !cut.reads_data(i) {
+                continue;
+            }
+            let from_inputs = g.reads(i).iter().filter_map(|v| pos[cut.input_vertex(v)?]);
+            latest[i] = g
+                .predecessors(i)
+                .filter_map(|p| latest[p].max(pos[p]))
+                .chain(from_inputs)
+                .max();
+        }
+        let mut nodes: Vec<Vec<usize>> = vec![Vec::new(); chain.len().saturating_sub(1)];
+        for &i in order {
+            if let Some(segment) = latest[i].and_then(|k| nodes.get_mut(k)) {
+                segment.push(i);
             }
         }
+        Segments { cut, chain, nodes }
     }
-    let value_of = |k: usize| -> Option<&str> {
-        if chain[k] > n {
-            return Some(inputs[chain[k] - n - 1]);
+
+    /// The value chain vertex `k` hands to its segment.
+    fn value(&self, k: usize) -> Option<&'g str> {
+        let cut = self.cut;
+        if cut.is_input_vertex(self.chain[k]) {
+            return Some(cut.inputs[self.chain[k] - cut.sink() - 1]);
         }
-        let c = g.node(chain[k]);
-        let readers: &[usize] = seg_nodes.get(k).map_or(&[], |s| s.as_slice());
-        c.output
+        let readers: &[usize] = self.nodes.get(k).map_or(&[], |s| s.as_slice());
+        cut.g
+            .node(self.chain[k])
+            .output
             .iter()
-            .find(|o| !o.is_empty() && g.consumers(o).iter().any(|r| readers.contains(r)))
+            .find(|o| !o.is_empty() && cut.g.consumers(o).iter().any(|r| readers.contains(r)))
             .map(String::as_str)
-    };
-    // A residual branch: it does matrix products and its end adds the segment's input back.
-    let heavy: Vec<usize> = (0..segments)
-        .filter(|&k| {
-            let Some(start) = value_of(k) else {
-                return false;
-            };
-            let nodes = &seg_nodes[k];
-            nodes.iter().any(|&i| is_matmul(g.node(i).op_type()))
-                && nodes.iter().any(|&i| {
-                    let node = g.node(i);
-                    node.op_type() == "Add" && node.input.iter().any(|x| x == start)
-                })
-        })
-        .collect();
-    log::debug!(
-        "stream: chain of {} values, residual branches at segments {heavy:?}",
-        chain.len()
-    );
-    if heavy.len() < 2 {
-        return Err(NotFound(format!(
-            "found {} stream values but {} residual branch{} (a transformer encoder has an \
-             attention and a feed-forward branch per layer)",
-            chain.len(),
-            heavy.len(),
-            if heavy.len() == 1 { "" } else { "es" }
-        )));
     }
-    let mut trailing: Vec<usize> = heavy.windows(2).map(|w| w[1] - w[0] - 1).collect();
-    let last = *heavy.last().unwrap_or(&0);
-    let after_last = segments - last - 1;
-    let same_kind_before = if heavy.len() >= 3 {
-        trailing[heavy.len() - 3]
-    } else {
-        trailing[heavy.len() - 2]
-    };
-    trailing.push(same_kind_before.min(after_last));
-    let mut values = Vec::with_capacity(heavy.len() + 1);
-    for (i, &k) in heavy.iter().enumerate() {
-        values.push(value_of(k));
-        if i + 1 == heavy.len() {
-            let end = k + 1 + trailing[i];
-            values.push(if end < chain.len() && chain[end] < n {
-                g.node(chain[end])
-                    .output
-                    .iter()
-                    .find(|o| !o.is_empty())
-                    .map(String::as_str)
-            } else {
-                None
-            });
-        }
+
+    /// Segments that are residual branches: they do matrix products and their end adds the
+    /// segment's input back.
+    fn residual_branches(&self) -> Vec<usize> {
+        let g = self.cut.g;
+        (0..self.nodes.len())
+            .filter(|&k| {
+                let Some(start) = self.value(k) else {
+                    return false;
+                };
+                let nodes = &self.nodes[k];
+                nodes.iter().any(|&i| is_matmul(g.node(i).op_type()))
+                    && nodes.iter().any(|&i| {
+                        let node = g.node(i);
+                        node.op_type() == "Add" && node.input.iter().any(|x| x == start)
+                    })
+            })
+            .collect()
     }
-    let values: Option<Vec<String>> = values.into_iter().map(|v| v.map(str::to_string)).collect();
-    let values =
-        values.ok_or_else(|| NotFound("a stream node has no output read downstream".into()))?;
-    Ok(Stream { values, trailing })
+
+    /// The sub-block boundaries, with the segments between branches merged into the branch
+    /// before them; `branches` has at least two.
+    fn stream(&self, branches: &[usize]) -> Result<Stream, NotFound> {
+        let mut trailing: Vec<usize> = branches.windows(2).map(|w| w[1] - w[0] - 1).collect();
+        let last = *branches.last().unwrap_or(&0);
+        let after_last = self.nodes.len() - last - 1;
+        let same_kind_before = if branches.len() >= 3 {
+            trailing[branches.len() - 3]
+        } else {
+            trailing[branches.len() - 2]
+        };
+        trailing.push(same_kind_before.min(after_last));
+        let end = last + 1 + trailing[branches.len() - 1];
+        let values: Option<Vec<String>> = branches
+            .iter()
+            .map(|&k| self.value(k))
+            .chain([self.first_output(end)])
+            .map(|v| v.map(str::to_string))
+            .collect();
+        let values =
+            values.ok_or_else(|| NotFound("a stream node has no output read downstream".into()))?;
+        Ok(Stream { values, trailing })
+    }
+
+    /// The first output of chain vertex `k` when it is a node (the value the last sub-block
+    /// ends with).
+    fn first_output(&self, k: usize) -> Option<&'g str> {
+        let &v = self.chain.get(k).filter(|&&v| v < self.cut.sink())?;
+        let node = self.cut.g.node(v);
+        node.output
+            .iter()
+            .find(|o| !o.is_empty())
+            .map(String::as_str)
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::engine::{EngineOptions, Prepack};
-use super::inputs::{self, CalibSet, Part};
+use super::inputs::{self, CalibSet, PromptHalf};
 use crate::error::SkrrError;
 use crate::model_io::Model;
 
@@ -43,7 +43,7 @@ impl CalibConfig {
     /// The calibration set for `model`: its tokenizer.json (or `--tokenizer`), token ids checked
     /// against its vocabulary when the graph tells it. `part` picks the half of the built-in
     /// prompt set; files given by the user are used whole.
-    pub fn calib_set(&self, model: &Model, part: Part) -> Result<CalibSet> {
+    pub fn calib_set(&self, model: &Model, part: PromptHalf) -> Result<CalibSet> {
         self.check_static_shape(model)?;
         let model_path = model.path.as_path();
         let graph = model.proto.graph.as_ref();
@@ -153,14 +153,14 @@ impl CalibConfig {
                     ..self.clone()
                 };
                 Ok((
-                    self.calib_set(model, Part::Calibration)?,
-                    held.calib_set(model, Part::HeldOut)?,
+                    self.calib_set(model, PromptHalf::Calibration)?,
+                    held.calib_set(model, PromptHalf::HeldOut)?,
                     file.display().to_string(),
                 ))
             }
             (None, None) => Ok((
-                self.calib_set(model, Part::Calibration)?,
-                self.calib_set(model, Part::HeldOut)?,
+                self.calib_set(model, PromptHalf::Calibration)?,
+                self.calib_set(model, PromptHalf::HeldOut)?,
                 "built-in held-out half".into(),
             )),
             (None, Some(file)) => {
@@ -168,7 +168,7 @@ impl CalibConfig {
                     num_prompts: None,
                     ..self.clone()
                 }
-                .calib_set(model, Part::Calibration)?;
+                .calib_set(model, PromptHalf::Calibration)?;
                 if all.prompts.len() < 2 {
                     return Err(SkrrError::BadInput(format!(
                         "{}: the fidelity check holds out every 4th prompt and needs at least 2 \

@@ -1,7 +1,7 @@
 //! Executes any skip/re-use plan on the calibration set and measures its discrepancy D against
 //! the dense model (method doc, "Discrepancy D").
 //!
-//! A plan runs as a chain of partition sessions on the residual stream: skip passes the stream
+//! A plan runs as a chain of part sessions on the residual stream: skip passes the stream
 //! through, `Reuse(q)` at `p` runs `q`'s session with `p`'s side inputs. Savings that change no
 //! result: dense targets computed once; streams cached per (chunk, plan prefix) so a candidate
 //! resumes at its first changed sub-block; prompt chunks run one at a time (`advance`), so a
@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use super::cache::StreamCache;
 use super::inputs::CalibSet;
-use super::partition::{onnx_data_type, InputType, Partition};
-use super::tensors::{self, Dense};
+use super::parts::{onnx_data_type, InputType, SessionParts};
+use super::tensors::{self, Activations};
 use crate::action::Action;
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
@@ -106,7 +106,7 @@ pub struct EngineStats {
     pub cache_evictions: u64,
     pub cache_entries: usize,
     pub cache_bytes: u64,
-    /// Bytes of large weights the partition sessions read from the input's files (each counted
+    /// Bytes of large weights the part sessions read from the input's files (each counted
     /// once; never copied by this process).
     pub shared_weight_bytes: u64,
     /// Whether the sessions keep packed copies of the weights (`EngineOptions::prepack`).
@@ -125,11 +125,11 @@ struct Chunk {
     /// The stream entering sub-block 0.
     stream0: Arc<DynValue>,
     /// The dense model's (projected) output.
-    target: Dense,
+    target: Activations,
 }
 
 pub struct Engine {
-    partition: Partition,
+    parts: SessionParts,
     /// Layer of each sub-block.
     layers: Vec<usize>,
     kinds: Vec<Kind>,
@@ -151,7 +151,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the partition, runs the dense model on every chunk and keeps its outputs as
+    /// Builds the part sessions, runs the dense model on every chunk and keeps its outputs as
     /// targets.
     pub fn new(
         model: &Model,
@@ -165,18 +165,18 @@ impl Engine {
         if calib.prompts.is_empty() {
             return Err(SkrrError::BadInput("no calibration prompts".into()).into());
         }
-        let partition = Partition::build(
+        let parts = SessionParts::build(
             &model.proto,
             analysis,
             &model.weights,
             opts.measure.as_deref(),
         )?;
-        let prepack = opts.prepack.decide(partition.shared_bytes);
+        let prepack = opts.prepack.decide(parts.shared_bytes);
         log::info!(
             "{} MiB of weights read from the model's files ({} KiB of them by several parts), \
              pre-packing {}",
-            partition.shared_bytes >> 20,
-            partition.repeated_bytes >> 10,
+            parts.shared_bytes >> 20,
+            parts.repeated_bytes >> 10,
             if prepack { "on" } else { "off" }
         );
         let projection = match &opts.projection {
@@ -224,11 +224,11 @@ impl Engine {
             denom_null: 0.0,
             cache: StreamCache::new(opts.cache_mem),
             stats: EngineStats {
-                shared_weight_bytes: partition.shared_bytes,
+                shared_weight_bytes: parts.shared_bytes,
                 prepacked: prepack,
                 ..Default::default()
             },
-            partition,
+            parts,
             folds: HashMap::new(),
             probes: HashMap::new(),
         };
@@ -248,7 +248,7 @@ impl Engine {
                 .iter()
                 .map(|r| if fixed.is_some() { len } else { r.len() })
                 .collect::<Vec<_>>();
-            let feeds = tensors::feeds(&engine.partition.graph_inputs, &rows, len, calib.pad_id)?;
+            let feeds = tensors::feeds(&engine.parts.graph_inputs, &rows, len, calib.pad_id)?;
             let (env, stream0) = engine.run_prologue(feeds)?;
             engine.chunks.push(Chunk {
                 null,
@@ -256,7 +256,7 @@ impl Engine {
                 counted,
                 env,
                 stream0: Arc::new(stream0),
-                target: Dense::default(),
+                target: Activations::default(),
             });
             let c = engine.chunks.len() - 1;
             let out = engine.forward(c, &dense)?;
@@ -359,12 +359,12 @@ impl Engine {
                 continue;
             }
             let mut stream = self.chunks[c].stream0.clone();
-            let mut layer_in = tensors::dense(&stream)?;
+            let mut layer_in = tensors::activations(&stream)?;
             for p in 0..self.blocks.len() {
                 stream = Arc::new(self.run_block(p, p, c, &stream)?);
                 let ends_layer = self.layers.get(p + 1) != Some(&self.layers[p]);
                 if ends_layer {
-                    let out = tensors::dense(&stream)?;
+                    let out = tensors::activations(&stream)?;
                     let cos = tensors::row_cos_sum(&layer_in, &out, &self.chunks[c].counted)?;
                     sum[self.layers[p]] += cos;
                     layer_in = out;
@@ -405,7 +405,7 @@ impl Engine {
     /// in D, and the weight D gives each of their squared errors (1 / (tokens × channels) of
     /// the calibration prompts, or of the null input): D of a plan is the weighted sum of its
     /// squared errors against these targets.
-    pub fn target(&self, c: usize) -> (&Dense, &[usize], f64) {
+    pub fn target(&self, c: usize) -> (&Activations, &[usize], f64) {
         let chunk = &self.chunks[c];
         let denom = if chunk.null {
             self.denom_null
@@ -417,12 +417,12 @@ impl Engine {
 
     /// Sub-blocks that run before the measured output (all, unless it is a tap inside).
     pub fn measured_after(&self) -> usize {
-        self.partition.measured_after
+        self.parts.measured_after
     }
 
     /// The graph output D is measured on.
     pub fn measured_output(&self) -> &str {
-        &self.partition.output
+        &self.parts.output
     }
 
     /// Whether the outputs pass through a denoiser projection before D is measured.
@@ -432,7 +432,7 @@ impl Engine {
 
     /// The (projected) output of the plan on chunk `c` of the calibration set (with the folds
     /// set), for fits and for tests that compare against the full model.
-    pub fn output(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
+    pub fn output(&mut self, c: usize, actions: &[Action]) -> Result<Activations> {
         self.forward(c, actions)
     }
 
@@ -458,7 +458,7 @@ impl Engine {
         &mut self,
         feeds: Vec<(String, DynValue)>,
     ) -> Result<(HashMap<String, DynValue>, DynValue)> {
-        let part = &self.partition.prologue;
+        let part = &self.parts.prologue;
         let mut env: HashMap<String, DynValue> = feeds.into_iter().collect();
         if self.prologue.is_none() {
             let types = part
@@ -470,11 +470,10 @@ impl Engine {
                         .and_then(input_type)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.prologue =
-                Some(
-                    self.partition
-                        .session(part, &types, self.stats.prepacked, &[])?,
-                );
+            self.prologue = Some(
+                self.parts
+                    .session(part, &types, self.stats.prepacked, &[])?,
+            );
         }
         let inputs = part
             .inputs
@@ -525,8 +524,8 @@ impl Engine {
         extra: &[String],
     ) -> Result<Vec<DynValue>> {
         let env = &self.chunks[c].env;
-        let slot_p = &self.partition.blocks[p];
-        let part_q = &self.partition.blocks[q];
+        let slot_p = &self.parts.blocks[p];
+        let part_q = &self.parts.blocks[q];
         if slot_p.inputs.len() != part_q.inputs.len() {
             return Err(anyhow!(
                 "sub-block {p} has {} side inputs, {q} has {}: they cannot share weights",
@@ -554,23 +553,18 @@ impl Engine {
             if self.probes.get(&q).is_none_or(|(names, _)| names != extra) {
                 let mut part = part_q.clone();
                 part.outputs.extend(extra.iter().cloned());
-                let session = self
-                    .partition
-                    .session(&part, &types()?, prepack, replaced)?;
+                let session = self.parts.session(&part, &types()?, prepack, replaced)?;
                 self.probes.insert(q, (extra.to_vec(), session));
             }
             &mut self.probes.get_mut(&q).expect("built above").1
         } else if let Some((tensors, session)) = self.folds.get_mut(&q) {
             if session.is_none() {
-                *session = Some(
-                    self.partition
-                        .session(part_q, &types()?, prepack, tensors)?,
-                );
+                *session = Some(self.parts.session(part_q, &types()?, prepack, tensors)?);
             }
             session.as_mut().expect("built above")
         } else {
             if self.blocks[q].is_none() {
-                self.blocks[q] = Some(self.partition.session(part_q, &types()?, prepack, &[])?);
+                self.blocks[q] = Some(self.parts.session(part_q, &types()?, prepack, &[])?);
             }
             self.blocks[q].as_mut().expect("built above")
         };
@@ -623,10 +617,10 @@ impl Engine {
         p: usize,
         stream: &DynValue,
         extra: &[String],
-    ) -> Result<Vec<Dense>> {
+    ) -> Result<Vec<Activations>> {
         self.run_part(p, p, c, stream, extra)?
             .iter()
-            .map(tensors::dense)
+            .map(tensors::activations)
             .collect()
     }
 
@@ -666,14 +660,14 @@ impl Engine {
     }
 
     /// The plan's (projected) output on chunk `c`, resuming from the longest cached prefix.
-    fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Dense> {
+    fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Activations> {
         // A pipeline folder's run holds its staged folder through the search: a signal then
         // ends the search here, and the folder is removed (crate::interrupt).
         crate::interrupt::check()?;
         self.stats.chunk_runs += 1;
-        let stream = self.stream_into(c, actions, self.partition.measured_after)?;
-        let output = match self.partition.epilogue.clone() {
-            None => tensors::dense(&stream)?,
+        let stream = self.stream_into(c, actions, self.parts.measured_after)?;
+        let output = match self.parts.epilogue.clone() {
+            None => tensors::activations(&stream)?,
             Some(part) => {
                 if self.epilogue.is_none() {
                     let mut types = vec![input_type(&stream)?];
@@ -684,7 +678,7 @@ impl Engine {
                     }
                     self.epilogue =
                         Some(
-                            self.partition
+                            self.parts
                                 .session(&part, &types, self.stats.prepacked, &[])?,
                         );
                 }
@@ -698,7 +692,7 @@ impl Engine {
                 let out = session.run(inputs).map_err(|e| {
                     SkrrError::Runtime(format!("ONNX Runtime failed in the epilogue: {e}"))
                 })?;
-                tensors::dense(
+                tensors::activations(
                     out.get(part.outputs[0].as_str())
                         .ok_or_else(|| anyhow!("the epilogue produced no output"))?,
                 )?

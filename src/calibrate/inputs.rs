@@ -19,7 +19,7 @@ const DEFAULT_PROMPTS: &str = include_str!("prompts.txt");
 /// Which half of the built-in prompt set to use. The halves are disjoint so that a plan found on
 /// `Calibration` can be judged on prompts it never saw (`compare`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub enum PromptHalf {
     Calibration,
     HeldOut,
 }
@@ -38,10 +38,10 @@ pub struct CalibSet {
 }
 
 /// The built-in prompts, split deterministically: even lines calibrate, odd lines are held out.
-pub fn default_prompts(part: Part) -> Vec<String> {
-    let keep = match part {
-        Part::Calibration => 0,
-        Part::HeldOut => 1,
+pub fn default_prompts(half: PromptHalf) -> Vec<String> {
+    let keep = match half {
+        PromptHalf::Calibration => 0,
+        PromptHalf::HeldOut => 1,
     };
     DEFAULT_PROMPTS
         .lines()
@@ -343,8 +343,8 @@ mod tests {
 
     #[test]
     fn default_prompt_halves_are_disjoint_and_large() {
-        let a = default_prompts(Part::Calibration);
-        let b = default_prompts(Part::HeldOut);
+        let a = default_prompts(PromptHalf::Calibration);
+        let b = default_prompts(PromptHalf::HeldOut);
         assert!(a.len() >= 128 && b.len() >= 128, "{} {}", a.len(), b.len());
         let set: std::collections::HashSet<_> = a.iter().collect();
         assert!(b.iter().all(|p| !set.contains(p)));

@@ -1,17 +1,17 @@
 //! Calibration: the inputs D is measured on (`inputs`), the model split into sessions
-//! (`partition`), and the engine that executes any plan and scores it (`engine`, with its stream
+//! (`parts`), and the engine that executes any plan and scores it (`engine`, with its stream
 //! `cache` and the `tensors` at its edges).
 
 pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod inputs;
-pub mod partition;
+pub mod parts;
 pub mod tensors;
 
 pub use config::CalibConfig;
 pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Prepack, Score};
-pub use inputs::{CalibSet, Part};
+pub use inputs::{CalibSet, PromptHalf};
 
 /// "123", "512K", "64M", "4G" (binary units).
 pub fn parse_bytes(text: &str) -> Option<u64> {

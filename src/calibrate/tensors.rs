@@ -1,5 +1,6 @@
-//! Tensors at the engine's edges: the model inputs a batch of token ids becomes, the dense f32
-//! copy of an output, and the per-row measures D and Block Influence are made of.
+//! Tensors at the engine's edges: the model inputs a batch of token ids becomes, the f32 copy of
+//! an output or stream value (`Activations`), and the per-row measures D and Block Influence are
+//! made of.
 
 use anyhow::{anyhow, Result};
 use half::f16;
@@ -10,14 +11,15 @@ use crate::error::SkrrError;
 use crate::onnx::proto::tensor_proto::data_type;
 use crate::onnx::ValueInfoProto;
 
-/// A row-major f32 tensor `[rows, positions, channels]` (rank-2 outputs have one position).
+/// A row-major f32 copy of an output or stream value, `[rows, positions, channels]` (rank-2
+/// outputs have one position).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Dense {
+pub struct Activations {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
 }
 
-impl Dense {
+impl Activations {
     pub fn channels(&self) -> usize {
         self.shape.last().copied().unwrap_or(1)
     }
@@ -38,7 +40,7 @@ impl Dense {
 }
 
 /// An f32 copy of a float or float16 tensor value (float16 widened exactly).
-pub fn dense(v: &DynValue) -> Result<Dense> {
+pub fn activations(v: &DynValue) -> Result<Activations> {
     let ValueType::Tensor { ty, .. } = v.dtype() else {
         return Err(anyhow!("expected a tensor, got {}", v.dtype()));
     };
@@ -53,7 +55,7 @@ pub fn dense(v: &DynValue) -> Result<Dense> {
         }
         other => return Err(anyhow!("expected a float or float16 output, got {other}")),
     };
-    Ok(Dense {
+    Ok(Activations {
         shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
         data,
     })
@@ -70,7 +72,7 @@ pub fn value_bytes(v: &DynValue) -> u64 {
     }
 }
 
-fn check_same(a: &Dense, b: &Dense, counted: &[usize]) -> Result<()> {
+fn check_same(a: &Activations, b: &Activations, counted: &[usize]) -> Result<()> {
     if a.shape != b.shape || a.shape.first() != Some(&counted.len()) {
         return Err(anyhow!(
             "output shape {:?} differs from the dense output {:?} ({} rows)",
@@ -83,7 +85,7 @@ fn check_same(a: &Dense, b: &Dense, counted: &[usize]) -> Result<()> {
 }
 
 /// Squared error per row over its first `counted[r]` positions and all channels, in f64.
-pub fn row_sse(out: &Dense, target: &Dense, counted: &[usize]) -> Result<Vec<f64>> {
+pub fn row_sse(out: &Activations, target: &Activations, counted: &[usize]) -> Result<Vec<f64>> {
     check_same(out, target, counted)?;
     let ch = out.channels();
     Ok(counted
@@ -104,7 +106,7 @@ pub fn row_sse(out: &Dense, target: &Dense, counted: &[usize]) -> Result<Vec<f64
 }
 
 /// Sum over rows and counted positions of cos(a, b) across channels.
-pub fn row_cos_sum(a: &Dense, b: &Dense, counted: &[usize]) -> Result<f64> {
+pub fn row_cos_sum(a: &Activations, b: &Activations, counted: &[usize]) -> Result<f64> {
     check_same(a, b, counted)?;
     let ch = a.channels();
     let mut sum = 0.0;
@@ -195,8 +197,8 @@ pub fn project(
     session: &mut Session,
     input: &str,
     ty: TensorElementType,
-    x: &Dense,
-) -> Result<Dense> {
+    x: &Activations,
+) -> Result<Activations> {
     let shape: Vec<i64> = x.shape.iter().map(|&d| d as i64).collect();
     let value: DynValue = match ty {
         TensorElementType::Float16 => {
@@ -212,15 +214,15 @@ pub fn project(
         .iter()
         .next()
         .ok_or_else(|| anyhow!("the projection produced no output"))?;
-    dense(&first)
+    activations(&first)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn d(shape: &[usize], data: &[f32]) -> Dense {
-        Dense {
+    fn d(shape: &[usize], data: &[f32]) -> Activations {
+        Activations {
             shape: shape.to_vec(),
             data: data.to_vec(),
         }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{stored_as, tensor_proto, Split};
 use crate::action::Action;
 use crate::blocks::Analysis;
-use crate::calibrate::tensors::{self, Dense};
+use crate::calibrate::tensors::{self, Activations};
 use crate::calibrate::Engine;
 use crate::model_io::Model;
 use crate::onnx::proto::tensor_proto::data_type;
@@ -315,9 +315,9 @@ pub fn fit(
 /// One chunk's data for a fold: the stream `h` entering the site, its branch output `B`, the
 /// dense stream `L` after the run, and how D counts the chunk.
 struct Sample {
-    h: Dense,
-    b: Dense,
-    l: Dense,
+    h: Activations,
+    b: Activations,
+    l: Activations,
     counted: Vec<usize>,
     weight: f64,
 }
@@ -339,10 +339,10 @@ fn fit_one(
     for c in 0..engine.chunks() {
         let h = engine.stream_into(c, actions, p)?;
         let mut outs = engine.probe(c, p, &h, std::slice::from_ref(&site.branch))?;
-        let l = tensors::dense(&*engine.dense_stream(c, until)?)?;
+        let l = tensors::activations(&*engine.dense_stream(c, until)?)?;
         let (_, counted, weight) = engine.target(c);
         let sample = Sample {
-            h: tensors::dense(&h)?,
+            h: tensors::activations(&h)?,
             b: outs.swap_remove(1),
             l,
             counted: counted.to_vec(),
@@ -427,8 +427,8 @@ fn fit_one(
 }
 
 /// `a − b`, element by element.
-fn minus(a: &Dense, b: &Dense) -> Dense {
-    Dense {
+fn minus(a: &Activations, b: &Activations) -> Activations {
+    Activations {
         shape: a.shape.clone(),
         data: a.data.iter().zip(&b.data).map(|(x, y)| x - y).collect(),
     }

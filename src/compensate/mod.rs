@@ -20,7 +20,7 @@ use half::{bf16, f16};
 use serde::Serialize;
 
 use crate::action::Action;
-use crate::calibrate::tensors::{row_cos_sum, row_sse, Dense};
+use crate::calibrate::tensors::{row_cos_sum, row_sse, Activations};
 use crate::calibrate::{Engine, EngineOptions};
 use crate::error::SkrrError;
 use crate::model_io::type_name;
@@ -236,7 +236,7 @@ pub struct LinearMap {
 impl LinearMap {
     /// Applies the map to every position of `out` (computed in f64, stored as f32 like the
     /// outputs the engine compares).
-    pub fn apply(&self, out: &Dense) -> Dense {
+    pub fn apply(&self, out: &Activations) -> Activations {
         let d = self.dim;
         let mut data = Vec::with_capacity(out.data.len());
         let mut acc = vec![0f64; d];
@@ -250,7 +250,7 @@ impl LinearMap {
             }
             data.extend(acc.iter().map(|&a| a as f32));
         }
-        Dense {
+        Activations {
             shape: out.shape.clone(),
             data,
         }
@@ -433,7 +433,14 @@ impl Split {
     }
 
     /// Adds a chunk's `x` against `y` (`null`: the null input's chunk).
-    pub(crate) fn add(&mut self, null: bool, x: &Dense, y: &Dense, counted: &[usize], w: f64) {
+    pub(crate) fn add(
+        &mut self,
+        null: bool,
+        x: &Activations,
+        y: &Activations,
+        counted: &[usize],
+        w: f64,
+    ) {
         let held = !null && self.prompt_chunks % 4 == 3;
         self.prompt_chunks += usize::from(!null);
         let n = if held {
@@ -515,7 +522,7 @@ impl Normal {
     }
 
     /// Adds the counted positions of every row of `x` (pruned) against `y` (dense).
-    pub(crate) fn add(&mut self, x: &Dense, y: &Dense, counted: &[usize], weight: f64) {
+    pub(crate) fn add(&mut self, x: &Activations, y: &Activations, counted: &[usize], weight: f64) {
         let d = self.dim;
         let n = self.n();
         let per_row = x.positions() * d;
@@ -787,7 +794,7 @@ struct Side {
 
 impl Side {
     /// Adds chunk `c`'s output `out` against the engine's dense target.
-    fn add(&mut self, engine: &Engine, c: usize, out: &Dense) -> Result<()> {
+    fn add(&mut self, engine: &Engine, c: usize, out: &Activations) -> Result<()> {
         let (target, counted, weight) = engine.target(c);
         let sse = weight * row_sse(out, target, counted)?.iter().sum::<f64>();
         self.d += sse;
@@ -843,8 +850,13 @@ fn side(engine: &mut Engine, actions: &[Action]) -> Result<Side> {
 mod tests {
     use super::*;
 
-    fn dense(rows: usize, positions: usize, d: usize, f: impl Fn(usize) -> f32) -> Dense {
-        Dense {
+    fn activations(
+        rows: usize,
+        positions: usize,
+        d: usize,
+        f: impl Fn(usize) -> f32,
+    ) -> Activations {
+        Activations {
             shape: vec![rows, positions, d],
             data: (0..rows * positions * d).map(f).collect(),
         }
@@ -863,7 +875,7 @@ mod tests {
     #[test]
     fn an_exact_affine_relation_is_recovered() {
         let d = 5;
-        let x = dense(3, 7, d, noise);
+        let x = activations(3, 7, d, noise);
         // y = x W + b with a known W, b.
         let w: Vec<f64> = (0..d * d).map(|i| f64::from(noise(1000 + i))).collect();
         let b: Vec<f64> = (0..d).map(|i| f64::from(noise(2000 + i))).collect();
@@ -888,8 +900,8 @@ mod tests {
     #[test]
     fn sse_from_the_normal_equations_equals_the_direct_sum() {
         let d = 4;
-        let x = dense(2, 6, d, noise);
-        let y = dense(2, 6, d, |i| noise(i + 77));
+        let x = activations(2, 6, d, noise);
+        let y = activations(2, 6, d, |i| noise(i + 77));
         let counted = [6, 3];
         let mut n = Normal::new(d, true);
         n.add(&x, &y, &counted, 0.5);
@@ -905,7 +917,7 @@ mod tests {
             "{direct} vs {from_normal}"
         );
         // Padded positions (row 1 past 3) are not part of the fit.
-        let mut other = dense(2, 6, d, |i| noise(i + 77));
+        let mut other = activations(2, 6, d, |i| noise(i + 77));
         other.data[(6 + 4) * d] += 100.0;
         let mut m = Normal::new(d, true);
         m.add(&x, &other, &counted, 0.5);
@@ -915,8 +927,8 @@ mod tests {
     #[test]
     fn a_larger_ridge_shrinks_the_map() {
         let d = 3;
-        let x = dense(1, 20, d, noise);
-        let y = dense(1, 20, d, |i| noise(i + 5));
+        let x = activations(1, 20, d, noise);
+        let y = activations(1, 20, d, |i| noise(i + 5));
         let mut n = Normal::new(d, true);
         n.add(&x, &y, &[20], 1.0);
         let norm = |m: &LinearMap| m.weight.iter().map(|w| w * w).sum::<f64>();

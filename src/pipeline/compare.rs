@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::calibrate::{CalibConfig, CalibSet, Engine, Part};
+use crate::calibrate::{CalibConfig, CalibSet, Engine, PromptHalf};
 use crate::fidelity::{self, Fidelity, RunOptions, Tolerances, Uncompensated};
 use crate::model_io::{read_model, Model};
 use crate::plan::PlanFile;
@@ -27,7 +27,7 @@ pub struct CompareJob {
 pub fn compare(job: &CompareJob) -> Result<Fidelity> {
     crate::runtime::init(&job.runtime)?;
     let dense = read_model(&job.dense)?;
-    let set = job.calib.calib_set(&dense, Part::HeldOut)?;
+    let set = job.calib.calib_set(&dense, PromptHalf::HeldOut)?;
     let mut f = fidelity::measure(
         &job.dense,
         &job.pruned,

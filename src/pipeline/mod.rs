@@ -19,13 +19,13 @@ use serde::Serialize;
 
 use crate::apply::apply_to_file;
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibConfig, CalibSet, Engine, Part};
+use crate::calibrate::{CalibConfig, CalibSet, Engine, PromptHalf};
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
 use crate::model_io::{
     check_output_not_input, check_outputs_apart, read_model, write_file, WriteOptions, WriteReport,
 };
-use crate::plan::{file_sha256, PlanFile};
+use crate::plan::{file_sha256, ActionName, PlanFile};
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::runtime::RuntimeConfig;
 use crate::search::check_targets;
@@ -346,7 +346,7 @@ fn prompt_sets(
     model: &crate::model_io::Model,
 ) -> Result<(CalibSet, Option<(CalibSet, String)>)> {
     if !job.compare {
-        return Ok((job.calib.calib_set(model, Part::Calibration)?, None));
+        return Ok((job.calib.calib_set(model, PromptHalf::Calibration)?, None));
     }
     let (calib, held, source) = job
         .calib
@@ -362,7 +362,7 @@ fn prompt_sets(
 /// "removed 50.3% of parameters (12 skips, 2 re-uses)", and what `--reuse-weights copy` put
 /// back.
 fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
-    let count = |a: &str, one: &str, many: &str| {
+    let count = |a: ActionName, one: &str, many: &str| {
         let n = plan.sub_blocks.iter().filter(|e| e.action == a).count();
         format!("{n} {}", if n == 1 { one } else { many })
     };
@@ -389,8 +389,8 @@ fn level_summary(plan: &PlanFile, rewrite: &RewriteReport) -> String {
     format!(
         "removed {:.1}% of parameters{net} ({}, {}{copied})",
         100.0 * plan.achieved_sparsity.unwrap_or(0.0),
-        count("skip", "skip", "skips"),
-        count("reuse", "re-use", "re-uses")
+        count(ActionName::Skip, "skip", "skips"),
+        count(ActionName::Reuse, "re-use", "re-uses")
     )
 }
 

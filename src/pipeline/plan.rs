@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibConfig, EngineStats, Part};
+use crate::calibrate::{CalibConfig, EngineStats, PromptHalf};
 use crate::compensate::{self, Compensate, Fitted};
 use crate::model_io::{check_output_not_input, check_outputs_apart, read_model};
 use crate::plan::{file_sha256, PlanFile};
@@ -114,7 +114,7 @@ pub fn plan(job: &PlanJob) -> Result<PlanReport> {
     let search_targets = compensate::raised_targets(&job.targets, added, analysis.total_params);
     check_targets(&analysis, &search_targets)?;
     let sha256 = file_sha256(&job.model)?;
-    let calib = job.calib.calib_set(&model, Part::Calibration)?;
+    let calib = job.calib.calib_set(&model, PromptHalf::Calibration)?;
     let cfg = job.search.config(search_targets, job.compensate)?;
     let method = job.search.method;
     let (run, mut engine) = run_method(&model, &analysis, calib, opts, method, &cfg)?;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::action::Action;
 use crate::blocks::Analysis;
-use crate::calibrate::{CalibConfig, Engine, EngineStats, Outcome, Part};
+use crate::calibrate::{CalibConfig, Engine, EngineStats, Outcome, PromptHalf};
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::model_io::Model;
 use crate::plan::PlanFile;
@@ -50,7 +50,7 @@ pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
     let analysis = blocks::analyze_at(&model.proto, &job.model)?;
     crate::loadable::check_input(&model, &job.model)?;
     let actions = PlanFile::load_actions(&job.plan, &analysis, &model.path)?;
-    let calib = job.calib.calib_set(&model, Part::Calibration)?;
+    let calib = job.calib.calib_set(&model, PromptHalf::Calibration)?;
     let prompts = calib.prompts.len();
     let start = Instant::now();
     let mut engine = Engine::new(&model, &analysis, calib, job.calib.engine_options())?;

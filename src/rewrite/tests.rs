@@ -393,7 +393,7 @@ fn output_keeps_the_header_and_records_the_plan() {
         apply_plan(&out, &analysis, &[K, K, K, K], &RewriteOptions::default()).unwrap();
     let (third, _) =
         apply_plan(&again, &analysis, &[K, K, S, K], &RewriteOptions::default()).unwrap();
-    let plans: HashMap<&str, Vec<String>> = third
+    let plans: HashMap<&str, Vec<&str>> = third
         .metadata_props
         .iter()
         .filter(|e| e.key().starts_with(META_PLAN))
@@ -401,7 +401,7 @@ fn output_keeps_the_header_and_records_the_plan() {
             let plan: PlanFile = serde_json::from_str(e.value()).unwrap();
             (
                 e.key(),
-                plan.sub_blocks.into_iter().map(|s| s.action).collect(),
+                plan.sub_blocks.iter().map(|s| s.action.as_str()).collect(),
             )
         })
         .collect();
@@ -536,7 +536,7 @@ fn check_interface_finds_an_input_left_without_its_initializer() {
 
 #[test]
 fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
-    use crate::calibrate::tensors::Dense;
+    use crate::calibrate::tensors::Activations;
     use crate::compensate::{Compensation, LinearMap, OutputMap};
     let (model, mut analysis) = toy(2, true);
     let g = &mut analysis.graph;
@@ -567,7 +567,7 @@ fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
     assert_eq!(report.params_added, (W * W + W) as u64);
     let (x, m) = ([0.3, -1.2, 0.7], [0.1, 2.0, -0.5]);
     let (p, c) = (eval(plain.graph.as_ref().unwrap(), &x, &m), eval(g, &x, &m));
-    let want = map.apply(&Dense {
+    let want = map.apply(&Activations {
         shape: vec![1, W],
         data: p[0].clone(),
     });

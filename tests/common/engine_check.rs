@@ -10,7 +10,7 @@ use serde_json::Value;
 use skrr_onnx::action::Action;
 use skrr_onnx::apply::apply_to_file;
 use skrr_onnx::blocks::{analyze, Analysis};
-use skrr_onnx::calibrate::tensors::{dense, feeds, Dense};
+use skrr_onnx::calibrate::tensors::{activations, feeds, Activations};
 use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
 use skrr_onnx::compensate::{self, merged, Compensation};
 use skrr_onnx::model_io::{read_model, Model, WriteOptions};
@@ -63,7 +63,7 @@ pub struct Errors {
 }
 
 impl Errors {
-    pub fn of(a: &Dense, b: &Dense) -> Errors {
+    pub fn of(a: &Activations, b: &Activations) -> Errors {
         assert_eq!(a.shape, b.shape);
         let (mut max, mut scale, mut sq, mut b_sq) = (0f64, 0f64, 0f64, 0f64);
         for (&x, &y) in a.data.iter().zip(&b.data) {
@@ -107,7 +107,7 @@ struct Written {
 }
 
 impl Written {
-    fn output(&mut self, rows: &[&[i64]], len: usize, pad_id: i64) -> Dense {
+    fn output(&mut self, rows: &[&[i64]], len: usize, pad_id: i64) -> Activations {
         let values = feeds(&self.inputs, rows, len, pad_id).unwrap();
         let out = self
             .session
@@ -118,7 +118,7 @@ impl Written {
                     .collect::<Vec<_>>(),
             )
             .unwrap();
-        dense(&out["last_hidden_state"]).unwrap()
+        activations(&out["last_hidden_state"]).unwrap()
     }
 }
 
@@ -225,7 +225,7 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
             let order = engine.chunk_rows(c).1.to_vec();
             let batch_rows: Vec<&[i64]> =
                 order.iter().map(|&i| calib.prompts[i].as_slice()).collect();
-            let gots: Vec<Dense> = plans
+            let gots: Vec<Activations> = plans
                 .iter()
                 .map(|(_, actions)| engine.output(c, actions).unwrap())
                 .collect();
@@ -235,7 +235,7 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
                 (longest..=seq).contains(&len),
                 "{name}: chunk {c} padded to {len}"
             );
-            let files: Vec<Dense> = written
+            let files: Vec<Activations> = written
                 .iter_mut()
                 .map(|w| w.output(&batch_rows, len, pad_id))
                 .collect();

@@ -30,7 +30,7 @@ use ort::session::Session;
 use ort::value::TensorElementType;
 use prost::Message;
 
-use crate::blocks::Analysis;
+use crate::blocks::{Analysis, SubBlock};
 use crate::error::SkrrError;
 use crate::model_io::{Source, WeightStore};
 use crate::onnx::proto::tensor_proto::{data_location, data_type};
@@ -42,7 +42,7 @@ use crate::onnx::{
 /// Initializers up to this size are inlined into each part that reads them.
 const INLINE_BYTES: usize = 1024;
 
-/// One standalone model of the partition.
+/// One standalone model of the split.
 #[derive(Debug, Clone)]
 pub struct Part {
     /// File stem, for messages ("prologue", "sub-block 3", ...).
@@ -65,7 +65,7 @@ pub struct InputType {
 }
 
 /// The parts of one model and the weights they share.
-pub struct Partition {
+pub struct SessionParts {
     /// The real folder the part models' external data locations point into (`None` when no
     /// weight is read from a file).
     folder: Option<PathBuf>,
@@ -93,171 +93,59 @@ pub struct Partition {
     pub inlined_bytes: u64,
 }
 
-impl Partition {
+impl SessionParts {
+    /// The part models of `analysis` measuring output `measure` (`graph::measured_output`),
+    /// their weights declared where they lie in the input's files.
     pub fn build(
         model: &ModelProto,
         analysis: &Analysis,
         weights: &WeightStore,
         measure: Option<&str>,
-    ) -> Result<Partition> {
+    ) -> Result<SessionParts> {
         let graph = &analysis.graph;
-        let first = analysis
-            .sub_blocks
-            .first()
-            .ok_or_else(|| anyhow!("the analysis found no sub-blocks"))?;
-        let last = analysis.sub_blocks.last().unwrap_or(first);
+        if analysis.sub_blocks.is_empty() {
+            return Err(anyhow!("the analysis found no sub-blocks"));
+        }
         let output = crate::graph::measured_output(graph, measure)?;
-        let inits: HashMap<&str, &TensorProto> =
-            graph.initializer.iter().map(|t| (t.name(), t)).collect();
+        let maker = PartMaker {
+            graph,
+            inits: graph.initializer.iter().map(|t| (t.name(), t)).collect(),
+        };
         // Graph inputs that only declare an initializer are weights, not feeds.
         let fed: Vec<ValueInfoProto> = crate::graph::fed_inputs(graph).cloned().collect();
-        let graph_inputs: HashSet<&str> = fed.iter().map(|i| i.name()).collect();
-
         // Epilogue: only the nodes the measured output needs.
         let epilogue_nodes = backward_slice(graph, &analysis.epilogue, &output);
-        let epilogue_reads = external_reads(graph, &epilogue_nodes, &inits);
-
-        // Values the prologue must hand over: the first stream value, every side input it
-        // produces, and whatever else the epilogue reads from it.
-        let prologue_made: HashSet<&str> = analysis
-            .prologue
-            .iter()
-            .flat_map(|&n| graph.node[n].output.iter().map(String::as_str))
-            .collect();
-        let mut handed: Vec<String> = vec![first.input.clone()];
-        let side_and_epilogue = analysis
+        let epilogue_reads = external_reads(graph, &epilogue_nodes, &maker.inits);
+        let prologue = maker.prologue(analysis, &fed, &epilogue_reads);
+        let blocks: Vec<Part> = analysis
             .sub_blocks
             .iter()
-            .flat_map(|sb| sb.side_inputs.iter())
-            .chain(epilogue_reads.iter());
-        for v in side_and_epilogue {
-            if prologue_made.contains(v.as_str()) && !handed.contains(v) {
-                handed.push(v.clone());
-            }
-        }
-
-        let make_part = |label: String, nodes: Vec<usize>, inputs: Vec<String>, outputs| {
-            let (shared, inline) = split_inits(graph, &nodes, &inits);
-            Part {
-                label,
-                inputs,
-                outputs,
-                nodes,
-                shared,
-                inline,
-            }
-        };
-        let prologue_inputs: Vec<String> = external_reads(graph, &analysis.prologue, &inits)
-            .into_iter()
-            .filter(|v| graph_inputs.contains(v.as_str()))
+            .map(|sb| maker.block(sb))
             .collect();
-        let prologue = make_part(
-            "prologue".into(),
-            analysis.prologue.clone(),
-            prologue_inputs,
-            handed,
-        );
-        let blocks = analysis
-            .sub_blocks
-            .iter()
-            .map(|sb| {
-                let mut inputs = vec![sb.input.clone()];
-                inputs.extend(sb.side_inputs.iter().cloned());
-                make_part(
-                    format!("sub-block-{}", sb.index),
-                    sb.nodes.clone(),
-                    inputs,
-                    vec![sb.output.clone()],
-                )
-            })
-            .collect::<Vec<_>>();
         // A stream value inside the encoder, as a graph output (a `hidden_states.N` tap).
         let tapped = analysis
             .sub_blocks
             .iter()
             .position(|sb| sb.output == output);
         let measured_after = tapped.map_or(analysis.sub_blocks.len(), |p| p + 1);
-        let epilogue = if tapped.is_some() {
-            None
-        } else {
-            if !epilogue_reads.contains(&last.output) {
-                return Err(crate::error::SkrrError::BadInput(format!(
-                    "output {output} is neither a stream value between layers nor computed \
-                     from the encoder's last layer (its last stream value is {}): D is measured \
-                     on one of those",
-                    last.output
-                ))
-                .into());
-            }
-            let mut inputs = vec![last.output.clone()];
-            inputs.extend(epilogue_reads.into_iter().filter(|v| *v != last.output));
-            Some(make_part(
-                "epilogue".into(),
-                epilogue_nodes,
-                inputs,
-                vec![output.clone()],
-            ))
+        let epilogue = match tapped {
+            Some(_) => None,
+            None => Some(maker.epilogue(analysis, &output, epilogue_nodes, epilogue_reads)?),
         };
-
-        // Large initializers: declared where their bytes are in the input's files (each once,
-        // whichever parts read it). The kept copy of the graph holds only what the part models
-        // need: those references, and small initializers with their data.
-        // ONNX Runtime resolves a location against one folder and refuses any that leaves it
-        // once symlinks are resolved; so locations are the files' real names, in the real
-        // folder of the first file, and a weight in a file elsewhere is copied in instead.
-        let mut real = RealFiles::default();
-        let mut shared_bytes = 0u64;
-        let mut repeated_bytes = 0u64;
-        let mut inlined_bytes = 0u64;
-        let mut kept: HashMap<String, TensorProto> = HashMap::new();
-        for part in std::iter::once(&prologue)
+        let parts = std::iter::once(&prologue)
             .chain(&blocks)
-            .chain(epilogue.as_ref())
-        {
-            for name in &part.shared {
-                if kept.contains_key(name) {
-                    repeated_bytes += byte_len(inits[name.as_str()]).unwrap_or(0);
-                    continue;
-                }
-                let t = inits[name.as_str()];
-                let declared = match weights.source(t)? {
-                    Source::File { file, offset, len } => match real.location(&file.path)? {
-                        Some(location) => {
-                            shared_bytes += len;
-                            reference(t, &location, offset, len)
-                        }
-                        None => {
-                            inlined_bytes += len;
-                            inline_copy(t, weights)?
-                        }
-                    },
-                    // Typed fields (float_data, ...) have no bytes in a file.
-                    Source::Mem(bytes) => TensorProto {
-                        raw_data: Some(bytes::Bytes::copy_from_slice(&bytes)),
-                        ..plain(t)
-                    },
-                };
-                kept.insert(name.clone(), declared);
-            }
-            for name in &part.inline {
-                let t = inits[name.as_str()];
-                inlined_bytes += byte_len(t).unwrap_or(0);
-                if !kept.contains_key(name) {
-                    kept.insert(name.clone(), inline_copy(t, weights)?);
-                }
-            }
-        }
-
+            .chain(epilogue.as_ref());
+        let declared = maker.declare_weights(parts, weights)?;
         let model_meta = ModelProto {
             graph: None,
             ..model.clone()
         };
-        Ok(Partition {
-            folder: real.folder,
+        Ok(SessionParts {
+            folder: declared.folder,
             model_meta,
             graph: GraphProto {
                 node: graph.node.clone(),
-                initializer: kept.into_values().collect(),
+                initializer: declared.initializers,
                 ..Default::default()
             },
             prologue,
@@ -266,9 +154,9 @@ impl Partition {
             measured_after,
             output,
             graph_inputs: fed,
-            shared_bytes,
-            repeated_bytes,
-            inlined_bytes,
+            shared_bytes: declared.shared_bytes,
+            repeated_bytes: declared.repeated_bytes,
+            inlined_bytes: declared.inlined_bytes,
         })
     }
 
@@ -310,7 +198,7 @@ impl Partition {
         })
     }
 
-    /// The standalone model of `part` (also useful to inspect a partition by hand).
+    /// The standalone model of `part` (also useful to inspect a split by hand).
     pub fn part_model(
         &self,
         part: &Part,
@@ -381,6 +269,169 @@ impl Partition {
         Ok(ModelProto {
             graph: Some(graph),
             ..self.model_meta.clone()
+        })
+    }
+}
+
+/// The analysed graph, cut into part models.
+struct PartMaker<'a> {
+    graph: &'a GraphProto,
+    inits: HashMap<&'a str, &'a TensorProto>,
+}
+
+/// The initializers the part models declare, and the bytes they read each way.
+struct Declared {
+    /// The real folder the external data locations point into (`None` when no weight is read
+    /// from a file).
+    folder: Option<PathBuf>,
+    initializers: Vec<TensorProto>,
+    shared_bytes: u64,
+    repeated_bytes: u64,
+    inlined_bytes: u64,
+}
+
+impl PartMaker<'_> {
+    fn part(
+        &self,
+        label: String,
+        nodes: Vec<usize>,
+        inputs: Vec<String>,
+        outputs: Vec<String>,
+    ) -> Part {
+        let (shared, inline) = split_inits(self.graph, &nodes, &self.inits);
+        Part {
+            label,
+            inputs,
+            outputs,
+            nodes,
+            shared,
+            inline,
+        }
+    }
+
+    /// The prologue: from the fed graph inputs it reads to the values it hands over, the first
+    /// stream value, every side input it produces, and whatever else the epilogue reads from
+    /// it.
+    fn prologue(
+        &self,
+        analysis: &Analysis,
+        fed: &[ValueInfoProto],
+        epilogue_reads: &[String],
+    ) -> Part {
+        let graph = self.graph;
+        let prologue_made: HashSet<&str> = analysis
+            .prologue
+            .iter()
+            .flat_map(|&n| graph.node[n].output.iter().map(String::as_str))
+            .collect();
+        let mut handed: Vec<String> = vec![analysis.sub_blocks[0].input.clone()];
+        let side_and_epilogue = analysis
+            .sub_blocks
+            .iter()
+            .flat_map(|sb| sb.side_inputs.iter())
+            .chain(epilogue_reads);
+        for v in side_and_epilogue {
+            if prologue_made.contains(v.as_str()) && !handed.contains(v) {
+                handed.push(v.clone());
+            }
+        }
+        let fed: HashSet<&str> = fed.iter().map(|i| i.name()).collect();
+        let inputs: Vec<String> = external_reads(graph, &analysis.prologue, &self.inits)
+            .into_iter()
+            .filter(|v| fed.contains(v.as_str()))
+            .collect();
+        self.part("prologue".into(), analysis.prologue.clone(), inputs, handed)
+    }
+
+    /// A sub-block: its input stream value and side inputs in, its output stream value out.
+    fn block(&self, sb: &SubBlock) -> Part {
+        let mut inputs = vec![sb.input.clone()];
+        inputs.extend(sb.side_inputs.iter().cloned());
+        self.part(
+            format!("sub-block-{}", sb.index),
+            sb.nodes.clone(),
+            inputs,
+            vec![sb.output.clone()],
+        )
+    }
+
+    /// The epilogue's `nodes` computing `output` from the last stream value (and the other
+    /// values it `reads`); refused when `output` does not depend on the last stream value.
+    fn epilogue(
+        &self,
+        analysis: &Analysis,
+        output: &str,
+        nodes: Vec<usize>,
+        reads: Vec<String>,
+    ) -> Result<Part> {
+        let last = &analysis.sub_blocks[analysis.sub_blocks.len() - 1].output;
+        if !reads.contains(last) {
+            return Err(SkrrError::BadInput(format!(
+                "output {output} is neither a stream value between layers nor computed \
+                 from the encoder's last layer (its last stream value is {last}): D is measured \
+                 on one of those"
+            ))
+            .into());
+        }
+        let mut inputs = vec![last.clone()];
+        inputs.extend(reads.into_iter().filter(|v| v != last));
+        Ok(self.part("epilogue".into(), nodes, inputs, vec![output.to_string()]))
+    }
+
+    /// Large initializers are declared where their bytes are in the input's files (each once,
+    /// whichever parts read it); small ones are copied in with their data.
+    /// ONNX Runtime resolves a location against one folder and refuses any that leaves it once
+    /// symlinks are resolved; so locations are the files' real names, in the real folder of the
+    /// first file, and a weight in a file elsewhere is copied in instead.
+    fn declare_weights<'p>(
+        &self,
+        parts: impl Iterator<Item = &'p Part>,
+        weights: &WeightStore,
+    ) -> Result<Declared> {
+        let inits = &self.inits;
+        let mut real = RealFiles::default();
+        let (mut shared_bytes, mut repeated_bytes, mut inlined_bytes) = (0u64, 0u64, 0u64);
+        let mut kept: HashMap<String, TensorProto> = HashMap::new();
+        for part in parts {
+            for name in &part.shared {
+                if kept.contains_key(name) {
+                    repeated_bytes += byte_len(inits[name.as_str()]).unwrap_or(0);
+                    continue;
+                }
+                let t = inits[name.as_str()];
+                let declared = match weights.source(t)? {
+                    Source::File { file, offset, len } => match real.location(&file.path)? {
+                        Some(location) => {
+                            shared_bytes += len;
+                            reference(t, &location, offset, len)
+                        }
+                        None => {
+                            inlined_bytes += len;
+                            inline_copy(t, weights)?
+                        }
+                    },
+                    // Typed fields (float_data, ...) have no bytes in a file.
+                    Source::Mem(bytes) => TensorProto {
+                        raw_data: Some(bytes::Bytes::copy_from_slice(&bytes)),
+                        ..plain(t)
+                    },
+                };
+                kept.insert(name.clone(), declared);
+            }
+            for name in &part.inline {
+                let t = inits[name.as_str()];
+                inlined_bytes += byte_len(t).unwrap_or(0);
+                if !kept.contains_key(name) {
+                    kept.insert(name.clone(), inline_copy(t, weights)?);
+                }
+            }
+        }
+        Ok(Declared {
+            folder: real.folder,
+            initializers: kept.into_values().collect(),
+            shared_bytes,
+            repeated_bytes,
+            inlined_bytes,
         })
     }
 }
