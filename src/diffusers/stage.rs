@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::error::SkrrError;
 use crate::interrupt::{self, Writing};
+use crate::model_io::{remove_stale, TempKind};
 
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -98,7 +99,7 @@ impl Stage {
             ".{}.",
             full.file_name().unwrap_or_default().to_string_lossy()
         );
-        remove_stale(parent, &prefix);
+        remove_stale(parent, &prefix, TempKind::Folder);
         let writing = Writing::begin();
         // Created as `mkdir` creates any folder (0777 less the umask), not 0700: it becomes the
         // pipeline folder.
@@ -274,33 +275,6 @@ fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
         return Err(io::ErrorKind::AlreadyExists.into());
     }
     std::fs::rename(from, to)
-}
-
-/// Deletes folders named `<prefix>*.tmp` in `dir` that no live process holds locked: what a run
-/// killed by SIGKILL (or a power cut) left while writing the same destination.
-fn remove_stale(dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if !(is_dir && name.starts_with(prefix) && name.ends_with(TMP_SUFFIX)) {
-            continue;
-        }
-        let path = e.path();
-        let Ok(f) = File::open(&path) else { continue };
-        // SAFETY: flock on a file descriptor we own; the lock goes with `f`.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
-            && std::fs::remove_dir_all(&path).is_ok()
-        {
-            log::warn!(
-                "removed {}, left by an interrupted earlier run",
-                path.display()
-            );
-        }
-    }
 }
 
 #[cfg(test)]
