@@ -3,10 +3,11 @@
 and `inspect --json`, byte-identical between two builds on every fixture (issue #14).
 
     .venv/bin/python scripts/behaviour_check.py BASE_REV [--fixtures a,b,...] [--keep DIR]
-        [--base-bin FILE]
+        [--base-bin FILE] [--head-bin FILE]
 
 Builds BASE_REV in a temporary git worktree and the working tree as it is (both in release mode,
-sharing `target/`'s dependencies), then runs each binary on every fixture under `fixtures/` and
+sharing `target/`'s dependencies; give prebuilt binaries with --base-bin / --head-bin, e.g. when
+other worktrees build into the same `target/`, where cargo may link another tree's crate), then runs each binary on every fixture under `fixtures/` and
 `fixtures/derived/` (MiniLM too once `fixtures/minilm_weights.py --all` rebuilt its weights) with
 a few option sets, each run in its own folder with the same relative output paths, so that every
 path in a report is the same string. Compared: exit code, stdout with timing fields removed
@@ -117,6 +118,11 @@ def main():
     ap.add_argument(
         "--base-bin", type=Path, help="BASE_REV's binary, built before (skips building it)"
     )
+    ap.add_argument(
+        "--head-bin",
+        type=Path,
+        help="the working tree's binary, built before (e.g. by a clean clone's own target/)",
+    )
     a = ap.parse_args()
     only = set(a.fixtures.split(",")) if a.fixtures else None
 
@@ -134,7 +140,7 @@ def main():
         target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
         binaries = {
             "base": a.base_bin or build(base_src, target, work / "bin" / "base"),
-            "head": build(ROOT, target, work / "bin" / "head"),
+            "head": a.head_bin or build(ROOT, target, work / "bin" / "head"),
         }
         differences = 0
         checked = 0
