@@ -60,6 +60,17 @@ impl Op<'_> {
             elems: self.elems(i),
         }
     }
+
+    /// Input 0's shape, and `f` of each of its elements.
+    fn map_elems(&self, f: impl Fn(&Mono) -> Option<Mono>) -> Info {
+        let elems = self
+            .elems(0)
+            .map(|e| e.iter().map(|d| f(d.as_ref()?)).collect());
+        Info {
+            shape: self.shape(0),
+            elems,
+        }
+    }
 }
 
 fn shape_only(shape: Option<Vec<Dim>>) -> Info {
@@ -74,8 +85,11 @@ pub(super) fn outputs(shapes: &Shapes, node: &NodeProto) -> Vec<Info> {
     }
     let op = Op { shapes, node };
     let first = match node.op_type() {
-        // Ops that keep their input's elements.
-        "Identity" | "Cast" | "CastLike" | "Neg" | "Abs" => op.same(0),
+        // Ops that keep their input's elements, or compute them.
+        "Identity" | "Cast" | "CastLike" => op.same(0),
+        "Neg" => op.map_elems(|m| m.neg()),
+        // A symbol is a dimension, never negative: a monomial has its coefficient's sign.
+        "Abs" => op.map_elems(|m| if m.coef < 0 { m.neg() } else { Some(m.clone()) }),
         "Relu" | "Gelu" | "Sqrt" | "Reciprocal" | "Tanh" | "Sigmoid" | "Erf" | "Exp" | "Log"
         | "Softmax" | "LogSoftmax" | "Dropout" | "Clip" | "IsInf" | "IsNaN" | "Not" | "Sign"
         | "Floor" | "Ceil" | "Round" | "HardSigmoid" | "LeakyRelu" | "Elu" | "Softplus" | "Sin"
@@ -278,10 +292,14 @@ fn slice(op: &Op) -> Info {
     });
     let elems = (|| {
         let e = op.elems(0)?;
-        if r != 1 || starts.len() != 1 || steps[0] != 1 {
+        let (&[start], Some(&end), Some(1)) = (starts.as_slice(), ends.first(), steps.first())
+        else {
+            return None;
+        };
+        if r != 1 {
             return None;
         }
-        let (s, t) = (clamped(starts[0], e.len()), clamped(ends[0], e.len()));
+        let (s, t) = (clamped(start, e.len()), clamped(end, e.len()));
         Some(e[s..t.max(s)].to_vec())
     })();
     Info { shape, elems }
@@ -293,6 +311,10 @@ fn sliced_len(dim: &Dim, s: i64, e: i64, st: i64) -> Dim {
         return dim.clone();
     }
     let n = dim.as_ref()?.as_const()?;
+    if n <= 0 {
+        // An empty axis slices to nothing; a negative length is a hostile file's.
+        return (n == 0).then(|| Mono::constant(0));
+    }
     let bound = |v: i64, hi: i64| from_end(v, n).clamp(0, hi);
     let len = if st > 0 {
         let (s, e) = (bound(s, n), bound(e, n));
@@ -590,9 +612,74 @@ fn reshaped(input: Option<Vec<Dim>>, target: Vec<Dim>, allow_zero: bool) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::tests::node;
 
     fn c(v: i64) -> Dim {
         Some(Mono::constant(v))
+    }
+
+    /// The first output of `node` given what is known about its inputs.
+    fn first(node: &NodeProto, known: &[(&str, Info)]) -> Info {
+        let info = known
+            .iter()
+            .map(|(v, i)| (v.to_string(), i.clone()))
+            .collect();
+        outputs(&Shapes { info }, node).swap_remove(0)
+    }
+
+    /// A rank-1 value with these elements.
+    fn list(elems: Vec<Dim>) -> Info {
+        Info {
+            shape: Some(vec![c(elems.len() as i64)]),
+            elems: Some(elems),
+        }
+    }
+
+    fn ints(v: &[i64]) -> Info {
+        list(v.iter().map(|&v| c(v)).collect())
+    }
+
+    #[test]
+    fn neg_and_abs_compute_their_elements() {
+        let b = Mono::symbol(0);
+        let known = [
+            ("m", ints(&[-3, 4])),
+            ("s", list(vec![Some(b.clone()), c(8)])),
+        ];
+        let elems = |op, v| first(&node(op, &[v], &["y"]), &known).elems;
+        assert_eq!(elems("Neg", "m"), Some(vec![c(3), c(-4)]));
+        assert_eq!(elems("Abs", "m"), Some(vec![c(3), c(4)]));
+        assert_eq!(elems("Neg", "s"), Some(vec![b.neg(), c(-8)]));
+        assert_eq!(elems("Abs", "s"), Some(vec![Some(b), c(8)]));
+    }
+
+    /// Hostile slices (empty ends or steps, a negative step over an empty axis, a negative
+    /// dimension) leave the result unknown instead of panicking.
+    #[test]
+    fn hostile_slices_are_unknown_not_panics() {
+        let b = Some(Mono::symbol(0));
+        let known = [
+            ("s", list(vec![b.clone(), c(8)])),
+            ("one", ints(&[1])),
+            ("zero", ints(&[0])),
+            ("empty", ints(&[])),
+        ];
+        let slice = |inputs: &[&str]| first(&node("Slice", inputs, &["y"]), &known);
+        assert_eq!(slice(&["s", "zero", "one"]).elems, Some(vec![b]));
+        assert_eq!(slice(&["s", "zero", "empty"]).elems, None);
+        assert_eq!(slice(&["s", "zero", "one", "zero", "empty"]).elems, None);
+        // `[0, -2]` sliced backwards along either axis.
+        let x = Info {
+            shape: Some(vec![c(0), c(-2)]),
+            elems: None,
+        };
+        let known = [("x", x), ("back", ints(&[-1])), ("first", ints(&[0]))];
+        let reversed = |axis| {
+            let slice = node("Slice", &["x", "back", "back", axis, "back"], &["y"]);
+            first(&slice, &known).shape
+        };
+        assert_eq!(reversed("first"), Some(vec![c(0), c(-2)]));
+        assert_eq!(reversed("back"), Some(vec![c(0), None]));
     }
 
     #[test]
