@@ -15,11 +15,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use prost::Message;
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis};
 use skrr_onnx::calibrate::tensors::{self, Activations};
-use skrr_onnx::calibrate::{CalibArgs, CalibSet, Engine, PromptHalf};
+use skrr_onnx::calibrate::{CalibSet, Engine, PromptHalf};
+use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::onnx::{GraphProto, ModelProto};
-use skrr_onnx::plan::Action;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
 
@@ -72,8 +73,9 @@ fn main() -> Result<()> {
     runtime::init(&Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
-    let calib = args.calib.calib_set(&model, PromptHalf::Calibration)?;
-    let opts = args.calib.engine_options()?;
+    let config = args.calib.config()?;
+    let calib = config.calib_set(&model, PromptHalf::Calibration)?;
+    let opts = config.engine_options();
     eprintln!(
         "{}: {} sub-blocks, {} prompts, chunk {}",
         args.model.display(),

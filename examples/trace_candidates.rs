@@ -7,9 +7,10 @@
 //! cargo run --release --example trace_candidates -- MODEL [--sparsity 0.2] [calibration options] > trace.jsonl
 
 use anyhow::{anyhow, Result};
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks;
-use skrr_onnx::calibrate::{tensors, CalibArgs, Engine, Outcome, PromptHalf};
-use skrr_onnx::plan::Action;
+use skrr_onnx::calibrate::{tensors, Engine, Outcome, PromptHalf};
+use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::search::{self, Limits, Scorer};
 use skrr_onnx::{model_io, runtime};
 
@@ -64,13 +65,9 @@ fn main() -> Result<()> {
     runtime::init(&Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
-    let calib = args.calib.calib_set(&model, PromptHalf::Calibration)?;
-    let mut engine = Engine::new(
-        &model,
-        &analysis,
-        calib.clone(),
-        args.calib.engine_options()?,
-    )?;
+    let config = args.calib.config()?;
+    let calib = config.calib_set(&model, PromptHalf::Calibration)?;
+    let mut engine = Engine::new(&model, &analysis, calib.clone(), config.engine_options())?;
     let keep = vec![Action::Keep; analysis.sub_blocks.len()];
     let mut targets = Vec::new();
     let mut chunks = Vec::new();

@@ -3,12 +3,12 @@
 //!
 //! Adding a subcommand `foo`: write `src/commands/foo.rs` with `pub struct FooArgs` (clap
 //! `Args`) and `pub fn run(args: &FooArgs, ctx: &Context) -> anyhow::Result<()>`, then add one
-//! variant to [`Command`] below and one line to `commands::dispatch`.
+//! variant to [`Command`] below and one line to `Command::run`.
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::commands;
+use crate::commands::{self, Context};
 use crate::runtime::{Provider, RuntimeConfig};
 
 #[derive(Debug, Parser)]
@@ -31,7 +31,7 @@ pub struct Cli {
     pub global: GlobalArgs,
     /// The main job, when no subcommand is given.
     #[command(flatten)]
-    pub run: Box<crate::pipeline::RunArgs>,
+    pub run: Box<commands::run::RunArgs>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -112,13 +112,6 @@ pub enum Command {
     Plan(Box<commands::plan::PlanArgs>),
 }
 
-/// What a subcommand gets besides its own arguments.
-#[derive(Clone, Debug)]
-pub struct Context {
-    pub json: bool,
-    pub runtime: RuntimeConfig,
-}
-
 impl GlobalArgs {
     pub fn context(&self) -> Context {
         Context {
@@ -138,6 +131,20 @@ impl GlobalArgs {
             1 => log::LevelFilter::Info,
             2 => log::LevelFilter::Debug,
             _ => log::LevelFilter::Trace,
+        }
+    }
+}
+
+impl Command {
+    pub fn run(&self, ctx: &Context) -> anyhow::Result<()> {
+        match self {
+            Command::Apply(args) => commands::apply::run(args, ctx),
+            Command::Compare(args) => commands::compare::run(args, ctx),
+            Command::Convert(args) => commands::convert::run(args, ctx),
+            Command::Doctor(args) => commands::doctor::run(args, ctx),
+            Command::Inspect(args) => commands::inspect::run(args, ctx),
+            Command::Score(args) => commands::score::run(args, ctx),
+            Command::Plan(args) => commands::plan::run(args, ctx),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::calibrate::engine::projection_session;
 use crate::calibrate::tensors::{activations, feeds, project, Activations};
-use crate::calibrate::{CalibSet, Prepack};
+use crate::calibrate::{CalibConfig, CalibSet, Prepack};
 use crate::error::SkrrError;
 use crate::model_io::{element_count, read_model, Model};
 use crate::onnx::ValueInfoProto;
@@ -45,6 +45,18 @@ pub struct RunOptions {
     pub projection: Option<PathBuf>,
     /// The output compared (`graph::measured_output`'s default when `None`).
     pub measure: Option<String>,
+}
+
+impl RunOptions {
+    /// How the calibration options say the models run.
+    pub fn of(calib: &CalibConfig) -> Self {
+        RunOptions {
+            include_padding: calib.include_padding,
+            chunk: calib.chunk,
+            projection: calib.projection.clone(),
+            measure: calib.measure.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -273,6 +285,7 @@ impl Runner {
         let path = self.size.path.display().to_string();
         let mut session = self.session()?;
         for (i, batch) in batches.iter().enumerate() {
+            crate::interrupt::check()?;
             let values = feeds(&self.inputs, &batch.rows, batch.len, pad_id)?;
             let values = session
                 .run(
@@ -421,6 +434,23 @@ pub fn model_size(model: &Model) -> Result<ModelSize> {
         params,
         bytes: model.file_bytes()?,
     })
+}
+
+impl Fidelity {
+    /// `Ok` when every check passed, else the typed error (exit status 1) naming the failed
+    /// checks.
+    pub fn verdict(&self) -> Result<()> {
+        if self.passed {
+            return Ok(());
+        }
+        let failed: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{} {:.6} (limit {})", c.name, c.value, c.limit))
+            .collect();
+        Err(SkrrError::CheckFailed(format!("fidelity check FAILED: {}", failed.join(", "))).into())
+    }
 }
 
 /// Runs `dense` and `pruned` on `calib` and measures how far apart they are.

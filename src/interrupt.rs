@@ -7,7 +7,9 @@
 //! signal. Writers poll [`check`] between chunks and unwind with an error, which deletes their
 //! temporaries; when the last guard is dropped, the recorded signal is raised again with its
 //! default action, so the process still ends "killed by SIGINT" as shells and pipelines expect
-//! (exit status 130, 143 for SIGTERM).
+//! (exit status 130, 143 for SIGTERM). A pipeline folder being built (`crate::diffusers`) is
+//! such an output for the whole run, searches included, so the calibration engine and the
+//! fidelity check poll [`check`] too, once per chunk of prompts.
 //!
 //! SIGKILL cannot be caught: a temporary file may survive it. Writers name their temporaries
 //! recognisably and remove stale ones on the next run (see `model_io`), and the destination is

@@ -13,10 +13,14 @@ fn main() {
     skrr_onnx::interrupt::install();
     let ctx = cli.global.context();
     let result = match &cli.command {
-        Some(command) => skrr_onnx::commands::dispatch(command, &ctx),
-        None => skrr_onnx::pipeline::run(&cli.run, &ctx),
+        Some(command) => command.run(&ctx),
+        None => skrr_onnx::commands::run::run(&cli.run, &ctx),
     };
     if let Err(err) = result {
+        // A reader that stopped early (`| head`) is not a failure.
+        if skrr_onnx::report::is_broken_pipe(&err) {
+            std::process::exit(0);
+        }
         // One line: the context chain joined with ": " (embedded newlines from ONNX Runtime
         // messages folded), so logs and scripts can grep it.
         let msg = format!("{err:#}").replace(['\n', '\r'], " ");

@@ -1,7 +1,6 @@
 //! The plan: which sub-blocks are kept, skipped or re-use a neighbour (method doc, "The plan
 //! file"). It is the unit that moves between `plan`, `score`, `apply` and the main command.
 
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -9,37 +8,14 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::action::{self, Action, Actions};
 use crate::blocks::{Analysis, Kind};
 use crate::compensate::merged::{Fold, FoldSite, FoldTensor};
 use crate::compensate::{map_params, Compensation, LinearMap, OutputMap};
 use crate::error::SkrrError;
 use crate::model_io::write_file;
-use crate::onnx::GraphProto;
 
 pub const FORMAT: &str = "skrr-plan/1";
-
-/// What happens at one sub-block position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    Keep,
-    Skip,
-    /// Run the weights of kept sub-block `source` (same kind) at this position.
-    Reuse(usize),
-}
-
-impl Action {
-    /// The action as a plan entry spells it (a re-use's source is the entry's `source`).
-    pub fn name(self) -> ActionName {
-        match self {
-            Action::Keep => ActionName::Keep,
-            Action::Skip => ActionName::Skip,
-            Action::Reuse(_) => ActionName::Reuse,
-        }
-    }
-}
-
-/// One action per sub-block position, the in-memory form every phase works on.
-pub type Actions = Vec<Action>;
 
 /// A plan entry's `action`, spelled by `as_str`. Reading a plan refuses any other word, naming
 /// the three.
@@ -75,6 +51,17 @@ impl TryFrom<String> for ActionName {
             .into_iter()
             .find(|a| a.as_str() == word)
             .ok_or_else(|| format!("action {word:?} is not keep, skip or reuse"))
+    }
+}
+
+impl From<Action> for ActionName {
+    /// The action as a plan entry spells it (a re-use's source is the entry's `source`).
+    fn from(a: Action) -> ActionName {
+        match a {
+            Action::Keep => ActionName::Keep,
+            Action::Skip => ActionName::Skip,
+            Action::Reuse(_) => ActionName::Reuse,
+        }
     }
 }
 
@@ -228,14 +215,14 @@ impl PlanFile {
                 layer: Some(sb.layer),
                 kind: Some(sb.kind),
                 params: Some(sb.params),
-                action: a.name(),
+                action: ActionName::from(*a),
                 source: match a {
                     Action::Reuse(q) => Some(*q),
                     _ => None,
                 },
             })
             .collect();
-        let removed = removed_params(analysis, actions);
+        let removed = action::removed_params(analysis, actions);
         PlanFile {
             format: FORMAT.to_string(),
             model: Some(ModelInfo {
@@ -655,7 +642,7 @@ impl PlanFile {
             .enumerate()
             .map(|(i, a)| a.ok_or_else(|| bad(format!("plan does not list sub-block {i}"))))
             .collect::<Result<_>>()?;
-        validate(analysis, &actions).map_err(|e| bad(e.to_string()))?;
+        action::validate(analysis, &actions).map_err(|e| bad(e.to_string()))?;
         Ok(actions)
     }
 }
@@ -678,83 +665,6 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Checks that every re-use points at a kept sub-block of the same kind.
-pub fn validate(analysis: &Analysis, actions: &[Action]) -> Result<()> {
-    for (p, a) in actions.iter().enumerate() {
-        if let Action::Reuse(q) = *a {
-            let Some(src) = analysis.sub_blocks.get(q) else {
-                bail!("sub-block {p} re-uses {q}, which does not exist");
-            };
-            if src.kind != analysis.sub_blocks[p].kind {
-                bail!(
-                    "sub-block {p} ({}) cannot re-use {q} ({})",
-                    analysis.sub_blocks[p].kind,
-                    src.kind
-                );
-            }
-            if actions[q] != Action::Keep {
-                bail!("sub-block {p} re-uses {q}, which is not kept");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Parameters no longer reachable under `actions` (method doc, "Sparsity"): elements of every
-/// initializer that nothing the graph outputs depend on reads any more, once the plan is
-/// applied. Exact also for initializers shared between sub-blocks (exporters merge identical
-/// all-ones norms), which a per-block sum would miss, and for stream-independent work that dies
-/// with the blocks reading it (T5's position-bias table once every attention is skipped).
-/// Backward liveness over the plan's dataflow, without building the rewritten graph; the
-/// rewrite's dead-code elimination must agree with it (tests in `rewrite` check that).
-pub fn removed_params(analysis: &Analysis, actions: &[Action]) -> u64 {
-    let g = &analysis.graph;
-    let mut needed: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
-    // Marks the nodes some needed value depends on, in reverse topological order.
-    fn sweep<'g>(g: &'g GraphProto, nodes: &[usize], needed: &mut HashSet<&'g str>) {
-        for &n in nodes.iter().rev() {
-            let node = &g.node[n];
-            if node.output.iter().any(|o| needed.contains(o.as_str())) {
-                needed.extend(node.input.iter().map(String::as_str));
-            }
-        }
-    }
-    sweep(g, &analysis.epilogue, &mut needed);
-    for (p, a) in actions.iter().enumerate().rev() {
-        let sb = &analysis.sub_blocks[p];
-        if !needed.contains(sb.output.as_str()) {
-            continue;
-        }
-        match *a {
-            Action::Keep => sweep(g, &sb.nodes, &mut needed),
-            Action::Skip => {
-                needed.insert(sb.input.as_str());
-            }
-            Action::Reuse(q) => {
-                // A call of q's nodes whose stream and side inputs are p's.
-                let src = &analysis.sub_blocks[q];
-                let mut local: HashSet<&str> = HashSet::from([src.output.as_str()]);
-                sweep(g, &src.nodes, &mut local);
-                for v in local {
-                    if v == src.input {
-                        needed.insert(sb.input.as_str());
-                    } else if let Some(k) = src.side_inputs.iter().position(|s| s == v) {
-                        needed.insert(sb.side_inputs[k].as_str());
-                    } else {
-                        needed.insert(v);
-                    }
-                }
-            }
-        }
-    }
-    sweep(g, &analysis.prologue, &mut needed);
-    g.initializer
-        .iter()
-        .filter(|t| !needed.contains(t.name()))
-        .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,10 +675,10 @@ mod tests {
         let entry =
             |action: &str| format!(r#"{{"sub_blocks": [{{"index": 0, "action": {action}}}]}}"#);
         for a in [Action::Keep, Action::Skip, Action::Reuse(1)] {
-            let word = serde_json::to_string(&a.name()).unwrap();
-            assert_eq!(word, format!("{:?}", a.name().as_str()));
+            let word = serde_json::to_string(&ActionName::from(a)).unwrap();
+            assert_eq!(word, format!("{:?}", ActionName::from(a).as_str()));
             let plan: PlanFile = serde_json::from_str(&entry(&word)).unwrap();
-            assert_eq!(plan.sub_blocks[0].action, a.name());
+            assert_eq!(plan.sub_blocks[0].action, ActionName::from(a));
         }
         for (bad, needle) in [
             (r#""Skip""#, r#"action "Skip" is not keep, skip or reuse"#),

@@ -244,8 +244,9 @@ fn available_providers() -> Vec<String> {
 /// Finds `libonnxruntime`, in this order:
 /// 1. `ORT_DYLIB_PATH` (if set, it must exist: an explicit choice is never second-guessed);
 /// 2. the `onnxruntime` / `onnxruntime-gpu` Python package (`onnxruntime/capi/libonnxruntime.so.*`)
-///    in the site-packages of `SKRR_PYTHON`, `python3`, `python`, of an active or nearby `.venv`,
-///    of `~/.local/lib/python3*`, and of the system Python;
+///    in the Python environment this executable is installed in (pip's wheel), then in the
+///    site-packages of `SKRR_PYTHON`, `python3`, `python`, of an active or nearby `.venv`, of
+///    `~/.local/lib/python3*`, and of the system Python;
 /// 3. system library paths (`LD_LIBRARY_PATH`, `ldconfig -p`, /usr/local/lib, /usr/lib).
 pub fn locate() -> Result<Located, SkrrError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -266,6 +267,7 @@ pub fn locate() -> Result<Located, SkrrError> {
     for (dir, source) in python_site_dirs() {
         let capi = dir.join("onnxruntime").join("capi");
         if let Some(path) = newest_lib(&capi) {
+            warn_if_mixed_runtimes(&dir);
             return Ok(Located { path, source });
         }
         searched.push(capi.display().to_string());
@@ -288,7 +290,10 @@ pub fn locate() -> Result<Located, SkrrError> {
 
 /// Site-packages directories to look into, best first, each with a description of the rule.
 fn python_site_dirs() -> Vec<(PathBuf, String)> {
-    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
+    let mut dirs: Vec<(PathBuf, String)> = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map(|exe| installed_site_dirs(&exe))
+        .unwrap_or_default();
     let mut interpreters: Vec<String> = Vec::new();
     if let Some(p) = std::env::var_os("SKRR_PYTHON").filter(|p| !p.is_empty()) {
         interpreters.push(p.to_string_lossy().into_owned());
@@ -363,6 +368,73 @@ fn python_site_dirs() -> Vec<(PathBuf, String)> {
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|(d, _)| seen.insert(d.clone()));
     dirs
+}
+
+/// Site-packages of the Python environment whose scripts folder holds `exe`, each with its rule.
+///
+/// pip installs the wheel's binary into `PREFIX/bin` (a venv, conda, `--prefix`, or `~/.local/bin`
+/// with `--user`) and its `onnxruntime` dependency into `PREFIX/lib*/python3.X/site-packages`
+/// (`dist-packages` for Debian's system pip), or, with `--target DIR`, into `DIR` itself beside
+/// `DIR/bin`. Looking there first makes an installed `skrr-onnx` run by its path, with no
+/// environment activated and nothing set, use the runtime its own install brought rather than
+/// whichever `python3` is first on PATH. `exe` is canonical, so a pipx or `uv tool` link on PATH
+/// leads to the environment it points into.
+fn installed_site_dirs(exe: &Path) -> Vec<(PathBuf, String)> {
+    let Some(prefix) = exe.parent().and_then(Path::parent) else {
+        return Vec::new();
+    };
+    let source = format!(
+        "python environment of this executable ({})",
+        prefix.display()
+    );
+    let mut dirs = Vec::new();
+    for lib in ["lib", "lib64"] {
+        for leaf in ["site-packages", "dist-packages"] {
+            dirs.extend(glob_dirs(&prefix.join(lib), "python3", leaf));
+        }
+    }
+    dirs.push(prefix.to_path_buf());
+    dirs.into_iter().map(|d| (d, source.clone())).collect()
+}
+
+/// Warns when several ONNX Runtime distributions (`onnxruntime`, `onnxruntime-gpu`, ...) are
+/// installed in `site`: they all unpack into the one `onnxruntime/` folder, so its library is
+/// whichever was installed last, and uninstalling either leaves the folder broken.
+fn warn_if_mixed_runtimes(site: &Path) {
+    let found = runtime_distributions(site);
+    if found.len() > 1 {
+        log::warn!(
+            "{}: several ONNX Runtime packages ({}) are installed there and share its \
+             onnxruntime/ folder, whose library is the last one installed; keep one \
+             (for CUDA: pip uninstall -y {} && pip install onnxruntime-gpu)",
+            site.display(),
+            found.join(", "),
+            found.join(" ")
+        );
+    }
+}
+
+/// The distributions installed in `site` that own files in `onnxruntime/capi/` (by their
+/// `RECORD`), by their normalized names (`onnxruntime`, `onnxruntime_gpu`), sorted. Packages that
+/// only extend ONNX Runtime (`onnxruntime_extensions`) own none there.
+fn runtime_distributions(site: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(site) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (dist, _version) = name.strip_suffix(".dist-info")?.split_once('-')?;
+            let record = std::fs::read_to_string(e.path().join("RECORD")).ok()?;
+            (dist.starts_with("onnxruntime")
+                && record.lines().any(|l| l.starts_with("onnxruntime/capi/")))
+            .then(|| dist.to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// `<root>/<prefix>*/<leaf>` directories.
@@ -636,6 +708,57 @@ mod tests {
             crate::error::exit_code_of(&err),
             crate::error::exit::RUNTIME
         );
+    }
+
+    /// A binary in a venv's, a `--user` install's or a `--target` folder's `bin/` looks in the
+    /// site-packages its install wrote, first: where the wheel's onnxruntime went.
+    #[test]
+    fn installed_site_dirs_follow_the_scripts_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let venv = root.path().join("venv");
+        let site = venv.join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(site.join("onnxruntime/capi")).unwrap();
+        std::fs::create_dir_all(venv.join("lib/python3.12")).unwrap(); // no site-packages
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        let found = installed_site_dirs(&venv.join("bin/skrr-onnx"));
+        let dirs: Vec<&PathBuf> = found.iter().map(|(d, _)| d).collect();
+        assert_eq!(dirs, [&site, &venv]);
+        assert!(found
+            .iter()
+            .all(|(_, s)| s
+                == &format!("python environment of this executable ({})", venv.display())));
+
+        // Debian's system pip: /usr/local/bin and /usr/local/lib/python3.X/dist-packages.
+        let usr = root.path().join("usr/local");
+        let dist = usr.join("lib/python3.11/dist-packages");
+        std::fs::create_dir_all(&dist).unwrap();
+        assert_eq!(installed_site_dirs(&usr.join("bin/skrr-onnx"))[0].0, dist);
+
+        assert!(installed_site_dirs(Path::new("skrr-onnx")).is_empty());
+    }
+
+    #[test]
+    fn runtime_distributions_names_each_package_once() {
+        let site = tempfile::tempdir().unwrap();
+        let lib = "onnxruntime/capi/libonnxruntime.so.1.32.0,sha256=x,1\n";
+        for (dist, record) in [
+            ("onnxruntime-1.32.0.dist-info", lib),
+            ("onnxruntime_gpu-1.32.0.dist-info", lib),
+            (
+                "onnxruntime_extensions-0.14.0.dist-info",
+                "onnxruntime_extensions/_ortcustomops.so,,\n",
+            ),
+            ("onnx-1.23.2.dist-info", "onnx/__init__.py,,\n"),
+        ] {
+            std::fs::create_dir_all(site.path().join(dist)).unwrap();
+            std::fs::write(site.path().join(dist).join("RECORD"), record).unwrap();
+        }
+        std::fs::create_dir_all(site.path().join("onnxruntime/capi")).unwrap();
+        assert_eq!(
+            runtime_distributions(site.path()),
+            ["onnxruntime", "onnxruntime_gpu"]
+        );
+        assert!(runtime_distributions(&site.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -10,12 +10,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::calibrate::{
-    CalibArgs, CalibSet, Engine, EngineOptions, Outcome, Prepack, PromptHalf, Score,
+    CalibConfig, CalibSet, Engine, EngineOptions, Outcome, Prepack, PromptHalf, Score,
 };
+use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::model_io::{self, Model};
-use skrr_onnx::plan::Action;
 use skrr_onnx::runtime::{self, Input};
 
 struct Fixture {
@@ -53,13 +54,14 @@ fn representative() -> Vec<Fixture> {
         .collect()
 }
 
-fn args(extra: &[&str]) -> CalibArgs {
+/// The calibration options as the command line gives them.
+fn args(extra: &[&str]) -> CalibConfig {
     use clap::{Args, FromArgMatches};
     let cmd = CalibArgs::augment_args(clap::Command::new("t").no_binary_name(true));
     let m = cmd
         .try_get_matches_from(["--num-prompts", "10"].iter().chain(extra))
         .unwrap();
-    CalibArgs::from_arg_matches(&m).unwrap()
+    CalibArgs::from_arg_matches(&m).unwrap().config().unwrap()
 }
 
 fn setup(f: &Fixture, extra: &[&str]) -> (Model, Analysis, CalibSet, EngineOptions) {
@@ -68,7 +70,7 @@ fn setup(f: &Fixture, extra: &[&str]) -> (Model, Analysis, CalibSet, EngineOptio
     let analysis = blocks::analyze(&model.proto).unwrap();
     let a = args(extra);
     let calib = a.calib_set(&model, PromptHalf::Calibration).unwrap();
-    let opts = a.engine_options().unwrap();
+    let opts = a.engine_options();
     (model, analysis, calib, opts)
 }
 
@@ -197,7 +199,7 @@ fn all_keep_reproduces_the_full_model() {
         let d = scored(engine.score(&keep, None).unwrap());
         assert_eq!(d.d(), 0.0, "{}: dense D", f.name);
         // Weights are held once: shared values never exceed the model's initializer bytes, and
-        // in fp32 models they are most of them (fp16 weights are inlined, see calibrate/parts.rs).
+        // in fp32 models they are most of them (fp16 weights are inlined, see partition.rs).
         let total: u64 = model
             .proto
             .graph

@@ -5,7 +5,7 @@
 mod common;
 
 use serde_json::Value;
-use skrr_onnx::plan::Action;
+use skrr_onnx::action::Action;
 
 fn score(args: &[&str]) -> Value {
     let mut all = vec!["--json", "score"];

@@ -19,11 +19,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks::analyze;
 use skrr_onnx::calibrate::tensors::Activations;
 use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
 use skrr_onnx::model_io::read_model;
-use skrr_onnx::plan::Action;
 
 use common::engine_check::{plans, Errors};
 use common::{assert_error_contract, skrr};

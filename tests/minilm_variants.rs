@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
-use skrr_onnx::plan::Action;
+use skrr_onnx::action::Action;
 
 /// fixtures/minilm/manifest.json: committed, readable without the weights.
 fn legacy() -> Value {

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
+use skrr_onnx::action::{removed_params, Action};
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::model_io::read_model;
-use skrr_onnx::plan::{removed_params, Action, PlanFile};
+use skrr_onnx::plan::PlanFile;
 
 use common::*;
 

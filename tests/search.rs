@@ -18,9 +18,10 @@ use common::*;
 use ndarray::{Array2, ArrayD};
 use prost::Message;
 use serde_json::Value;
+use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{analyze, Analysis};
 use skrr_onnx::model_io::{read_model, Model};
-use skrr_onnx::plan::{Action, PlanFile};
+use skrr_onnx::plan::PlanFile;
 use skrr_onnx::rewrite::{apply_plan, RewriteOptions};
 use skrr_onnx::runtime::{self, Input};
 

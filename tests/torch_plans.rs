@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 
 use serde_json::Value;
-use skrr_onnx::plan::Action;
+use skrr_onnx::action::Action;
 
 /// How far an output is from a reference.
 #[derive(Clone, Copy)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ort::value::DynValue;
 
-use crate::plan::Action;
+use crate::action::Action;
 
 type Key = (usize, Vec<Action>);
 

@@ -23,11 +23,11 @@ use super::cache::StreamCache;
 use super::inputs::CalibSet;
 use super::parts::{onnx_data_type, InputType, SessionParts};
 use super::tensors::{self, Activations};
+use crate::action::Action;
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
 use crate::model_io::Model;
 use crate::onnx::TensorProto;
-use crate::plan::Action;
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -436,7 +436,7 @@ impl Engine {
         self.forward(c, actions)
     }
 
-    /// A re-use must run a kept sub-block of the same kind (as `plan::validate` checks).
+    /// A re-use must run a kept sub-block of the same kind (as `action::validate` checks).
     fn validate(&self, actions: &[Action]) -> Result<()> {
         for (p, a) in actions.iter().enumerate() {
             if let Action::Reuse(q) = *a {
@@ -661,6 +661,9 @@ impl Engine {
 
     /// The plan's (projected) output on chunk `c`, resuming from the longest cached prefix.
     fn forward(&mut self, c: usize, actions: &[Action]) -> Result<Activations> {
+        // A pipeline folder's run holds its staged folder through the search: a signal then
+        // ends the search here, and the folder is removed (crate::interrupt).
+        crate::interrupt::check()?;
         self.stats.chunk_runs += 1;
         let stream = self.stream_into(c, actions, self.parts.measured_after)?;
         let output = match self.parts.epilogue.clone() {

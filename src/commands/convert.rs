@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde_json::json;
 
-use crate::cli::Context;
-use crate::commands::ExternalDataArgs;
+use crate::commands::args::ExternalDataArgs;
+use crate::commands::Context;
 use crate::model_io::{read_model, write_model};
+use crate::report::{self, subcommands::ConvertReport};
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -23,28 +23,12 @@ pub struct ConvertArgs {
 
 pub fn run(args: &ConvertArgs, ctx: &Context) -> Result<()> {
     let model = read_model(&args.input)?;
-    let opts = args.data.write_options();
-    let report = write_model(&model.proto, &model.weights, &args.output, &opts)?;
-    if ctx.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "input": model.path, "written": report }))?
-        );
-    } else {
-        println!(
-            "wrote {} ({} bytes, {} tensors inline)",
-            report.model_path.display(),
-            report.model_bytes,
-            report.inline_tensors
-        );
-        if let Some(p) = &report.data_path {
-            println!(
-                "  data {} ({} bytes, {} tensors)",
-                p.display(),
-                report.data_bytes,
-                report.external_tensors
-            );
-        }
-    }
-    Ok(())
+    let written = write_model(
+        &model.proto,
+        &model.weights,
+        &args.output,
+        &args.data.write_options(),
+    )?;
+    let input = model.path.clone();
+    report::emit(&ConvertReport { input, written }, ctx.json)
 }

@@ -16,13 +16,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{stored_as, tensor_proto, Split};
+use crate::action::Action;
 use crate::blocks::Analysis;
 use crate::calibrate::tensors::{self, Activations};
 use crate::calibrate::Engine;
 use crate::model_io::Model;
 use crate::onnx::proto::tensor_proto::data_type;
 use crate::onnx::{GraphProto, TensorProto};
-use crate::plan::Action;
 
 /// Where a fold goes: the kept sub-block before a skipped run, and what in it the fold changes.
 #[derive(Debug, Clone, PartialEq)]

@@ -37,7 +37,7 @@ impl Staged {
     pub fn named(dest: &Path, base: &str) -> Result<Self> {
         let dir = dest.parent().context("output path has no folder")?;
         let prefix = format!(".{base}.");
-        remove_stale(dir, &prefix);
+        remove_stale(dir, &prefix, TempKind::File);
         let writing = Writing::begin();
         let tmp = tempfile::Builder::new()
             .prefix(&prefix)
@@ -73,23 +73,38 @@ impl Staged {
 
 const TMP_SUFFIX: &str = ".tmp";
 
-/// Deletes temporaries named `<prefix>*.tmp` in `dir` that no live process holds locked: what a
-/// run killed by SIGKILL (or a power cut) left behind while writing the same destination.
-fn remove_stale(dir: &Path, prefix: &str) {
+/// What a temporary is: a file being written, or a folder being built (a pipeline folder).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TempKind {
+    File,
+    Folder,
+}
+
+/// Deletes temporaries of `kind` named `<prefix>*.tmp` in `dir` that no live process holds
+/// locked: what a run killed by SIGKILL (or a power cut) left behind while writing the same
+/// destination.
+pub(crate) fn remove_stale(dir: &Path, prefix: &str, kind: TempKind) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if !(name.starts_with(prefix) && name.ends_with(TMP_SUFFIX)) {
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir != (kind == TempKind::Folder)
+            || !(name.starts_with(prefix) && name.ends_with(TMP_SUFFIX))
+        {
             continue;
         }
         let path = e.path();
         let Ok(f) = File::open(&path) else { continue };
+        let remove = || match kind {
+            TempKind::File => std::fs::remove_file(&path),
+            TempKind::Folder => std::fs::remove_dir_all(&path),
+        };
         // SAFETY: flock on a file descriptor we own; the lock goes with `f`.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
-            && std::fs::remove_file(&path).is_ok()
+            && remove().is_ok()
         {
             log::warn!(
                 "removed {}, left by an interrupted earlier run",

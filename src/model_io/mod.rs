@@ -10,6 +10,8 @@
 //! of external data, offsets within files, and declared shape × element size = stored bytes.
 
 mod atomic;
+
+pub(crate) use atomic::{remove_stale, TempKind};
 mod external;
 pub mod read;
 mod replace;

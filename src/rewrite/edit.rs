@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{anyhow, bail, ensure, Result};
 
+use crate::action::Action;
 use crate::blocks::Analysis;
 use crate::compensate::{Compensation, OutputMap};
 use crate::graph;
 use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
-use crate::plan::Action;
 
 use super::ReuseWeights;
 
@@ -77,7 +77,7 @@ pub fn plan_edits(
         actions.len(),
         analysis.sub_blocks.len()
     );
-    crate::plan::validate(analysis, actions)?;
+    crate::action::validate(analysis, actions)?;
     let graph = &analysis.graph;
     let mut names = Names::of(graph);
     let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();

@@ -14,13 +14,14 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::action::Action;
 use crate::blocks::Analysis;
 use crate::compensate::Compensation;
 use crate::model_io::{element_count, stored_len};
 use crate::onnx::{
     GraphProto, ModelProto, StringStringEntryProto, TensorProto, META_PLAN, META_VERSION,
 };
-use crate::plan::{Action, PlanFile};
+use crate::plan::PlanFile;
 
 pub use edit::{apply_edits, plan_edits, Edit};
 

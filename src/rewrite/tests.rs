@@ -244,7 +244,7 @@ fn run(
     }
     assert_eq!(
         report.params_removed,
-        crate::plan::removed_params(&analysis, actions),
+        crate::action::removed_params(&analysis, actions),
         "{actions:?}"
     );
     (out, report)

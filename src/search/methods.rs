@@ -6,15 +6,19 @@
 //! re-scored with the full Skrr D, so every method's plan file reports D on the same scale and
 //! the numbers compare directly. Baselines have no re-use phase (it is part of Skrr).
 
+use std::time::Duration;
+
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{search, shortgpt_orders, Config, Level, Rank, Report, Scorer};
+use super::{search, shortgpt_orders, Config, Level, Limits, Rank, Report, Scorer};
+use crate::action::Action;
 use crate::blocks::Analysis;
 use crate::calibrate::{CalibSet, Engine, EngineOptions, EngineStats};
+use crate::compensate::Compensate;
+use crate::error::SkrrError;
 use crate::model_io::Model;
 use crate::onnx::GraphProto;
-use crate::plan::Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +89,44 @@ pub struct MethodRun {
     pub block_influence: Option<Vec<f64>>,
     /// Statistics of the engine that scored with the full D.
     pub engine: EngineStats,
+}
+
+/// How to search, for the main job and `plan`: the method and its knobs.
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    pub method: Method,
+    /// Beam width of Skrr's skip phase, at least 1.
+    pub beam: usize,
+    /// Run Skrr's re-use pass after the skip phase.
+    pub reuse: bool,
+    /// Wall time for the skip phase.
+    pub time_limit: Option<Duration>,
+    pub rank: Rank,
+}
+
+impl SearchConfig {
+    /// The search configuration for `targets`; `compensate` is the compensation the plans get,
+    /// which ranking by compensated D needs to be the output map.
+    pub fn config(&self, targets: Vec<f64>, compensate: Compensate) -> Result<Config> {
+        if self.rank == Rank::Compensated && compensate != Compensate::Linear {
+            return Err(SkrrError::Usage(
+                "--rank compensated ranks plans by D after their linear map: give --compensate \
+                 linear too"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(Config {
+            beam: self.beam,
+            targets,
+            reuse: self.reuse,
+            limits: Limits {
+                time: self.time_limit,
+                steps: None,
+            },
+            rank: self.rank,
+        })
+    }
 }
 
 /// Runs `method` for `cfg.targets` (the caller has checked them with `check_targets`), and

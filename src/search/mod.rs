@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::action::{removed_params, Action, Actions};
 use crate::blocks::Analysis;
 use crate::error::SkrrError;
-use crate::plan::{removed_params, Action, Actions, Discrepancy, PlanFile};
+use crate::plan::{Discrepancy, PlanFile};
 
 pub use reuse::{reuse_pass, ReuseReport};
 pub use shortgpt::shortgpt_orders;
@@ -291,9 +292,9 @@ pub(crate) mod testutil {
     use anyhow::Result;
 
     use super::Scorer;
+    use crate::action::Action;
     use crate::blocks::{Analysis, Kind, SubBlock};
     use crate::onnx::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
-    use crate::plan::Action;
 
     /// `params[p]` parameters in sub-block `p` (alternating attention / ffn) plus `embed` in the
     /// prologue; one node per region reading one initializer.

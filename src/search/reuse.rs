@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::skip::rank;
 use super::{skip_actions, Scorer};
+use crate::action::{Action, Actions};
 use crate::blocks::Analysis;
-use crate::plan::{Action, Actions};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Adopted {
@@ -143,10 +143,10 @@ mod tests {
             assert_eq!(act, ract, "seed {seed}");
             assert_eq!(rep.d_after, rd);
             assert!(rep.d_after <= rep.d_before);
-            crate::plan::validate(&a, &act).unwrap();
+            crate::action::validate(&a, &act).unwrap();
             assert_eq!(
-                crate::plan::removed_params(&a, &act),
-                crate::plan::removed_params(&a, &skip_actions(n, &order)),
+                crate::action::removed_params(&a, &act),
+                crate::action::removed_params(&a, &skip_actions(n, &order)),
                 "re-use removes nothing more and adds nothing back"
             );
             // the final D is the scorer's D of the final plan

@@ -306,7 +306,7 @@ impl Ord for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Action;
+    use crate::action::Action;
     use crate::search::testutil::{analysis, SyntheticD, Whole};
 
     fn run(a: &Analysis, d: &mut SyntheticD, beam: usize, targets: &[f64]) -> SkipOutcome {

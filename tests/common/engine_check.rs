@@ -7,14 +7,14 @@ use std::path::Path;
 
 use ort::session::{Session, SessionInputValue};
 use serde_json::Value;
+use skrr_onnx::action::Action;
+use skrr_onnx::apply::apply_to_file;
 use skrr_onnx::blocks::{analyze, Analysis};
 use skrr_onnx::calibrate::tensors::{activations, feeds, Activations};
 use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
-use skrr_onnx::commands::apply::apply_to_file;
 use skrr_onnx::compensate::{self, merged, Compensation};
 use skrr_onnx::model_io::{read_model, Model, WriteOptions};
 use skrr_onnx::onnx::ValueInfoProto;
-use skrr_onnx::plan::Action;
 use skrr_onnx::rewrite::RewriteOptions;
 
 use Action::{Keep as K, Reuse as R, Skip as S};

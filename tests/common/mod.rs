@@ -96,7 +96,7 @@ pub fn minilm_variant(test: &str, name: &str) -> Option<(PathBuf, serde_json::Va
 /// Writes a hand-written plan file for `n` sub-blocks at `path` that skips those in `skip` and
 /// keeps the others (the minimal form the method doc allows).
 pub fn write_skip_plan(path: &Path, n: usize, skip: &[usize]) {
-    use skrr_onnx::plan::Action;
+    use skrr_onnx::action::Action;
     let actions: Vec<Action> = (0..n)
         .map(|i| {
             if skip.contains(&i) {
@@ -111,8 +111,8 @@ pub fn write_skip_plan(path: &Path, n: usize, skip: &[usize]) {
 
 /// Writes a hand-written plan file at `path` with one action per sub-block (`index`, `action`
 /// and, for a re-use, `source`: the minimal form the method doc allows).
-pub fn write_plan(path: &Path, actions: &[skrr_onnx::plan::Action]) {
-    use skrr_onnx::plan::Action;
+pub fn write_plan(path: &Path, actions: &[skrr_onnx::action::Action]) {
+    use skrr_onnx::action::Action;
     let entries: Vec<serde_json::Value> = actions
         .iter()
         .enumerate()

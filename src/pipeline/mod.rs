@@ -7,66 +7,55 @@
 //! missing or not writable, an unreachable sparsity, limits no result can meet, prompts that
 //! cannot be read.
 
+pub mod compare;
+pub mod plan;
+pub mod score;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::apply::apply_to_file;
 use crate::blocks::analyze_at;
-use crate::calibrate::{CalibArgs, CalibSet, Engine, PromptHalf};
-use crate::cli::Context;
-use crate::commands::apply::apply_to_file;
-use crate::commands::compare::{fidelity_on, render, verdict, ToleranceArgs};
-use crate::commands::plan::SearchArgs;
-use crate::commands::ExternalDataArgs;
+use crate::calibrate::{CalibConfig, CalibSet, Engine, PromptHalf};
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
-use crate::error::SkrrError;
-use crate::fidelity::Fidelity;
+use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
 use crate::model_io::{
-    check_output_not_input, check_outputs_apart, read_model, write_file, WriteReport,
+    check_output_not_input, check_outputs_apart, read_model, write_file, WriteOptions, WriteReport,
 };
 use crate::plan::{file_sha256, ActionName, PlanFile};
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
+use crate::runtime::RuntimeConfig;
 use crate::search::check_targets;
-use crate::search::methods::run_method;
+use crate::search::methods::{run_method, SearchConfig};
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// The dense text encoder (.onnx; external data beside it is followed).
-    #[arg(required = true)]
-    pub input: Option<PathBuf>,
-    /// Where to write the pruned model (written whole or not at all; never over the input).
-    #[arg(required = true)]
-    pub output: Option<PathBuf>,
-    /// Target sparsity: parameters removed / all parameters of the model, in (0, 1).
-    #[arg(long, required = true, allow_negative_numbers = true)]
-    pub sparsity: Option<f64>,
-    #[command(flatten)]
-    pub search: SearchArgs,
+/// The main job, as the library takes it: every option resolved, each value checked on its own
+/// (the command line's `RunArgs` converts into it).
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The dense text encoder.
+    pub input: PathBuf,
+    /// Where the pruned model goes (never over the input).
+    pub output: PathBuf,
+    /// Parameters removed / all parameters, in (0, 1).
+    pub sparsity: f64,
+    pub search: SearchConfig,
+    pub compensate: Compensate,
     /// Also write the plan file here.
-    #[arg(long, value_name = "FILE")]
     pub plan_out: Option<PathBuf>,
-    /// Share re-used weights (default) or copy them for engines that cannot share.
-    #[arg(long, value_enum, default_value_t = ReuseWeights::Share)]
     pub reuse_weights: ReuseWeights,
-    /// Write a JSON report of the whole run (plan, timings, sizes, fidelity) here.
-    #[arg(long, value_name = "FILE")]
+    /// Also write the JSON report here.
     pub report: Option<PathBuf>,
-    /// Skip the held-out fidelity comparison.
-    #[arg(long)]
-    pub no_compare: bool,
-    /// Prompts for the fidelity check, in the format of the calibration input (text lines, or
-    /// token ids with --calib). Default: the built-in held-out prompts, or every 4th of your
-    /// --prompts / --calib lines (the search then calibrates on the others).
-    #[arg(long, value_name = "FILE", conflicts_with = "no_compare")]
+    /// Run the held-out fidelity comparison.
+    pub compare: bool,
+    /// The fidelity check's prompts (else held out of the calibration prompts).
     pub heldout: Option<PathBuf>,
-    #[command(flatten)]
-    pub data: ExternalDataArgs,
-    #[command(flatten)]
-    pub calib: CalibArgs,
-    #[command(flatten)]
-    pub tolerances: ToleranceArgs,
+    pub write: WriteOptions,
+    pub calib: CalibConfig,
+    pub tolerances: Tolerances,
+    pub runtime: RuntimeConfig,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,45 +130,39 @@ impl Clock {
     }
 }
 
-pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
-    let usage = |m: &str| -> anyhow::Error { SkrrError::Usage(m.to_string()).into() };
-    let (Some(input), Some(output), Some(sparsity)) =
-        (args.input.as_deref(), args.output.as_deref(), args.sparsity)
-    else {
-        return Err(usage(
-            "usage: skrr-onnx IN OUT --sparsity S (or a subcommand; see --help)",
-        ));
-    };
+/// Runs the main job: read, analyze, search, compensate, rewrite and write, compare. Prints
+/// nothing; a FAILED fidelity check is in the report (`RunReport::fidelity`), not an error.
+pub fn run(job: &Job) -> Result<RunReport> {
+    let (input, output, sparsity) = (job.input.as_path(), job.output.as_path(), job.sparsity);
     // Everything that can be refused without the search is refused before it.
     check_output_not_input(output, input, "pruned model")?;
-    if let Some(p) = &args.plan_out {
+    if let Some(p) = &job.plan_out {
         check_output_not_input(p, input, "plan")?;
     }
-    if let Some(p) = &args.report {
+    if let Some(p) = &job.report {
         check_output_not_input(p, input, "report")?;
     }
-    let tolerances = args.tolerances.tolerances()?;
     let mut clock = Clock {
         start: Instant::now(),
         phases: Vec::new(),
     };
 
     let model = clock.phase("read", || read_model(input))?;
-    check_outputs_apart_from_reads(args, output, &model)?;
-    crate::runtime::init(&ctx.runtime)?;
+    check_outputs_apart_from_reads(job, &model)?;
+    crate::runtime::init(&job.runtime)?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
     crate::loadable::check_input(&model, input)?;
-    let engine_opts = args.calib.engine_options()?;
-    let added = compensate::planned_params(args.search.compensate, &analysis.graph, &engine_opts)?;
+    let engine_opts = job.calib.engine_options();
+    let added = compensate::planned_params(job.compensate, &analysis.graph, &engine_opts)?;
     let target = compensate::raised_targets(&[sparsity], added, analysis.total_params)[0];
     check_targets(&analysis, &[target])?;
     warn_if_short_of_space(&model, output, sparsity);
-    let (calib, held_out) = prompt_sets(args, &model)?;
-    let prompts = PromptsReport::of(args, &calib, held_out.as_ref());
-    let method = args.search.method;
+    let (calib, held_out) = prompt_sets(job, &model)?;
+    let prompts = PromptsReport::of(&job.calib, &calib, held_out.as_ref());
+    let method = job.search.method;
     let (level, mut plan, search, mut engine) = clock.phase("search", || {
         let sha256 = file_sha256(input)?;
-        let cfg = args.search.config(vec![target])?;
+        let cfg = job.search.config(vec![target], job.compensate)?;
         let (run, engine) =
             run_method(&model, &analysis, calib, engine_opts.clone(), method, &cfg)?;
         let level = run.levels.into_iter().next().ok_or_else(|| {
@@ -193,13 +176,13 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         });
         Ok((level, plan, search, engine))
     })?;
-    let compensation = match args.search.compensate {
+    let compensation = match job.compensate {
         Compensate::None => None,
         choice => clock.phase("compensate", || {
             let fitted =
                 compensate::compensate(choice, &mut engine, &model, &analysis, &level.actions)?;
             if let Some((comp, fit)) = &fitted {
-                let file = args.plan_out.as_deref().map(PlanFile::sidecar_name);
+                let file = job.plan_out.as_deref().map(PlanFile::sidecar_name);
                 plan.compensate(comp, &analysis, fit.ridge(), fit.d_after(), file);
             }
             Ok(fitted)
@@ -207,30 +190,29 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     };
     // The search's sessions hold memory the writer and the comparison need.
     drop(engine);
-    if let Some(p) = &args.plan_out {
+    if let Some(p) = &job.plan_out {
         plan.write(p, compensation.as_ref().map(|(c, _)| c))?;
     }
 
     let applied = clock.phase("rewrite+write", || {
         let opts = RewriteOptions {
-            reuse_weights: args.reuse_weights,
+            reuse_weights: job.reuse_weights,
             plan_record: Some(plan.clone()),
             compensation: compensation.as_ref().map(|(c, _)| c.clone()),
         };
-        apply_to_file(
-            &model,
-            &analysis,
-            &level.actions,
-            &opts,
-            output,
-            &args.data.write_options(),
-        )
+        apply_to_file(&model, &analysis, &level.actions, &opts, output, &job.write)
     })?;
 
     let fidelity = match &held_out {
         None => None,
         Some((set, _)) => Some(clock.phase("compare", || {
-            fidelity_on(input, output, set, &args.calib, &tolerances)
+            fidelity::measure(
+                input,
+                output,
+                set,
+                &RunOptions::of(&job.calib),
+                &job.tolerances,
+            )
         })?),
     };
     // A fold leaves no uncompensated value in the file: the engine measures the plan without
@@ -253,9 +235,8 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
     };
 
     let seconds = clock.start.elapsed().as_secs_f64();
-    let checked = fidelity.as_ref().map(verdict).unwrap_or(Ok(()));
     let verdict_line = one_line(
-        checked.is_ok(),
+        fidelity.as_ref().is_none_or(|f| f.passed),
         fidelity.is_some(),
         &level_summary(&plan, &applied.rewrite),
         fidelity.as_ref(),
@@ -280,27 +261,19 @@ pub fn run(args: &RunArgs, ctx: &Context) -> Result<()> {
         compensation,
         phases: clock.phases,
         seconds,
-        verdict: verdict_line.clone(),
+        verdict: verdict_line,
     };
-    if let Some(p) = &args.report {
+    if let Some(p) = &job.report {
         write_file(
             p,
             format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
         )?;
     }
-    if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        eprintln!("{verdict_line}");
-    } else {
-        print!("{}", render_run(&report));
-        println!("{verdict_line}");
-    }
-    checked
+    Ok(report)
 }
 
 impl PromptsReport {
-    fn of(args: &RunArgs, calib: &CalibSet, held_out: Option<&(CalibSet, String)>) -> Self {
-        let c = &args.calib;
+    fn of(c: &CalibConfig, calib: &CalibSet, held_out: Option<&(CalibSet, String)>) -> Self {
         PromptsReport {
             calibration_source: c
                 .calib
@@ -320,18 +293,15 @@ impl PromptsReport {
 
 /// The run's outputs (pruned model, its data file, plan, report) may not name one another or
 /// any file the run reads (the model's, tokenizer, prompts, projection).
-fn check_outputs_apart_from_reads(
-    args: &RunArgs,
-    output: &Path,
-    model: &crate::model_io::Model,
-) -> Result<()> {
-    let data = output.with_file_name(args.data.write_options().data_file_name(output)?);
+fn check_outputs_apart_from_reads(job: &Job, model: &crate::model_io::Model) -> Result<()> {
+    let output = job.output.as_path();
+    let data = output.with_file_name(job.write.data_file_name(output)?);
     let mut reads = model.files();
-    reads.extend(args.calib.files(model)?);
-    reads.extend(args.heldout.clone());
-    let sidecar = match args.search.compensate {
+    reads.extend(job.calib.files(model)?);
+    reads.extend(job.heldout.clone());
+    let sidecar = match job.compensate {
         Compensate::None => None,
-        Compensate::Linear | Compensate::Merged => args
+        Compensate::Linear | Compensate::Merged => job
             .plan_out
             .as_deref()
             .map(|p| p.with_file_name(PlanFile::sidecar_name(p))),
@@ -341,9 +311,9 @@ fn check_outputs_apart_from_reads(
         (data.as_path(), "pruned model's external data"),
     ]
     .into_iter()
-    .chain(args.plan_out.as_deref().map(|p| (p, "plan")))
+    .chain(job.plan_out.as_deref().map(|p| (p, "plan")))
     .chain(sidecar.as_deref().map(|p| (p, "plan's compensation map")))
-    .chain(args.report.as_deref().map(|p| (p, "report")))
+    .chain(job.report.as_deref().map(|p| (p, "report")))
     .collect::<Vec<_>>();
     check_outputs_apart(
         &outputs,
@@ -372,15 +342,15 @@ fn warn_if_short_of_space(model: &crate::model_io::Model, output: &Path, sparsit
 /// The search's prompts, and the fidelity check's with where they come from (none with
 /// `--no-compare`: then the search gets every prompt).
 fn prompt_sets(
-    args: &RunArgs,
+    job: &Job,
     model: &crate::model_io::Model,
 ) -> Result<(CalibSet, Option<(CalibSet, String)>)> {
-    if args.no_compare {
-        return Ok((args.calib.calib_set(model, PromptHalf::Calibration)?, None));
+    if !job.compare {
+        return Ok((job.calib.calib_set(model, PromptHalf::Calibration)?, None));
     }
-    let (calib, held, source) = args
+    let (calib, held, source) = job
         .calib
-        .calib_and_held_out(model, args.heldout.as_deref())?;
+        .calib_and_held_out(model, job.heldout.as_deref())?;
     log::info!(
         "calibrating on {} prompts, checking fidelity on {} ({source})",
         calib.prompts.len(),
@@ -449,82 +419,4 @@ fn one_line(
         output.display(),
         bytes as f64 / 1e6
     )
-}
-
-/// The human-readable report printed before the verdict line.
-fn render_run(r: &RunReport) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "model   {}: {} layers, {} sub-blocks, {} parameters{}",
-        r.input.display(),
-        r.layers,
-        r.sub_blocks,
-        r.params_total,
-        r.family
-            .as_deref()
-            .map_or(String::new(), |f| format!(" ({f})"))
-    );
-    let p = &r.prompts;
-    let held = match (&p.held_out, &p.held_out_source) {
-        (Some(n), Some(source)) => format!(", fidelity on {n} held out ({source})"),
-        _ => String::new(),
-    };
-    let _ = writeln!(
-        s,
-        "calib   {} prompts ({}){held}",
-        p.calibration, p.calibration_source
-    );
-    let order = r.plan.skip_order.clone().unwrap_or_default();
-    let reuses: Vec<String> = r
-        .plan
-        .sub_blocks
-        .iter()
-        .filter_map(|e| e.source.map(|q| format!("{}←{}", e.index, q)))
-        .collect();
-    let _ = writeln!(
-        s,
-        "plan    {} sparsity {:.4} (target {}), skip order {:?}, re-use [{}], D {:.4e} → {:.4e}",
-        r.plan.method.as_deref().unwrap_or("?"),
-        r.plan.achieved_sparsity.unwrap_or(0.0),
-        r.plan.target_sparsity.unwrap_or(0.0),
-        order,
-        reuses.join(", "),
-        r.plan.discrepancy.as_ref().map_or(0.0, |d| d.skip),
-        r.plan.discrepancy.as_ref().map_or(0.0, |d| d.final_),
-    );
-    let copied = match r.rewrite.params_copied {
-        0 => String::new(),
-        n => format!(
-            "; {n} copied back for re-use, {} bytes",
-            r.rewrite.bytes_copied
-        ),
-    };
-    let _ = writeln!(
-        s,
-        "rewrite nodes {} → {}, parameters {} → {} ({} removed{copied})",
-        r.rewrite.nodes_before,
-        r.rewrite.nodes_after,
-        r.rewrite.params_before,
-        r.rewrite.params_after,
-        r.rewrite.params_removed
-    );
-    if let Some(c) = &r.compensation {
-        let held = c
-            .held_out
-            .as_ref()
-            .map_or(String::new(), |e| format!("; held out: {e}"));
-        let _ = writeln!(s, "compens {}{held}", c.fit);
-    }
-    if let Some(f) = &r.fidelity {
-        s.push_str(&render(f));
-    }
-    let phases: Vec<String> = r
-        .phases
-        .iter()
-        .map(|p| format!("{} {:.2} s", p.name, p.seconds))
-        .collect();
-    let _ = writeln!(s, "time    {}", phases.join(", "));
-    s
 }
