@@ -70,15 +70,6 @@ pub struct WriteReport {
     pub inline_tensors: usize,
 }
 
-/// Writes `proto` (whose tensors' bytes come from `weights`) to `out`, atomically.
-///
-/// Refuses ([`SkrrError::Output`]) an output in a missing folder, and an output model or data
-/// file that is the input model or one of its data files. On any error no output is left.
-///
-/// The data file gets the name asked for (default `<model>.data`) when no file has it, and a
-/// tagged variant otherwise, so that the previous output stays whole until the model's rename
-/// replaces it; the previous output's data file is then deleted if nothing else reads it (see
-/// `replace`). The report names the data file actually written.
 impl WriteOptions {
     /// The name of the data file an output at `out` asks for, before any tag `replace` adds:
     /// a plain file name beside the model, other than the model's own. Commands call it before
@@ -92,105 +83,51 @@ impl WriteOptions {
             ExternalData::Always { file: Some(f) } => f.clone(),
             _ => format!("{name}.data"),
         };
-        let refuse = |msg: String| -> anyhow::Error {
-            SkrrError::Output {
-                path: out.to_path_buf(),
-                msg,
-            }
-            .into()
-        };
         if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\']) {
-            return Err(refuse(format!(
-                "data file name '{file}' must be a plain file name"
-            )));
+            return Err(refused(
+                out,
+                format!("data file name '{file}' must be a plain file name"),
+            ));
         }
         if file == name {
-            return Err(refuse("the data file cannot be the model file".into()));
+            return Err(refused(
+                out,
+                "the data file cannot be the model file".into(),
+            ));
         }
         Ok(file)
     }
 }
 
+/// Writes `proto` (whose tensors' bytes come from `weights`) to `out`, atomically.
+///
+/// Refuses ([`SkrrError::Output`]) an output in a missing folder, and an output model or data
+/// file that is the input model or one of its data files. On any error no output is left.
+///
+/// The data file gets the name asked for (default `<model>.data`) when no file has it, and a
+/// tagged variant otherwise, so that the previous output stays whole until the model's rename
+/// replaces it; the previous output's data file is then deleted if nothing else reads it (see
+/// `replace`). The report names the data file actually written.
 pub fn write_model(
     proto: &ModelProto,
     weights: &WeightStore,
     out: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
-    let refuse = |path: &Path, msg: String| -> anyhow::Error {
-        SkrrError::Output {
-            path: path.to_path_buf(),
-            msg,
-        }
-        .into()
-    };
-    let out = std::path::absolute(out).map_err(|e| refuse(out, e.to_string()))?;
-    let (dir, name) = match (out.parent(), out.file_name()) {
-        (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
-        _ => return Err(refuse(&out, "not a file path".into())),
-    };
-    if !dir.is_dir() {
-        return Err(refuse(
-            &out,
-            format!("the folder {} does not exist", dir.display()),
-        ));
-    }
-    if out.is_dir() {
-        return Err(refuse(&out, "is a folder".into()));
-    }
+    let out = std::path::absolute(out).map_err(|e| refused(out, e.to_string()))?;
+    let (dir, name) = output_folder(&out)?;
     let inputs: Vec<&Path> = weights
         .model_path()
         .into_iter()
         .chain(weights.external_files().iter().map(|f| f.path.as_path()))
         .collect();
-    let refuse_input = |path: &Path, what: &str| -> Result<()> {
-        for input in &inputs {
-            if same_file(path, input).map_err(|e| refuse(path, e.to_string()))? {
-                return Err(refuse(
-                    path,
-                    format!(
-                        "refusing to write the {what} over the input file {}",
-                        input.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    };
-    refuse_input(&out, "model")?;
-
+    refuse_over_input(&out, "model", &inputs)?;
     let mut model = proto.clone();
-    let external = match &opts.external {
-        ExternalData::Always { .. } => true,
-        ExternalData::Never => false,
-        ExternalData::Auto => {
-            has_external(&mut model)? || inline_size(&mut model, weights)? > opts.auto_limit
-        }
-    };
-    if !external {
-        let size = inline_size(&mut model, weights)?;
-        if size > PROTOBUF_LIMIT {
-            return Err(refuse(
-                &out,
-                format!("the model would take {size} bytes inline, above the 2 GB protobuf limit; write it with external data"),
-            ));
-        }
-    }
-
-    let data = if external {
-        let file = opts.data_file_name(&out)?;
-        let path = dir.join(&file);
-        refuse_input(&path, "external data")?;
-        // Never the name of a file a model may still read (the previous output's data, say):
-        // see `replace`.
-        let file = fresh_data_name(&dir, &file);
-        let path = dir.join(&file);
-        Some((file, path))
-    } else {
-        None
+    let data = match stores_external(&mut model, weights, opts, &out)? {
+        true => Some(data_file(&out, &dir, opts, &inputs)?),
+        false => None,
     };
     let replacement = Replacement::new(&out, data.as_ref().map(|(file, _)| file.as_str()), &inputs);
-
     let mut report = WriteReport {
         model_path: out.clone(),
         data_path: data.as_ref().map(|(_, p)| p.clone()),
@@ -202,16 +139,129 @@ pub fn write_model(
     let data_stage = match &data {
         Some((_, path)) => Some(
             Staged::named(path, &format!("{name}.data"))
-                .map_err(|e| refuse(path, format!("{e:#}")))?,
+                .map_err(|e| refused(path, format!("{e:#}")))?,
         ),
         None => None,
     };
-    let mut sink = data_stage
+    let sink = data_stage
         .as_ref()
         .zip(data.as_ref())
         .map(|(s, (file, path))| DataSink::new(s.file(), file, path, opts.align));
+    place_tensors(&mut model, weights, opts, sink, &mut report)
+        .map_err(|e| refused(&out, format!("{e:#}")))?;
+    report.model_bytes = commit(&model, weights, &out, data_stage, replacement)?;
+    log::info!(
+        "wrote {} ({} bytes, {} inline tensors){}",
+        out.display(),
+        report.model_bytes,
+        report.inline_tensors,
+        report.data_path.as_ref().map_or(String::new(), |p| format!(
+            " and {} ({} bytes, {} tensors)",
+            p.display(),
+            report.data_bytes,
+            report.external_tensors
+        ))
+    );
+    Ok(report)
+}
 
-    visit::tensors_mut(&mut model, &mut |t, role| {
+/// The refusal of an output at `path`.
+fn refused(path: &Path, msg: String) -> anyhow::Error {
+    SkrrError::Output {
+        path: path.to_path_buf(),
+        msg,
+    }
+    .into()
+}
+
+/// The folder `out` (absolute) goes in, which must exist, and its file name.
+fn output_folder(out: &Path) -> Result<(PathBuf, String)> {
+    let (dir, name) = match (out.parent(), out.file_name()) {
+        (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
+        _ => return Err(refused(out, "not a file path".into())),
+    };
+    if !dir.is_dir() {
+        return Err(refused(
+            out,
+            format!("the folder {} does not exist", dir.display()),
+        ));
+    }
+    if out.is_dir() {
+        return Err(refused(out, "is a folder".into()));
+    }
+    Ok((dir, name))
+}
+
+/// Refuses to write the `what` file at `path` when it is one of the `inputs`.
+fn refuse_over_input(path: &Path, what: &str, inputs: &[&Path]) -> Result<()> {
+    for input in inputs {
+        if same_file(path, input).map_err(|e| refused(path, e.to_string()))? {
+            return Err(refused(
+                path,
+                format!(
+                    "refusing to write the {what} over the input file {}",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the tensors go to an external data file (`opts.external`), refusing an inline model
+/// above the protobuf limit.
+fn stores_external(
+    model: &mut ModelProto,
+    weights: &WeightStore,
+    opts: &WriteOptions,
+    out: &Path,
+) -> Result<bool> {
+    let external = match &opts.external {
+        ExternalData::Always { .. } => true,
+        ExternalData::Never => false,
+        ExternalData::Auto => {
+            has_external(model)? || inline_size(model, weights)? > opts.auto_limit
+        }
+    };
+    if !external {
+        let size = inline_size(model, weights)?;
+        if size > PROTOBUF_LIMIT {
+            return Err(refused(
+                out,
+                format!("the model would take {size} bytes inline, above the 2 GB protobuf limit; write it with external data"),
+            ));
+        }
+    }
+    Ok(external)
+}
+
+/// The external data file's name and path: the one asked for, never over an input, and never
+/// the name of a file a model may still read (the previous output's data, say; see
+/// `replace`).
+fn data_file(
+    out: &Path,
+    dir: &Path,
+    opts: &WriteOptions,
+    inputs: &[&Path],
+) -> Result<(String, PathBuf)> {
+    let file = opts.data_file_name(out)?;
+    refuse_over_input(&dir.join(&file), "external data", inputs)?;
+    let file = fresh_data_name(dir, &file);
+    let path = dir.join(&file);
+    Ok((file, path))
+}
+
+/// Moves each tensor's bytes where they go: initializers (and tensors already external) of
+/// `opts.inline_below` bytes or more appended to the data file when there is one (`sink`),
+/// everything else inline.
+fn place_tensors(
+    model: &mut ModelProto,
+    weights: &WeightStore,
+    opts: &WriteOptions,
+    mut sink: Option<DataSink>,
+    report: &mut WriteReport,
+) -> Result<()> {
+    visit::tensors_mut(model, &mut |t, role| {
         let goes_external = sink.is_some()
             && t.data_type() != dt::STRING
             && (role == Role::Initializer || t.is_external())
@@ -230,38 +280,36 @@ pub fn write_model(
             }
         }
         Ok(())
-    })
-    .map_err(|e| refuse(&out, format!("{e:#}")))?;
+    })?;
     if let Some(s) = sink {
         report.data_bytes = s.pos;
         s.progress.finish_and_clear();
     }
+    Ok(())
+}
 
-    let model_stage = Staged::new(&out).map_err(|e| refuse(&out, format!("{e:#}")))?;
-    report.model_bytes = encode_to(&model, weights, model_stage.file())
-        .map_err(|e| refuse(&out, format!("{e:#}")))?;
+/// Encodes the model beside `out` and renames it (and the staged data file) into place,
+/// recording the replacement of a previous output; returns the model's bytes.
+fn commit(
+    model: &ModelProto,
+    weights: &WeightStore,
+    out: &Path,
+    data_stage: Option<Staged>,
+    replacement: Replacement,
+) -> Result<u64> {
+    let model_stage = Staged::new(out).map_err(|e| refused(out, format!("{e:#}")))?;
+    let model_bytes = encode_to(model, weights, model_stage.file())
+        .map_err(|e| refused(out, format!("{e:#}")))?;
     replacement
         .record()
-        .map_err(|e| refuse(&out, format!("{e:#}")))?;
+        .map_err(|e| refused(out, format!("{e:#}")))?;
     let committed = atomic::commit(data_stage, model_stage);
     if committed.is_ok() {
         atomic::crash_point("after-model-rename");
     }
     replacement.finish();
-    committed.map_err(|e| refuse(&out, format!("{e:#}")))?;
-    log::info!(
-        "wrote {} ({} bytes, {} inline tensors){}",
-        out.display(),
-        report.model_bytes,
-        report.inline_tensors,
-        report.data_path.as_ref().map_or(String::new(), |p| format!(
-            " and {} ({} bytes, {} tensors)",
-            p.display(),
-            report.data_bytes,
-            report.external_tensors
-        ))
-    );
-    Ok(report)
+    committed.map_err(|e| refused(out, format!("{e:#}")))?;
+    Ok(model_bytes)
 }
 
 fn has_external(model: &mut ModelProto) -> Result<bool> {
