@@ -17,12 +17,13 @@ use anyhow::{anyhow, Context, Result};
 use prost::Message;
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis};
-use skrr_onnx::calibrate::tensors::{self, Activations};
+use skrr_onnx::calibrate::measure::row_sse;
 use skrr_onnx::calibrate::{CalibSet, Engine, PromptHalf};
 use skrr_onnx::commands::args::CalibArgs;
+use skrr_onnx::model_io;
 use skrr_onnx::onnx::{GraphProto, ModelProto};
+use skrr_onnx::runtime::{activations, feeds, Activations, Sessions};
 use skrr_onnx::search::{self, Limits, Scorer};
-use skrr_onnx::{model_io, runtime};
 
 #[derive(clap::Parser)]
 struct Args {
@@ -70,12 +71,12 @@ impl Scorer for Recording<'_> {
 
 fn main() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
-    runtime::init(&Default::default())?;
+    let sessions = Sessions::new(Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
     let config = args.calib.config()?;
     let calib = config.calib_set(&model, PromptHalf::Calibration)?;
-    let opts = config.engine_options();
+    let opts = config.engine_options(sessions);
     eprintln!(
         "{}: {} sub-blocks, {} prompts, chunk {}",
         args.model.display(),
@@ -113,7 +114,7 @@ fn main() -> Result<()> {
 
     // Naive: a fresh pruned model and session per candidate, every prompt, no bound.
     let t = Instant::now();
-    let naive = Naive::new(&model, &analysis, &calib, opts.chunk, opts.null)?;
+    let naive = Naive::new(sessions, &model, &analysis, &calib, opts.chunk, opts.null)?;
     let naive_setup = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut worst = 0.0f64;
@@ -174,6 +175,7 @@ fn max_target(analysis: &Analysis) -> f64 {
 type Batch = (Vec<(String, ort::value::DynValue)>, Vec<usize>, bool);
 
 struct Naive<'a> {
+    sessions: Sessions,
     analysis: &'a Analysis,
     meta: ModelProto,
     batches: Vec<Batch>,
@@ -184,6 +186,7 @@ struct Naive<'a> {
 
 impl<'a> Naive<'a> {
     fn new(
+        sessions: Sessions,
         model: &model_io::Model,
         analysis: &'a Analysis,
         calib: &CalibSet,
@@ -218,14 +221,11 @@ impl<'a> Naive<'a> {
             .map(|(r, is_null)| {
                 let len = r.iter().map(|x| x.len()).max().unwrap_or(0);
                 let lens = r.iter().map(|x| x.len()).collect();
-                Ok((
-                    tensors::feeds(inputs, &r, len, calib.pad_id)?,
-                    lens,
-                    is_null,
-                ))
+                Ok((feeds(inputs, &r, len, calib.pad_id)?, lens, is_null))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut naive = Naive {
+            sessions,
             analysis,
             meta,
             batches,
@@ -255,7 +255,9 @@ impl<'a> Naive<'a> {
             )?),
             ..self.meta.clone()
         };
-        let mut session = runtime::session_from_bytes(&pruned.encode_to_vec(), "pruned model")?;
+        let mut session = self
+            .sessions
+            .from_bytes(&pruned.encode_to_vec(), "pruned model")?;
         let out_name = self.analysis.graph.output[0].name().to_string();
         self.batches
             .iter()
@@ -263,7 +265,7 @@ impl<'a> Naive<'a> {
                 let inputs: Vec<(&str, ort::session::SessionInputValue)> =
                     feeds.iter().map(|(n, v)| (n.as_str(), v.into())).collect();
                 let out = session.run(inputs)?;
-                tensors::activations(out.get(out_name.as_str()).context("no output")?)
+                activations(out.get(out_name.as_str()).context("no output")?)
             })
             .collect()
     }
@@ -273,7 +275,7 @@ impl<'a> Naive<'a> {
         let (mut c, mut n) = (0.0, 0.0);
         for ((_, lens, is_null), (o, t)) in self.batches.iter().zip(outs.iter().zip(&self.targets))
         {
-            let s: f64 = tensors::row_sse(o, t, lens)?.iter().sum();
+            let s: f64 = row_sse(o, t, lens)?.iter().sum();
             if *is_null {
                 n += s / self.denom_null;
             } else {

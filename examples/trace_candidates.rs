@@ -9,10 +9,12 @@
 use anyhow::{anyhow, Result};
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks;
-use skrr_onnx::calibrate::{tensors, Engine, Outcome, PromptHalf};
+use skrr_onnx::calibrate::measure::row_sse;
+use skrr_onnx::calibrate::{Engine, Outcome, PromptHalf};
 use skrr_onnx::commands::args::CalibArgs;
+use skrr_onnx::model_io;
+use skrr_onnx::runtime::{Activations, Sessions};
 use skrr_onnx::search::{self, Limits, Scorer};
-use skrr_onnx::{model_io, runtime};
 
 #[derive(clap::Parser)]
 struct Args {
@@ -26,7 +28,7 @@ struct Args {
 /// Scores every candidate in full (so the search ends as it would with bounds) and prints it.
 struct Tracing {
     engine: Engine,
-    targets: Vec<(Vec<usize>, tensors::Activations)>,
+    targets: Vec<(Vec<usize>, Activations)>,
 }
 
 impl Scorer for Tracing {
@@ -43,11 +45,7 @@ impl Scorer for Tracing {
         let d = score.d();
         let mut sse = Vec::new();
         for (c, (lens, target)) in self.targets.iter().enumerate() {
-            sse.push(tensors::row_sse(
-                &self.engine.output(c, actions)?,
-                target,
-                lens,
-            )?);
+            sse.push(row_sse(&self.engine.output(c, actions)?, target, lens)?);
         }
         let skipped: Vec<usize> = (0..actions.len())
             .filter(|&i| actions[i] == Action::Skip)
@@ -62,12 +60,17 @@ impl Scorer for Tracing {
 
 fn main() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
-    runtime::init(&Default::default())?;
+    let sessions = Sessions::new(Default::default())?;
     let model = model_io::read_model(&args.model)?;
     let analysis = blocks::analyze(&model.proto)?;
     let config = args.calib.config()?;
     let calib = config.calib_set(&model, PromptHalf::Calibration)?;
-    let mut engine = Engine::new(&model, &analysis, calib.clone(), config.engine_options())?;
+    let mut engine = Engine::new(
+        &model,
+        &analysis,
+        calib.clone(),
+        config.engine_options(sessions),
+    )?;
     let keep = vec![Action::Keep; analysis.sub_blocks.len()];
     let mut targets = Vec::new();
     let mut chunks = Vec::new();

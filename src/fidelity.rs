@@ -7,15 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use ort::session::{Session, SessionInputValue};
-use ort::value::TensorElementType;
 use serde::Serialize;
 
-use crate::calibrate::engine::projection_session;
-use crate::calibrate::tensors::{activations, feeds, project, Activations};
-use crate::calibrate::{CalibConfig, CalibSet, Prepack};
+use crate::calibrate::CalibSet;
 use crate::error::SkrrError;
 use crate::model_io::{element_count, read_model, Model};
 use crate::onnx::ValueInfoProto;
+use crate::runtime::{activations, feeds, Activations, Prepack, Projection, Sessions};
 
 /// Pass/fail limits, in the spirit of Polygraphy: every check is reported with its value and
 /// limit, and the verdict is PASSED only if all pass.
@@ -35,8 +33,10 @@ pub struct Tolerances {
 }
 
 /// What running a model on the prompts needs besides the prompts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// How the two models' sessions are built.
+    pub sessions: Sessions,
     /// Count padded positions (every sequence padded to the set's `max_length`).
     pub include_padding: bool,
     /// Prompts per ONNX Runtime batch.
@@ -45,18 +45,6 @@ pub struct RunOptions {
     pub projection: Option<PathBuf>,
     /// The output compared (`graph::measured_output`'s default when `None`).
     pub measure: Option<String>,
-}
-
-impl RunOptions {
-    /// How the calibration options say the models run.
-    pub fn of(calib: &CalibConfig) -> Self {
-        RunOptions {
-            include_padding: calib.include_padding,
-            chunk: calib.chunk,
-            projection: calib.projection.clone(),
-            measure: calib.measure.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,7 +256,7 @@ impl Runner {
             before_map: map_input(&model.proto, &output),
             output,
             coupling: crate::graph::batch_coupling(graph, include_padding),
-            vocab: crate::calibrate::inputs::model_vocab(graph),
+            vocab: crate::graph::model_vocab(graph),
             size,
         })
     }
@@ -279,11 +267,12 @@ impl Runner {
         &self,
         batches: &[Batch],
         pad_id: i64,
-        projection: &mut Option<(Session, String, TensorElementType)>,
+        projection: &mut Option<Projection>,
+        sessions: &Sessions,
         mut each: impl FnMut(usize, Activations, Option<Activations>) -> Result<()>,
     ) -> Result<()> {
         let path = self.size.path.display().to_string();
-        let mut session = self.session()?;
+        let mut session = self.session(sessions)?;
         for (i, batch) in batches.iter().enumerate() {
             crate::interrupt::check()?;
             let values = feeds(&self.inputs, &batch.rows, batch.len, pad_id)?;
@@ -305,7 +294,7 @@ impl Runner {
             let before = self.before_map.as_deref().map(fetch).transpose()?;
             let mut projected = |d: Activations| -> Result<Activations> {
                 match projection.as_mut() {
-                    Some((s, input, ty)) => project(s, input, *ty, &d),
+                    Some(p) => p.apply(&d),
                     None => Ok(d),
                 }
             };
@@ -319,12 +308,13 @@ impl Runner {
     /// extra graph output (built in memory, its external data read from the file's folder).
     /// Pre-packing follows the engine's `auto` rule, so a model too large for packed copies
     /// runs from its memory-mapped data.
-    fn session(&self) -> Result<Session> {
+    fn session(&self, sessions: &Sessions) -> Result<Session> {
         let path = self.size.path.display().to_string();
         let err = |e: &dyn std::fmt::Display| -> anyhow::Error {
             SkrrError::Runtime(format!("ONNX Runtime cannot load {path}: {e}")).into()
         };
-        let mut builder = crate::runtime::session_builder()?
+        let mut builder = sessions
+            .builder()?
             .with_prepacking(Prepack::Auto.decide(self.size.bytes))
             .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime session options: {e}")))?;
         let Some(value) = &self.before_map else {
@@ -470,7 +460,7 @@ pub fn measure(
     let mut projection = opts
         .projection
         .as_deref()
-        .map(projection_session)
+        .map(|p| Projection::load(&opts.sessions, p))
         .transpose()?;
     let batch = |rows| Batch::new(rows, opts.include_padding, calib.max_length);
     // The prompt chunks, then the null input (last, if measured).
@@ -489,32 +479,44 @@ pub fn measure(
     // the pruned model's, each compared as it comes.
     let bar = crate::progress::bar(2 * batches.len() as u64, "comparing", "batches");
     let mut targets = Vec::with_capacity(batches.len());
-    a.outputs(&batches, calib.pad_id, &mut projection, |_, out, _| {
-        targets.push(out);
-        bar.inc(1);
-        Ok(())
-    })?;
+    a.outputs(
+        &batches,
+        calib.pad_id,
+        &mut projection,
+        &opts.sessions,
+        |_, out, _| {
+            targets.push(out);
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
     let mut sums = Sums::new();
     let mut null = Sums::new();
     let mut pruned_sq = Sums::new();
     // The compensated model's value before its map: (prompts, null input).
     let mut before = b.before_map.as_ref().map(|_| (Sums::new(), Sums::new()));
-    b.outputs(&batches, calib.pad_id, &mut projection, |i, out, pre| {
-        let counted = &batches[i].counted;
-        if let (Some((prompts, null)), Some(pre)) = (before.as_mut(), pre) {
-            let sums = if i < prompt_batches { prompts } else { null };
-            sums.add(&pre, &targets[i], counted, tol)?;
-        }
-        if i < prompt_batches {
-            sums.add(&out, &targets[i], counted, tol)?;
-        } else {
-            null.add(&out, &targets[i], counted, tol)?;
-            // ‖out‖² as the "dense" side of a comparison of `out` with itself.
-            pruned_sq.add(&out, &out, counted, tol)?;
-        }
-        bar.inc(1);
-        Ok(())
-    })?;
+    b.outputs(
+        &batches,
+        calib.pad_id,
+        &mut projection,
+        &opts.sessions,
+        |i, out, pre| {
+            let counted = &batches[i].counted;
+            if let (Some((prompts, null)), Some(pre)) = (before.as_mut(), pre) {
+                let sums = if i < prompt_batches { prompts } else { null };
+                sums.add(&pre, &targets[i], counted, tol)?;
+            }
+            if i < prompt_batches {
+                sums.add(&out, &targets[i], counted, tol)?;
+            } else {
+                null.add(&out, &targets[i], counted, tol)?;
+                // ‖out‖² as the "dense" side of a comparison of `out` with itself.
+                pruned_sq.add(&out, &out, counted, tol)?;
+            }
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     let (d_null, null_norm_ratio) = if calib.null.is_some() {
         let d_null = null.d();

@@ -381,6 +381,22 @@ pub fn fixed_dims(vi: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
     }
 }
 
+/// Vocabulary size of the model: rows of the embedding table gathered by `input_ids`.
+pub fn model_vocab(graph: &GraphProto) -> Option<usize> {
+    let input = graph.input.iter().find(|i| i.name() == "input_ids")?.name();
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Gather" && n.input.get(1).map(String::as_str) == Some(input))
+        .find_map(|n| {
+            let table = graph
+                .initializer
+                .iter()
+                .find(|t| Some(t.name()) == n.input.first().map(String::as_str))?;
+            usize::try_from(*table.dims.first()?).ok()
+        })
+}
+
 /// The output D and the fidelity check are measured on, the same for the engine and for
 /// `compare`: `chosen` (`--measure`) when given, else `last_hidden_state` when the model has it
 /// (CLIP with projection lists `text_embeds` first), else the first output.

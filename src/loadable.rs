@@ -16,7 +16,7 @@ use prost::Message;
 
 use crate::error::SkrrError;
 use crate::onnx::{ModelProto, ValueInfoProto};
-use crate::runtime::{self, Provider, RuntimeConfig};
+use crate::runtime::{Provider, Runtime, RuntimeConfig, Sessions};
 
 /// `model` without its weights, each declared as a graph input instead; `None` when a nested
 /// graph holds external weights (they cannot be declared as inputs there, and a model read
@@ -55,21 +55,20 @@ fn weightless(model: &ModelProto) -> Option<ModelProto> {
 /// ONNX Runtime's reason for refusing `model`'s graph, or `None` when it loads (or when the
 /// check cannot be made, see [`weightless`]). Errors only when ONNX Runtime itself is missing.
 pub fn refusal(model: &ModelProto) -> Result<Option<String>> {
-    let rt = runtime::runtime()?;
     let Some(m) = weightless(model) else {
         log::debug!("load check skipped: a nested graph holds external weights");
         return Ok(None);
     };
     // The CPU provider alone: the graph is what is judged, and a TensorRT provider would
     // start building an engine.
-    let config = RuntimeConfig {
+    let sessions = Sessions::new(RuntimeConfig {
         provider: Provider::Cpu,
         threads: Some(1),
         optimization: ort::session::builder::GraphOptimizationLevel::Disable,
-    };
+    })?;
     let bytes = m.encode_to_vec();
-    Ok(rt
-        .session_builder(&config)?
+    Ok(sessions
+        .builder()?
         .commit_from_memory(&bytes)
         .err()
         .map(|e| e.to_string()))
@@ -90,7 +89,7 @@ pub fn check_input(model: &crate::model_io::Model, path: &Path) -> Result<()> {
                 "ONNX Runtime {} cannot load this model, so no pruned version of it could load \
                  either; fix the export first (docs/usage.md, 'Support matrix'). ONNX Runtime \
                  says: {}",
-                runtime::runtime()?.version,
+                Runtime::get()?.version,
                 one_line(&reason)
             ),
         }

@@ -9,15 +9,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::sessions;
 use serde_json::{json, Value};
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks::{self, Analysis, Kind};
 use skrr_onnx::calibrate::{
-    CalibConfig, CalibSet, Engine, EngineOptions, Outcome, Prepack, PromptHalf, Score,
+    CalibConfig, CalibSet, Engine, EngineOptions, Outcome, PromptHalf, Score,
 };
 use skrr_onnx::commands::args::CalibArgs;
 use skrr_onnx::model_io::{self, Model};
-use skrr_onnx::runtime::{self, Input};
+use skrr_onnx::runtime::{self, Input, Prepack};
 
 struct Fixture {
     name: String,
@@ -65,12 +66,11 @@ fn args(extra: &[&str]) -> CalibConfig {
 }
 
 fn setup(f: &Fixture, extra: &[&str]) -> (Model, Analysis, CalibSet, EngineOptions) {
-    runtime::init(&Default::default()).unwrap();
     let model = model_io::read_model(&f.model).unwrap();
     let analysis = blocks::analyze(&model.proto).unwrap();
     let a = args(extra);
     let calib = a.calib_set(&model, PromptHalf::Calibration).unwrap();
-    let opts = a.engine_options();
+    let opts = a.engine_options(sessions());
     (model, analysis, calib, opts)
 }
 
@@ -215,7 +215,7 @@ fn all_keep_reproduces_the_full_model() {
             "{}: {shared} shared bytes of {total}",
             f.name
         );
-        let mut full = runtime::session_from_file(&f.model).unwrap();
+        let mut full = sessions().from_file(&f.model).unwrap();
         let mut worst = 0.0f64;
         for c in 0..engine.chunks() {
             let (null, prompts) = engine.chunk_rows(c);

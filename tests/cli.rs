@@ -167,4 +167,27 @@ fn missing_onnx_runtime_says_what_to_install() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ONNX Runtime: not found\n"
+    );
+
+    let out = std::process::Command::new(&exe)
+        .args(["--json", "doctor"])
+        .env_clear()
+        .env("PATH", dir.path())
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["found"], false);
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("pip install onnxruntime"),
+        "{report}"
+    );
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 /// The modules in data-flow order, as in the architecture table.
 const ORDER: &[&str] = &[
     "onnx",
-    "runtime",
     "model_io",
     "graph",
+    "runtime",
     "ops",
     "loadable",
     "blocks",

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use skrr_onnx::action::Action;
 use skrr_onnx::blocks::analyze;
-use skrr_onnx::calibrate::tensors::Activations;
-use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
+use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions};
 use skrr_onnx::model_io::read_model;
+use skrr_onnx::runtime::{Activations, Prepack, RuntimeConfig, Sessions};
 
 use common::engine_check::{plans, Errors};
 use common::{assert_error_contract, skrr};
@@ -270,7 +270,19 @@ fn check_works(name: &str) {
         pad_id,
         max_length: longest,
     };
+    // The engine and the written files run with ONNX Runtime's graph optimizations off: they
+    // then compute the same thing op for op. With them on, the whole file and the engine's part
+    // models are fused differently (DivMulFusion on T5's norm, integer-product fusions of a
+    // re-used int8 weight read twice), and a dynamically quantized model's next
+    // DynamicQuantizeLinear turns those 1-ulp differences into a whole quantization step
+    // (5.9e-3 on umt5_int8's re-use plan; docs/usage.md, "Quantized models").
+    let sessions = Sessions::new(RuntimeConfig {
+        optimization: ort::session::builder::GraphOptimizationLevel::Disable,
+        ..Default::default()
+    })
+    .unwrap();
     let opts = EngineOptions {
+        sessions,
         null: false,
         include_padding: false,
         chunk: rows.len(),
@@ -279,17 +291,6 @@ fn check_works(name: &str) {
         prepack: Prepack::Auto,
         measure: None,
     };
-    // The engine and the written files run with ONNX Runtime's graph optimizations off: they
-    // then compute the same thing op for op. With them on, the whole file and the engine's part
-    // models are fused differently (DivMulFusion on T5's norm, integer-product fusions of a
-    // re-used int8 weight read twice), and a dynamically quantized model's next
-    // DynamicQuantizeLinear turns those 1-ulp differences into a whole quantization step
-    // (5.9e-3 on umt5_int8's re-use plan; docs/usage.md, "Quantized models").
-    skrr_onnx::runtime::init(&skrr_onnx::runtime::RuntimeConfig {
-        optimization: ort::session::builder::GraphOptimizationLevel::Disable,
-        ..Default::default()
-    })
-    .unwrap();
     let mut engine = Engine::new(&model, &analysis, calib, opts).unwrap();
     // Dynamically quantized models run one prompt at a time (their rows depend on their batch
     // mates: graph::batch_coupling); the others as one batch.

@@ -11,6 +11,7 @@ mod common;
 use serde_json::Value;
 
 use common::engine_check::{check_fixture, report};
+use common::sessions;
 
 #[test]
 fn engine_output_equals_the_rewritten_file_for_every_fixture_plan_and_shape() {
@@ -21,7 +22,7 @@ fn engine_output_equals_the_rewritten_file_for_every_fixture_plan_and_shape() {
     let fixtures = manifest["fixtures"].as_array().unwrap();
     assert!(fixtures.len() >= 13);
     for f in fixtures {
-        report(f, check_fixture(f, &common::fixtures()));
+        report(f, check_fixture(f, &common::fixtures(), sessions()));
     }
 }
 
@@ -30,7 +31,7 @@ fn engine_output_equals_the_rewritten_file_for_every_fixture_plan_and_shape() {
 #[test]
 fn engine_output_equals_the_rewritten_file_for_every_optimum_export() {
     for f in common::optimum_fixtures() {
-        report(&f, check_fixture(&f, &common::fixtures()));
+        report(&f, check_fixture(&f, &common::fixtures(), sessions()));
     }
 }
 
@@ -43,7 +44,10 @@ fn engine_output_equals_the_rewritten_file_on_the_real_minilm() {
     };
     let entry: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    report(&entry, check_fixture(&entry, dir.parent().unwrap()));
+    report(
+        &entry,
+        check_fixture(&entry, dir.parent().unwrap(), sessions()),
+    );
 }
 
 /// The other exports of the real MiniLM (`common::minilm_variant`): dynamo with sdpa, fp16, and
@@ -54,7 +58,10 @@ fn check_minilm_variant(name: &str) {
     let Some((_, entry)) = common::minilm_variant(&test, name) else {
         return;
     };
-    report(&entry, check_fixture(&entry, &common::fixtures()));
+    report(
+        &entry,
+        check_fixture(&entry, &common::fixtures(), sessions()),
+    );
 }
 
 #[test]

@@ -383,11 +383,11 @@ fn engine_output_equals_the_rewritten_file_on_minilm_int8_dynamic_unoptimized() 
     ) else {
         return;
     };
-    skrr_onnx::runtime::init(&skrr_onnx::runtime::RuntimeConfig {
+    let sessions = skrr_onnx::runtime::Sessions::new(skrr_onnx::runtime::RuntimeConfig {
         optimization: ort::session::builder::GraphOptimizationLevel::Disable,
         ..Default::default()
     })
     .unwrap();
-    let errors = common::engine_check::check_fixture(&entry, &common::fixtures());
+    let errors = common::engine_check::check_fixture(&entry, &common::fixtures(), sessions);
     common::engine_check::report(&entry, errors);
 }

@@ -29,10 +29,10 @@ fn session_from_file_and_from_memory_match_python_onnxruntime() {
         ("attention_mask", Input::I64(mask.view().into_dyn())),
     ];
 
-    let mut from_file = runtime::session_from_file(&model).unwrap();
+    let mut from_file = sessions().from_file(&model).unwrap();
     let out_file = runtime::run_f32(&mut from_file, &feed).unwrap();
     let bytes = std::fs::read(&model).unwrap();
-    let mut from_mem = runtime::session_from_bytes(&bytes, "t5_gated").unwrap();
+    let mut from_mem = sessions().from_bytes(&bytes, "t5_gated").unwrap();
     let out_mem = runtime::run_f32(&mut from_mem, &feed).unwrap();
 
     let hidden = &out_file["last_hidden_state"];
@@ -57,8 +57,9 @@ fn session_from_file_and_from_memory_match_python_onnxruntime() {
 
 #[test]
 fn missing_model_file_is_a_runtime_error_naming_the_file() {
-    let err =
-        runtime::session_from_file(std::path::Path::new("/nonexistent/model.onnx")).unwrap_err();
+    let err = sessions()
+        .from_file(std::path::Path::new("/nonexistent/model.onnx"))
+        .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("/nonexistent/model.onnx"), "{msg}");
     assert_eq!(
@@ -70,7 +71,7 @@ fn missing_model_file_is_a_runtime_error_naming_the_file() {
 #[test]
 fn wrong_input_name_is_an_error_not_a_panic() {
     let model = fixtures().join("bert/model.onnx");
-    let mut session = runtime::session_from_file(&model).unwrap();
+    let mut session = sessions().from_file(&model).unwrap();
     let (ids, _) = inputs();
     let err = runtime::run_f32(
         &mut session,
@@ -109,7 +110,7 @@ onnx.save(m, sys.argv[1])
     );
     let x = ndarray::arr1(&[1.5f32, -0.1, 65504.0 / 4.0]).into_dyn();
     let w = x.mapv(f16::from_f32);
-    let mut session = runtime::session_from_file(&path).unwrap();
+    let mut session = sessions().from_file(&path).unwrap();
     let out = runtime::run_f32(
         &mut session,
         &[("x", Input::F32(x.view())), ("w", Input::F16(w.view()))],

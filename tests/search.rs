@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use common::sessions;
 use common::*;
 use ndarray::{Array2, ArrayD};
 use prost::Message;
@@ -75,7 +76,7 @@ impl Naive {
             evaluations: 0,
             external,
         };
-        let mut s = runtime::session_from_file(model_path).unwrap();
+        let mut s = sessions().from_file(model_path).unwrap();
         naive.dense = naive.outputs(&mut s);
         naive
     }
@@ -117,11 +118,13 @@ impl Naive {
         )
         .unwrap();
         let mut s = match &self.external {
-            None => runtime::session_from_bytes(&proto.encode_to_vec(), "candidate").unwrap(),
+            None => sessions()
+                .from_bytes(&proto.encode_to_vec(), "candidate")
+                .unwrap(),
             Some(dir) => {
                 let path = dir.path().join("candidate.onnx");
                 std::fs::write(&path, proto.encode_to_vec()).unwrap();
-                runtime::session_from_file(&path).unwrap()
+                sessions().from_file(&path).unwrap()
             }
         };
         let out = self.outputs(&mut s);

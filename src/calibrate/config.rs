@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::engine::{EngineOptions, Prepack};
+use super::engine::EngineOptions;
 use super::inputs::{self, CalibSet, PromptHalf};
 use crate::error::SkrrError;
 use crate::model_io::Model;
+use crate::runtime::{Prepack, Sessions};
 
 /// Calibration options shared by every job that measures D (score, plan, compare, the main
 /// job). Field meanings are those of the flags of the same names (docs/usage.md).
@@ -47,7 +48,7 @@ impl CalibConfig {
         self.check_static_shape(model)?;
         let model_path = model.path.as_path();
         let graph = model.proto.graph.as_ref();
-        let vocab = graph.and_then(inputs::model_vocab);
+        let vocab = graph.and_then(crate::graph::model_vocab);
         let tokenizer_path = inputs::find_tokenizer(model_path, self.tokenizer.as_deref())?;
         let tokenizer = tokenizer_path
             .as_deref()
@@ -247,8 +248,10 @@ impl CalibConfig {
             .collect())
     }
 
-    pub fn engine_options(&self) -> EngineOptions {
+    /// The engine's options, its sessions built by `sessions`.
+    pub fn engine_options(&self, sessions: Sessions) -> EngineOptions {
         EngineOptions {
+            sessions,
             null: !self.no_null,
             include_padding: self.include_padding,
             chunk: self.chunk,

@@ -16,21 +16,24 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::value::{DynValue, ValueType};
 use serde::Serialize;
 
 use super::cache::StreamCache;
 use super::inputs::CalibSet;
+use super::measure::{row_cos_sum, row_sse};
 use super::parts::{onnx_data_type, InputType, SessionParts};
-use super::tensors::{self, Activations};
 use crate::action::Action;
 use crate::blocks::{Analysis, Kind};
 use crate::error::SkrrError;
 use crate::model_io::Model;
 use crate::onnx::TensorProto;
+use crate::runtime::{activations, feeds, value_bytes, Activations, Prepack, Projection, Sessions};
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
+    /// How the engine's sessions are built.
+    pub sessions: Sessions,
     /// Include D_null (the null input's discrepancy).
     pub null: bool,
     /// Count padded positions in D (every sequence is then padded to the set's `max_length`).
@@ -45,29 +48,6 @@ pub struct EngineOptions {
     pub prepack: Prepack,
     /// The graph output D is measured on (`graph::measured_output`'s default when `None`).
     pub measure: Option<String>,
-}
-
-/// Pre-packing trades memory (a packed copy of every MatMul weight) for speed (no re-packing on
-/// each run). `Auto` takes it when the weights take at most a quarter of the available memory,
-/// the share the stream cache gets by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Prepack {
-    Auto,
-    On,
-    Off,
-}
-
-impl Prepack {
-    /// Whether to pre-pack weights of `weight_bytes` in all.
-    pub(crate) fn decide(self, weight_bytes: u64) -> bool {
-        match self {
-            Prepack::On => true,
-            Prepack::Off => false,
-            Prepack::Auto => {
-                super::available_memory().is_some_and(|avail| weight_bytes <= avail / 4)
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -136,7 +116,7 @@ pub struct Engine {
     prologue: Option<Session>,
     blocks: Vec<Option<Session>>,
     epilogue: Option<Session>,
-    projection: Option<(Session, String, TensorElementType)>,
+    projection: Option<Projection>,
     chunks: Vec<Chunk>,
     prompts: usize,
     denom_c: f64,
@@ -166,6 +146,7 @@ impl Engine {
             return Err(SkrrError::BadInput("no calibration prompts".into()).into());
         }
         let parts = SessionParts::build(
+            opts.sessions,
             &model.proto,
             analysis,
             &model.weights,
@@ -181,7 +162,7 @@ impl Engine {
         );
         let projection = match &opts.projection {
             None => None,
-            Some(path) => Some(projection_session(path)?),
+            Some(path) => Some(Projection::load(&opts.sessions, path)?),
         };
 
         // Rows of a chunk have similar lengths (less padding); prompts keep their identity.
@@ -248,7 +229,7 @@ impl Engine {
                 .iter()
                 .map(|r| if fixed.is_some() { len } else { r.len() })
                 .collect::<Vec<_>>();
-            let feeds = tensors::feeds(&engine.parts.graph_inputs, &rows, len, calib.pad_id)?;
+            let feeds = feeds(&engine.parts.graph_inputs, &rows, len, calib.pad_id)?;
             let (env, stream0) = engine.run_prologue(feeds)?;
             engine.chunks.push(Chunk {
                 null,
@@ -322,7 +303,7 @@ impl Engine {
         terms.resize(self.prompts + 1, 0.0);
         let out = self.forward(c, actions)?;
         let chunk = &self.chunks[c];
-        let sse = tensors::row_sse(&out, &chunk.target, &chunk.counted)?;
+        let sse = row_sse(&out, &chunk.target, &chunk.counted)?;
         if chunk.null {
             terms[self.prompts] = sse[0];
         } else {
@@ -359,13 +340,13 @@ impl Engine {
                 continue;
             }
             let mut stream = self.chunks[c].stream0.clone();
-            let mut layer_in = tensors::activations(&stream)?;
+            let mut layer_in = activations(&stream)?;
             for p in 0..self.blocks.len() {
                 stream = Arc::new(self.run_block(p, p, c, &stream)?);
                 let ends_layer = self.layers.get(p + 1) != Some(&self.layers[p]);
                 if ends_layer {
-                    let out = tensors::activations(&stream)?;
-                    let cos = tensors::row_cos_sum(&layer_in, &out, &self.chunks[c].counted)?;
+                    let out = activations(&stream)?;
+                    let cos = row_cos_sum(&layer_in, &out, &self.chunks[c].counted)?;
                     sum[self.layers[p]] += cos;
                     layer_in = out;
                 }
@@ -620,7 +601,7 @@ impl Engine {
     ) -> Result<Vec<Activations>> {
         self.run_part(p, p, c, stream, extra)?
             .iter()
-            .map(tensors::activations)
+            .map(activations)
             .collect()
     }
 
@@ -651,7 +632,7 @@ impl Engine {
             };
             let out = Arc::new(self.run_block(q, p, c, &stream)?);
             if p < first_fold {
-                let bytes = tensors::value_bytes(&out);
+                let bytes = value_bytes(&out);
                 self.cache.insert(c, &actions[..=p], out.clone(), bytes);
             }
             stream = out;
@@ -667,7 +648,7 @@ impl Engine {
         self.stats.chunk_runs += 1;
         let stream = self.stream_into(c, actions, self.parts.measured_after)?;
         let output = match self.parts.epilogue.clone() {
-            None => tensors::activations(&stream)?,
+            None => activations(&stream)?,
             Some(part) => {
                 if self.epilogue.is_none() {
                     let mut types = vec![input_type(&stream)?];
@@ -692,7 +673,7 @@ impl Engine {
                 let out = session.run(inputs).map_err(|e| {
                     SkrrError::Runtime(format!("ONNX Runtime failed in the epilogue: {e}"))
                 })?;
-                tensors::activations(
+                activations(
                     out.get(part.outputs[0].as_str())
                         .ok_or_else(|| anyhow!("the epilogue produced no output"))?,
                 )?
@@ -700,7 +681,7 @@ impl Engine {
         };
         match &mut self.projection {
             None => Ok(output),
-            Some((session, input, ty)) => tensors::project(session, input, *ty, &output),
+            Some(projection) => projection.apply(&output),
         }
     }
 }
@@ -714,40 +695,4 @@ fn input_type(v: &DynValue) -> Result<InputType> {
         }),
         other => Err(anyhow!("expected a tensor between sub-blocks, got {other}")),
     }
-}
-
-pub(crate) fn projection_session(
-    path: &std::path::Path,
-) -> Result<(Session, String, TensorElementType)> {
-    let bad = |msg: String| -> anyhow::Error {
-        SkrrError::BadInput(format!("{}: {msg}", path.display())).into()
-    };
-    if !path.is_file() {
-        return Err(bad("projection model not found".into()));
-    }
-    let session = crate::runtime::session_from_file(path)
-        .map_err(|e| bad(format!("ONNX Runtime cannot load it as a model: {e:#}")))?;
-    if session.inputs().len() != 1 || session.outputs().is_empty() {
-        return Err(bad(format!(
-            "a projection model needs exactly one input and an output, it has {} and {}",
-            session.inputs().len(),
-            session.outputs().len()
-        )));
-    }
-    let input = &session.inputs()[0];
-    let ty = match input.dtype() {
-        ValueType::Tensor { ty, .. }
-            if matches!(ty, TensorElementType::Float32 | TensorElementType::Float16) =>
-        {
-            *ty
-        }
-        other => {
-            return Err(bad(format!(
-                "projection input {} has type {other}, expected float or float16",
-                input.name()
-            )))
-        }
-    };
-    let name = input.name().to_string();
-    Ok((session, name, ty))
 }

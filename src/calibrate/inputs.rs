@@ -266,22 +266,6 @@ pub fn fixed_token_shape(graph: &GraphProto) -> (Option<i64>, Option<i64>) {
     (fixed(0), fixed(1))
 }
 
-/// Vocabulary size of the model: rows of the embedding table gathered by `input_ids`.
-pub fn model_vocab(graph: &GraphProto) -> Option<usize> {
-    let input = graph.input.iter().find(|i| i.name() == "input_ids")?.name();
-    graph
-        .node
-        .iter()
-        .filter(|n| n.op_type() == "Gather" && n.input.get(1).map(String::as_str) == Some(input))
-        .find_map(|n| {
-            let table = graph
-                .initializer
-                .iter()
-                .find(|t| Some(t.name()) == n.input.first().map(String::as_str))?;
-            usize::try_from(*table.dims.first()?).ok()
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,16 +1,16 @@
 //! Calibration: the inputs D is measured on (`inputs`), the model split into sessions
 //! (`parts`), and the engine that executes any plan and scores it (`engine`, with its stream
-//! `cache` and the `tensors` at its edges).
+//! `cache`, and the per-row `measure`s D is made of).
 
 pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod inputs;
+pub mod measure;
 pub mod parts;
-pub mod tensors;
 
 pub use config::CalibConfig;
-pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Prepack, Score};
+pub use engine::{Engine, EngineOptions, EngineStats, Outcome, Score};
 pub use inputs::{CalibSet, PromptHalf};
 
 /// "123", "512K", "64M", "4G" (binary units).
@@ -29,18 +29,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
 /// A quarter of MemAvailable: the machine is shared with ONNX Runtime's own buffers and the
 /// weights; 1 GiB when /proc/meminfo is not readable.
 pub fn default_cache_mem() -> u64 {
-    available_memory().map_or(1 << 30, |b| b / 4)
-}
-
-/// MemAvailable of /proc/meminfo, in bytes.
-pub(crate) fn available_memory() -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.starts_with("MemAvailable:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    })
+    crate::runtime::available_memory().map_or(1 << 30, |b| b / 4)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::onnx::proto::tensor_shape_proto::dimension;
 use crate::onnx::{
     GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, ValueInfoProto,
 };
+use crate::runtime::Sessions;
 
 /// Initializers up to this size are inlined into each part that reads them.
 const INLINE_BYTES: usize = 1024;
@@ -66,6 +67,8 @@ pub struct InputType {
 
 /// The parts of one model and the weights they share.
 pub struct SessionParts {
+    /// How the part sessions are built.
+    sessions: Sessions,
     /// The real folder the part models' external data locations point into (`None` when no
     /// weight is read from a file).
     folder: Option<PathBuf>,
@@ -95,8 +98,10 @@ pub struct SessionParts {
 
 impl SessionParts {
     /// The part models of `analysis` measuring output `measure` (`graph::measured_output`),
-    /// their weights declared where they lie in the input's files.
+    /// their weights declared where they lie in the input's files, their sessions to be built
+    /// by `sessions`.
     pub fn build(
+        sessions: Sessions,
         model: &ModelProto,
         analysis: &Analysis,
         weights: &WeightStore,
@@ -141,6 +146,7 @@ impl SessionParts {
             ..model.clone()
         };
         Ok(SessionParts {
+            sessions,
             folder: declared.folder,
             model_meta,
             graph: GraphProto {
@@ -176,7 +182,9 @@ impl SessionParts {
         // threads of one part's session starve the next part's run (measured: 2.4× vs 8.3× in
         // the calibration benchmark).
         let ort_err = |e: ort::Error<SessionBuilder>| anyhow!("ONNX Runtime: {e}");
-        let mut builder = crate::runtime::session_builder()?
+        let mut builder = self
+            .sessions
+            .builder()?
             .with_prepacking(prepack)
             .map_err(ort_err)?
             .with_intra_op_spinning(false)

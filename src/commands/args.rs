@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::calibrate::{self, CalibConfig, Prepack};
+use crate::calibrate::{self, CalibConfig};
 use crate::compensate::Compensate;
 use crate::error::SkrrError;
 use crate::fidelity::Tolerances;
 use crate::model_io::{ExternalData, WriteOptions};
+use crate::runtime::Prepack;
 use crate::search::methods::{Method, SearchConfig};
 use crate::search::Rank;
 

@@ -4,31 +4,31 @@
 use anyhow::Result;
 
 use crate::commands::Context;
+use crate::report;
 use crate::report::subcommands::{DoctorNotFound, DoctorReport};
-use crate::{report, runtime};
+use crate::runtime::Sessions;
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {}
 
 pub fn run(_args: &DoctorArgs, ctx: &Context) -> Result<()> {
-    let rt = match runtime::init(&ctx.runtime) {
-        Ok(rt) => rt,
+    let sessions = match Sessions::new(ctx.runtime) {
+        Ok(sessions) => sessions,
         Err(e) => {
-            if ctx.json {
-                let error = format!("{e:#}");
-                report::emit(
-                    &DoctorNotFound {
-                        found: false,
-                        error,
-                    },
-                    true,
-                )?;
-            }
+            let error = format!("{e:#}");
+            report::emit(
+                &DoctorNotFound {
+                    found: false,
+                    error,
+                },
+                ctx.json,
+            )?;
             return Err(e);
         }
     };
     // Building a session builder registers the requested provider: the real test of usability.
-    let provider_check = rt.session_builder(&ctx.runtime).map(drop);
+    let provider_check = sessions.builder().map(drop);
+    let rt = sessions.runtime;
     report::emit(
         &DoctorReport {
             found: true,

@@ -18,11 +18,11 @@ use serde::Serialize;
 use super::{stored_as, tensor_proto, Split};
 use crate::action::Action;
 use crate::blocks::Analysis;
-use crate::calibrate::tensors::{self, Activations};
 use crate::calibrate::Engine;
 use crate::model_io::Model;
 use crate::onnx::proto::tensor_proto::data_type;
 use crate::onnx::{GraphProto, TensorProto};
+use crate::runtime::{activations, Activations};
 
 /// Where a fold goes: the kept sub-block before a skipped run, and what in it the fold changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -339,10 +339,10 @@ fn fit_one(
     for c in 0..engine.chunks() {
         let h = engine.stream_into(c, actions, p)?;
         let mut outs = engine.probe(c, p, &h, std::slice::from_ref(&site.branch))?;
-        let l = tensors::activations(&*engine.dense_stream(c, until)?)?;
+        let l = activations(&*engine.dense_stream(c, until)?)?;
         let (_, counted, weight) = engine.target(c);
         let sample = Sample {
-            h: tensors::activations(&h)?,
+            h: activations(&h)?,
             b: outs.swap_remove(1),
             l,
             counted: counted.to_vec(),

@@ -20,12 +20,13 @@ use half::{bf16, f16};
 use serde::Serialize;
 
 use crate::action::Action;
-use crate::calibrate::tensors::{row_cos_sum, row_sse, Activations};
+use crate::calibrate::measure::{row_cos_sum, row_sse};
 use crate::calibrate::{Engine, EngineOptions};
 use crate::error::SkrrError;
 use crate::model_io::type_name;
 use crate::onnx::proto::tensor_proto::data_type;
 use crate::onnx::{GraphProto, TensorProto};
+use crate::runtime::Activations;
 
 /// How the sub-blocks a plan removes are compensated (`--compensate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::calibrate::{CalibConfig, CalibSet, Engine, PromptHalf};
-use crate::fidelity::{self, Fidelity, RunOptions, Tolerances, Uncompensated};
+use crate::fidelity::{self, Fidelity, Tolerances, Uncompensated};
 use crate::model_io::{read_model, Model};
 use crate::plan::PlanFile;
-use crate::runtime::RuntimeConfig;
+use crate::runtime::{RuntimeConfig, Sessions};
 
 #[derive(Debug, Clone)]
 pub struct CompareJob {
@@ -25,18 +25,18 @@ pub struct CompareJob {
 
 /// Measures `job.pruned` against `job.dense`; a FAILED check is in the result, not an error.
 pub fn compare(job: &CompareJob) -> Result<Fidelity> {
-    crate::runtime::init(&job.runtime)?;
+    let sessions = Sessions::new(job.runtime)?;
     let dense = read_model(&job.dense)?;
     let set = job.calib.calib_set(&dense, PromptHalf::HeldOut)?;
     let mut f = fidelity::measure(
         &job.dense,
         &job.pruned,
         &set,
-        &RunOptions::of(&job.calib),
+        &super::run_options(&job.calib, sessions),
         &job.tolerances,
     )?;
     if f.uncompensated.is_none() {
-        f.uncompensated = without_folds(job, &dense, &set)?;
+        f.uncompensated = without_folds(job, sessions, &dense, &set)?;
     }
     Ok(f)
 }
@@ -44,7 +44,12 @@ pub fn compare(job: &CompareJob) -> Result<Fidelity> {
 /// A pruned file whose merged compensation's folds leave no uncompensated value in it: its plan
 /// without them, run by the calibration engine on the dense model and the same prompts (the
 /// engine computes what `apply` writes: tests/engine_vs_rewrite.rs).
-fn without_folds(job: &CompareJob, dense: &Model, set: &CalibSet) -> Result<Option<Uncompensated>> {
+fn without_folds(
+    job: &CompareJob,
+    sessions: Sessions,
+    dense: &Model,
+    set: &CalibSet,
+) -> Result<Option<Uncompensated>> {
     let pruned = read_model(&job.pruned)?;
     let Some(plan) = PlanFile::recorded_in(&pruned.proto) else {
         return Ok(None);
@@ -58,7 +63,12 @@ fn without_folds(job: &CompareJob, dense: &Model, set: &CalibSet) -> Result<Opti
     }
     let analysis = crate::blocks::analyze_at(&dense.proto, &job.dense)?;
     let actions = plan.to_actions(&analysis)?;
-    let mut engine = Engine::new(dense, &analysis, set.clone(), job.calib.engine_options())?;
+    let mut engine = Engine::new(
+        dense,
+        &analysis,
+        set.clone(),
+        job.calib.engine_options(sessions),
+    )?;
     let e = crate::compensate::merged::effect(&mut engine, &actions, &[])?;
     Ok(Some(Uncompensated {
         value: "the plan without its folds (engine on the dense model)".into(),

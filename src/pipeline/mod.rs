@@ -27,7 +27,7 @@ use crate::model_io::{
 };
 use crate::plan::{file_sha256, ActionName, PlanFile};
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
-use crate::runtime::RuntimeConfig;
+use crate::runtime::{RuntimeConfig, Sessions};
 use crate::search::check_targets;
 use crate::search::methods::{run_method, SearchConfig};
 
@@ -149,10 +149,10 @@ pub fn run(job: &Job) -> Result<RunReport> {
 
     let model = clock.phase("read", || read_model(input))?;
     check_outputs_apart_from_reads(job, &model)?;
-    crate::runtime::init(&job.runtime)?;
+    let sessions = Sessions::new(job.runtime)?;
     let analysis = clock.phase("analyze", || analyze_at(&model.proto, input))?;
     crate::loadable::check_input(&model, input)?;
-    let engine_opts = job.calib.engine_options();
+    let engine_opts = job.calib.engine_options(sessions);
     let added = compensate::planned_params(job.compensate, &analysis.graph, &engine_opts)?;
     let target = compensate::raised_targets(&[sparsity], added, analysis.total_params)[0];
     check_targets(&analysis, &[target])?;
@@ -210,7 +210,7 @@ pub fn run(job: &Job) -> Result<RunReport> {
                 input,
                 output,
                 set,
-                &RunOptions::of(&job.calib),
+                &run_options(&job.calib, sessions),
                 &job.tolerances,
             )
         })?),
@@ -288,6 +288,17 @@ impl PromptsReport {
             include_padding: c.include_padding,
             chunk: c.chunk,
         }
+    }
+}
+
+/// How the whole files run when compared: as the calibration options say, with `sessions`.
+pub(crate) fn run_options(calib: &CalibConfig, sessions: Sessions) -> RunOptions {
+    RunOptions {
+        sessions,
+        include_padding: calib.include_padding,
+        chunk: calib.chunk,
+        projection: calib.projection.clone(),
+        measure: calib.measure.clone(),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::calibrate::{CalibConfig, EngineStats, PromptHalf};
 use crate::compensate::{self, Compensate, Fitted};
 use crate::model_io::{check_output_not_input, check_outputs_apart, read_model};
 use crate::plan::{file_sha256, PlanFile};
-use crate::runtime::RuntimeConfig;
+use crate::runtime::{RuntimeConfig, Sessions};
 use crate::search::methods::{run_method, Method, SearchConfig};
 use crate::search::{check_targets, plot, Level, Report};
 
@@ -106,10 +106,10 @@ pub fn plan(job: &PlanJob) -> Result<PlanReport> {
         &named,
         &reads.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
-    crate::runtime::init(&job.runtime)?;
+    let sessions = Sessions::new(job.runtime)?;
     let analysis = analyze_at(&model.proto, &job.model)?;
     crate::loadable::check_input(&model, &job.model)?;
-    let opts = job.calib.engine_options();
+    let opts = job.calib.engine_options(sessions);
     let added = compensate::planned_params(job.compensate, &analysis.graph, &opts)?;
     let search_targets = compensate::raised_targets(&job.targets, added, analysis.total_params);
     check_targets(&analysis, &search_targets)?;

@@ -14,8 +14,8 @@ use crate::calibrate::{CalibConfig, Engine, EngineStats, Outcome, PromptHalf};
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::model_io::Model;
 use crate::plan::PlanFile;
-use crate::runtime::RuntimeConfig;
-use crate::{blocks, model_io, runtime};
+use crate::runtime::{RuntimeConfig, Sessions};
+use crate::{blocks, model_io};
 
 #[derive(Debug, Clone)]
 pub struct ScoreJob {
@@ -45,7 +45,7 @@ pub struct ScoreReport {
 }
 
 pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
-    runtime::init(&job.runtime)?;
+    let sessions = Sessions::new(job.runtime)?;
     let model = model_io::read_model(&job.model)?;
     let analysis = blocks::analyze_at(&model.proto, &job.model)?;
     crate::loadable::check_input(&model, &job.model)?;
@@ -53,12 +53,12 @@ pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
     let calib = job.calib.calib_set(&model, PromptHalf::Calibration)?;
     let prompts = calib.prompts.len();
     let start = Instant::now();
-    let mut engine = Engine::new(&model, &analysis, calib, job.calib.engine_options())?;
+    let mut engine = Engine::new(&model, &analysis, calib, job.calib.engine_options(sessions))?;
     let score = match engine.score(&actions, None)? {
         Outcome::Scored(score) => score,
         Outcome::Abandoned { .. } => bail!("scoring without a bound was abandoned"),
     };
-    let compensation = compensated(job, &model, &analysis, &actions, &mut engine)?;
+    let compensation = compensated(job, sessions, &model, &analysis, &actions, &mut engine)?;
     Ok(ScoreReport {
         model: job.model.clone(),
         plan: job.plan.clone(),
@@ -89,6 +89,7 @@ pub struct HeldOut {
 
 fn compensated(
     job: &ScoreJob,
+    sessions: Sessions,
     model: &Model,
     analysis: &Analysis,
     actions: &[Action],
@@ -115,7 +116,7 @@ fn compensated(
         .calib
         .calib_and_held_out(model, job.heldout.as_deref())?;
     let prompts = held.prompts.len();
-    let mut held_engine = Engine::new(model, analysis, held, job.calib.engine_options())?;
+    let mut held_engine = Engine::new(model, analysis, held, job.calib.engine_options(sessions))?;
     let effect = match &comp {
         Compensation::Output(m) => compensate::effect(&mut held_engine, actions, &m.map)?,
         Compensation::Merged(folds) => {

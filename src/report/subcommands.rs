@@ -122,7 +122,8 @@ impl Render for DoctorReport {
     }
 }
 
-/// `doctor --json` when no ONNX Runtime was found (the error follows on stderr).
+/// `doctor` when no ONNX Runtime was found: one line on stdout, where the report of a found one
+/// would be, and the error with the way to install it on stderr.
 #[derive(Debug, Serialize)]
 pub struct DoctorNotFound {
     pub found: bool,
@@ -131,7 +132,7 @@ pub struct DoctorNotFound {
 
 impl Render for DoctorNotFound {
     fn text(&self) -> String {
-        String::new()
+        "ONNX Runtime: not found\n".into()
     }
 }
 

@@ -536,8 +536,8 @@ fn check_interface_finds_an_input_left_without_its_initializer() {
 
 #[test]
 fn an_output_map_computes_the_output_and_other_readers_keep_the_plain_value() {
-    use crate::calibrate::tensors::Activations;
     use crate::compensate::{Compensation, LinearMap, OutputMap};
+    use crate::runtime::Activations;
     let (model, mut analysis) = toy(2, true);
     let g = &mut analysis.graph;
     g.output[0] = ValueInfoProto::fixed_tensor("y", data_type::FLOAT, &[1, W as i64]);

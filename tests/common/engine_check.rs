@@ -10,12 +10,12 @@ use serde_json::Value;
 use skrr_onnx::action::Action;
 use skrr_onnx::apply::apply_to_file;
 use skrr_onnx::blocks::{analyze, Analysis};
-use skrr_onnx::calibrate::tensors::{activations, feeds, Activations};
-use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions, Prepack};
+use skrr_onnx::calibrate::{CalibSet, Engine, EngineOptions};
 use skrr_onnx::compensate::{self, merged, Compensation};
 use skrr_onnx::model_io::{read_model, Model, WriteOptions};
 use skrr_onnx::onnx::ValueInfoProto;
 use skrr_onnx::rewrite::RewriteOptions;
+use skrr_onnx::runtime::{activations, feeds, Activations, Prepack, Sessions};
 
 use Action::{Keep as K, Reuse as R, Skip as S};
 
@@ -128,6 +128,7 @@ fn write(
     actions: &[Action],
     compensation: Option<Compensation>,
     out: &Path,
+    sessions: Sessions,
 ) -> Written {
     let opts = RewriteOptions {
         compensation,
@@ -145,15 +146,15 @@ fn write(
     let written = read_model(out).unwrap();
     let graph = written.proto.graph.as_ref().unwrap();
     Written {
-        session: skrr_onnx::runtime::session_from_file(out).unwrap(),
+        session: sessions.from_file(out).unwrap(),
         inputs: skrr_onnx::graph::fed_inputs(graph).cloned().collect(),
     }
 }
 
 /// Checks one manifest entry (its `model` path is relative to `base`); returns the largest
 /// errors of a plan against its own file, and the smallest held error against another plan's
-/// file.
-pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
+/// file. The engine and the files run with `sessions`.
+pub fn check_fixture(f: &Value, base: &Path, sessions: Sessions) -> (Errors, f64) {
     let name = f["name"].as_str().unwrap();
     let pad_id = f["pad_id"].as_i64().unwrap();
     let vocab = f["vocab"].as_u64().unwrap() as usize;
@@ -171,7 +172,7 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
         .enumerate()
         .map(|(i, (_, actions))| {
             let out = dir.path().join(format!("plan{i}.onnx"));
-            write(&model, &analysis, actions, None, &out)
+            write(&model, &analysis, actions, None, &out, sessions)
         })
         .collect();
     // The first plan compensated (issue #13): with a linear map on its output, and with folds
@@ -188,6 +189,7 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
             max_length: seq,
         };
         let opts = EngineOptions {
+            sessions,
             null: false,
             include_padding: false,
             chunk: batch,
@@ -211,7 +213,7 @@ pub fn check_fixture(f: &Value, base: &Path) -> (Errors, f64) {
                 .enumerate()
                 .map(|(i, (label, comp))| {
                     let out = dir.path().join(format!("compensated{i}.onnx"));
-                    let file = write(&model, &analysis, skip, Some(comp.clone()), &out);
+                    let file = write(&model, &analysis, skip, Some(comp.clone()), &out, sessions);
                     (label, comp, file)
                 })
                 .collect();

@@ -154,6 +154,12 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("fixtures")
 }
 
+/// Sessions with ONNX Runtime's defaults: the configuration users run.
+pub fn sessions() -> skrr_onnx::runtime::Sessions {
+    skrr_onnx::runtime::Sessions::new(Default::default())
+        .unwrap_or_else(|e| panic!("ONNX Runtime is needed (run scripts/test.sh): {e:#}"))
+}
+
 /// The exports made by Hugging Face Optimum's ONNX exporter (fixtures/optimum_manifest.json,
 /// written by fixtures/optimum_export.py in a venv of its own): entries of the form of
 /// fixtures/manifest.json's, their `model` and `plans` paths relative to fixtures/. They are not

@@ -1,12 +1,15 @@
-//! Tensors at the engine's edges: the model inputs a batch of token ids becomes, the f32 copy of
-//! an output or stream value (`Activations`), and the per-row measures D and Block Influence are
-//! made of.
+//! Tensors at the runtime's edges: the model inputs a batch of token ids becomes, the f32 copy of
+//! an output or stream value (`Activations`), and the projection applied to outputs before they
+//! are compared.
+
+use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use half::f16;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
+use super::Sessions;
 use crate::error::SkrrError;
 use crate::onnx::proto::tensor_proto::data_type;
 use crate::onnx::ValueInfoProto;
@@ -33,7 +36,8 @@ impl Activations {
         }
     }
 
-    fn row(&self, r: usize) -> &[f32] {
+    /// Row `r`'s positions × channels.
+    pub fn row(&self, r: usize) -> &[f32] {
         let n = self.positions() * self.channels();
         &self.data[r * n..(r + 1) * n]
     }
@@ -70,62 +74,6 @@ pub fn value_bytes(v: &DynValue) -> u64 {
         }
         _ => 0,
     }
-}
-
-fn check_same(a: &Activations, b: &Activations, counted: &[usize]) -> Result<()> {
-    if a.shape != b.shape || a.shape.first() != Some(&counted.len()) {
-        return Err(anyhow!(
-            "output shape {:?} differs from the dense output {:?} ({} rows)",
-            a.shape,
-            b.shape,
-            counted.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Squared error per row over its first `counted[r]` positions and all channels, in f64.
-pub fn row_sse(out: &Activations, target: &Activations, counted: &[usize]) -> Result<Vec<f64>> {
-    check_same(out, target, counted)?;
-    let ch = out.channels();
-    Ok(counted
-        .iter()
-        .enumerate()
-        .map(|(r, &n)| {
-            let n = n.min(out.positions()) * ch;
-            out.row(r)[..n]
-                .iter()
-                .zip(&target.row(r)[..n])
-                .map(|(&a, &b)| {
-                    let d = f64::from(a) - f64::from(b);
-                    d * d
-                })
-                .sum()
-        })
-        .collect())
-}
-
-/// Sum over rows and counted positions of cos(a, b) across channels.
-pub fn row_cos_sum(a: &Activations, b: &Activations, counted: &[usize]) -> Result<f64> {
-    check_same(a, b, counted)?;
-    let ch = a.channels();
-    let mut sum = 0.0;
-    for (r, &n) in counted.iter().enumerate() {
-        for t in 0..n.min(a.positions()) {
-            let x = &a.row(r)[t * ch..(t + 1) * ch];
-            let y = &b.row(r)[t * ch..(t + 1) * ch];
-            let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
-            for (&u, &v) in x.iter().zip(y) {
-                let (u, v) = (f64::from(u), f64::from(v));
-                xy += u * v;
-                xx += u * u;
-                yy += v * v;
-            }
-            let norm = (xx * yy).sqrt();
-            sum += if norm > 0.0 { xy / norm } else { 1.0 };
-        }
-    }
-    Ok(sum)
 }
 
 /// The model's graph inputs for a batch of id rows right-padded to `len` with `pad_id`:
@@ -192,55 +140,71 @@ pub fn feeds(
         .collect()
 }
 
-/// Runs the projection model on `x`.
-pub fn project(
-    session: &mut Session,
-    input: &str,
+/// A model applied to the final output of dense and pruned models alike (`--projection`): one
+/// float or float16 input, its first output taken.
+pub struct Projection {
+    session: Session,
+    input: String,
     ty: TensorElementType,
-    x: &Activations,
-) -> Result<Activations> {
-    let shape: Vec<i64> = x.shape.iter().map(|&d| d as i64).collect();
-    let value: DynValue = match ty {
-        TensorElementType::Float16 => {
-            let v: Vec<f16> = x.data.iter().map(|&a| f16::from_f32(a)).collect();
-            Tensor::from_array((shape, v))?.into_dyn()
-        }
-        _ => Tensor::from_array((shape, x.data.clone()))?.into_dyn(),
-    };
-    let out = session
-        .run(vec![(input, SessionInputValue::from(value))])
-        .map_err(|e| SkrrError::Runtime(format!("ONNX Runtime failed in the projection: {e}")))?;
-    let (_, first) = out
-        .iter()
-        .next()
-        .ok_or_else(|| anyhow!("the projection produced no output"))?;
-    activations(&first)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(shape: &[usize], data: &[f32]) -> Activations {
-        Activations {
-            shape: shape.to_vec(),
-            data: data.to_vec(),
+impl Projection {
+    /// The projection model at `path`, checked to have one float input and an output.
+    pub fn load(sessions: &Sessions, path: &Path) -> Result<Projection> {
+        let bad = |msg: String| -> anyhow::Error {
+            SkrrError::BadInput(format!("{}: {msg}", path.display())).into()
+        };
+        if !path.is_file() {
+            return Err(bad("projection model not found".into()));
         }
+        let session = sessions
+            .from_file(path)
+            .map_err(|e| bad(format!("ONNX Runtime cannot load it as a model: {e:#}")))?;
+        if session.inputs().len() != 1 || session.outputs().is_empty() {
+            return Err(bad(format!(
+                "a projection model needs exactly one input and an output, it has {} and {}",
+                session.inputs().len(),
+                session.outputs().len()
+            )));
+        }
+        let input = &session.inputs()[0];
+        let ty = match input.dtype() {
+            ValueType::Tensor { ty, .. }
+                if matches!(ty, TensorElementType::Float32 | TensorElementType::Float16) =>
+            {
+                *ty
+            }
+            other => {
+                return Err(bad(format!(
+                    "projection input {} has type {other}, expected float or float16",
+                    input.name()
+                )))
+            }
+        };
+        let input = input.name().to_string();
+        Ok(Projection { session, input, ty })
     }
 
-    #[test]
-    fn sse_counts_only_the_counted_positions() {
-        let a = d(&[2, 2, 2], &[1., 1., 9., 9., 0., 0., 0., 0.]);
-        let b = d(&[2, 2, 2], &[0., 0., 0., 0., 1., 2., 5., 5.]);
-        assert_eq!(row_sse(&a, &b, &[1, 2]).unwrap(), vec![2.0, 55.0]);
-        assert!(row_sse(&a, &d(&[2, 2, 1], &[0.; 4]), &[1, 2]).is_err());
-    }
-
-    #[test]
-    fn cos_of_parallel_and_orthogonal_tokens() {
-        let a = d(&[1, 2, 2], &[1., 0., 0., 1.]);
-        let b = d(&[1, 2, 2], &[2., 0., 1., 0.]);
-        assert!((row_cos_sum(&a, &b, &[2]).unwrap() - 1.0).abs() < 1e-12);
-        assert!((row_cos_sum(&a, &b, &[1]).unwrap() - 1.0).abs() < 1e-12);
+    /// Runs the projection model on `x`.
+    pub fn apply(&mut self, x: &Activations) -> Result<Activations> {
+        let shape: Vec<i64> = x.shape.iter().map(|&d| d as i64).collect();
+        let value: DynValue = match self.ty {
+            TensorElementType::Float16 => {
+                let v: Vec<f16> = x.data.iter().map(|&a| f16::from_f32(a)).collect();
+                Tensor::from_array((shape, v))?.into_dyn()
+            }
+            _ => Tensor::from_array((shape, x.data.clone()))?.into_dyn(),
+        };
+        let out = self
+            .session
+            .run(vec![(self.input.as_str(), SessionInputValue::from(value))])
+            .map_err(|e| {
+                SkrrError::Runtime(format!("ONNX Runtime failed in the projection: {e}"))
+            })?;
+        let (_, first) = out
+            .iter()
+            .next()
+            .ok_or_else(|| anyhow!("the projection produced no output"))?;
+        activations(&first)
     }
 }
