@@ -32,6 +32,55 @@ pub struct Tolerances {
     pub rtol: Option<f64>,
 }
 
+impl Tolerances {
+    /// Whether element-wise limits were asked for.
+    fn elementwise(&self) -> bool {
+        self.atol.is_some() || self.rtol.is_some()
+    }
+
+    /// Every check these tolerances ask for, on the measured values.
+    fn checks(
+        &self,
+        cos_mean: f64,
+        null_norm_ratio: Option<f64>,
+        d: f64,
+        elements_failed: Option<u64>,
+    ) -> Vec<Check> {
+        let check = |name, value: f64, limit: f64, passed| Check {
+            name,
+            value,
+            limit,
+            passed,
+        };
+        let mut checks = vec![check(
+            "cos_mean",
+            cos_mean,
+            self.min_cos,
+            cos_mean >= self.min_cos,
+        )];
+        if let Some(r) = null_norm_ratio {
+            let factor = if r > 0.0 {
+                r.max(1.0 / r)
+            } else {
+                f64::INFINITY
+            };
+            checks.push(check(
+                "null_norm_factor",
+                factor,
+                self.max_null_ratio,
+                factor <= self.max_null_ratio,
+            ));
+        }
+        if let Some(max_d) = self.max_d {
+            checks.push(check("d", d, max_d, d <= max_d));
+        }
+        if let Some(failed) = elements_failed {
+            checks.push(check("elements_failed", failed as f64, 0.0, failed == 0));
+        }
+        checks
+    }
+}
+
 /// What running a model on the prompts needs besides the prompts.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -457,127 +506,22 @@ pub fn measure(
     let a = Runner::load(dense_path, opts.measure.as_deref(), opts.include_padding)?;
     let b = Runner::load(pruned_path, opts.measure.as_deref(), opts.include_padding)?;
     same_interface(&a, &b)?;
-    let mut projection = opts
-        .projection
-        .as_deref()
-        .map(|p| Projection::load(&opts.sessions, p))
-        .transpose()?;
-    let batch = |rows| Batch::new(rows, opts.include_padding, calib.max_length);
-    // The prompt chunks, then the null input (last, if measured).
     let chunk = crate::graph::batch_size(a.coupling.or(b.coupling), opts.chunk.max(1));
-    let mut batches: Vec<Batch> = calib
-        .prompts
-        .chunks(chunk)
-        .map(|rows| batch(rows.iter().map(Vec::as_slice).collect()))
-        .collect();
-    let prompt_batches = batches.len();
-    if let Some(ids) = &calib.null {
-        batches.push(batch(vec![ids.as_slice()]));
-    }
+    let batches = Batches::new(calib, chunk, opts.include_padding);
+    let tally = Tally::of(&a, &b, &batches, calib.pad_id, opts, tol)?;
 
-    // One model at a time: every dense output first (kept: prompts × tokens × channels), then
-    // the pruned model's, each compared as it comes.
-    let bar = crate::progress::bar(2 * batches.len() as u64, "comparing", "batches");
-    let mut targets = Vec::with_capacity(batches.len());
-    a.outputs(
-        &batches,
-        calib.pad_id,
-        &mut projection,
-        &opts.sessions,
-        |_, out, _| {
-            targets.push(out);
-            bar.inc(1);
-            Ok(())
-        },
-    )?;
-    let mut sums = Sums::new();
-    let mut null = Sums::new();
-    let mut pruned_sq = Sums::new();
-    // The compensated model's value before its map: (prompts, null input).
-    let mut before = b.before_map.as_ref().map(|_| (Sums::new(), Sums::new()));
-    b.outputs(
-        &batches,
-        calib.pad_id,
-        &mut projection,
-        &opts.sessions,
-        |i, out, pre| {
-            let counted = &batches[i].counted;
-            if let (Some((prompts, null)), Some(pre)) = (before.as_mut(), pre) {
-                let sums = if i < prompt_batches { prompts } else { null };
-                sums.add(&pre, &targets[i], counted, tol)?;
-            }
-            if i < prompt_batches {
-                sums.add(&out, &targets[i], counted, tol)?;
-            } else {
-                null.add(&out, &targets[i], counted, tol)?;
-                // ‖out‖² as the "dense" side of a comparison of `out` with itself.
-                pruned_sq.add(&out, &out, counted, tol)?;
-            }
-            bar.inc(1);
-            Ok(())
-        },
-    )?;
-    bar.finish_and_clear();
-    let (d_null, null_norm_ratio) = if calib.null.is_some() {
-        let d_null = null.d();
-        let ratio = (pruned_sq.dense_sq / null.dense_sq.max(f64::MIN_POSITIVE)).sqrt();
-        (Some(d_null), Some(ratio))
-    } else {
-        (None, None)
+    let d_c = tally.prompts.d();
+    let (d_null, null_norm_ratio) = match calib.null {
+        Some(_) => (Some(tally.null.d()), Some(tally.null_norm_ratio())),
+        None => (None, None),
     };
-
-    let d_c = sums.d();
     let d = d_c + d_null.unwrap_or(0.0);
-    let cos_mean = sums.cos_mean();
-    let uncompensated = before.map(|(prompts, null)| {
-        let d_null = calib.null.is_some().then(|| null.d());
-        Uncompensated {
-            value: b.before_map.clone().unwrap_or_default(),
-            d_c: prompts.d(),
-            d_null,
-            d: prompts.d() + d_null.unwrap_or(0.0),
-            cos_mean: prompts.cos_mean(),
-            cos_min: Some(prompts.cos_min),
-        }
-    });
-
-    let mut checks = vec![Check {
-        name: "cos_mean",
-        value: cos_mean,
-        limit: tol.min_cos,
-        passed: cos_mean >= tol.min_cos,
-    }];
-    if let Some(r) = null_norm_ratio {
-        let factor = if r > 0.0 {
-            r.max(1.0 / r)
-        } else {
-            f64::INFINITY
-        };
-        checks.push(Check {
-            name: "null_norm_factor",
-            value: factor,
-            limit: tol.max_null_ratio,
-            passed: factor <= tol.max_null_ratio,
-        });
-    }
-    if let Some(max_d) = tol.max_d {
-        checks.push(Check {
-            name: "d",
-            value: d,
-            limit: max_d,
-            passed: d <= max_d,
-        });
-    }
-    let elements_failed = (tol.atol.is_some() || tol.rtol.is_some()).then_some(sums.failed);
-    if let Some(failed) = elements_failed {
-        checks.push(Check {
-            name: "elements_failed",
-            value: failed as f64,
-            limit: 0.0,
-            passed: failed == 0,
-        });
-    }
+    let cos_mean = tally.prompts.cos_mean();
+    let elements_failed = tol.elementwise().then_some(tally.prompts.failed);
+    let checks = tol.checks(cos_mean, null_norm_ratio, d, elements_failed);
     let passed = checks.iter().all(|c| c.passed);
+    let uncompensated = tally.uncompensated(b.before_map.clone(), calib.null.is_some());
+    let sums = &tally.prompts;
     let reduction = |x: u64, y: u64| 1.0 - y as f64 / (x.max(1) as f64);
     Ok(Fidelity {
         params_reduction: reduction(a.size.params, b.size.params),
@@ -601,4 +545,113 @@ pub fn measure(
         checks,
         passed,
     })
+}
+
+/// The prompt batches, then the null input's (last, if measured).
+struct Batches<'a> {
+    all: Vec<Batch<'a>>,
+    /// How many of `all` hold prompts.
+    prompts: usize,
+}
+
+impl<'a> Batches<'a> {
+    fn new(calib: &'a CalibSet, chunk: usize, include_padding: bool) -> Batches<'a> {
+        let batch = |rows| Batch::new(rows, include_padding, calib.max_length);
+        let mut all: Vec<Batch> = calib
+            .prompts
+            .chunks(chunk)
+            .map(|rows| batch(rows.iter().map(Vec::as_slice).collect()))
+            .collect();
+        let prompts = all.len();
+        if let Some(ids) = &calib.null {
+            all.push(batch(vec![ids.as_slice()]));
+        }
+        Batches { all, prompts }
+    }
+}
+
+/// The pruned model's outputs summed against the dense model's.
+struct Tally {
+    prompts: Sums,
+    null: Sums,
+    /// ‖pruned null output‖², as the "dense" side of a comparison of that output with itself.
+    pruned_null_sq: Sums,
+    /// The compensated model's value before its map: (prompts, null input).
+    before: Option<(Sums, Sums)>,
+}
+
+impl Tally {
+    /// One model at a time: every dense output first (kept: prompts × tokens × channels), then
+    /// the pruned model's, each compared as it comes.
+    fn of(
+        a: &Runner,
+        b: &Runner,
+        batches: &Batches,
+        pad_id: i64,
+        opts: &RunOptions,
+        tol: &Tolerances,
+    ) -> Result<Tally> {
+        let mut projection = opts
+            .projection
+            .as_deref()
+            .map(|p| Projection::load(&opts.sessions, p))
+            .transpose()?;
+        let all = &batches.all;
+        let bar = crate::progress::bar(2 * all.len() as u64, "comparing", "batches");
+        let mut targets = Vec::with_capacity(all.len());
+        a.outputs(all, pad_id, &mut projection, &opts.sessions, |_, out, _| {
+            targets.push(out);
+            bar.inc(1);
+            Ok(())
+        })?;
+        let mut tally = Tally {
+            prompts: Sums::new(),
+            null: Sums::new(),
+            pruned_null_sq: Sums::new(),
+            before: b.before_map.as_ref().map(|_| (Sums::new(), Sums::new())),
+        };
+        b.outputs(
+            all,
+            pad_id,
+            &mut projection,
+            &opts.sessions,
+            |i, out, pre| {
+                let counted = &all[i].counted;
+                let is_prompt = i < batches.prompts;
+                if let (Some((prompts, null)), Some(pre)) = (tally.before.as_mut(), pre) {
+                    let sums = if is_prompt { prompts } else { null };
+                    sums.add(&pre, &targets[i], counted, tol)?;
+                }
+                if is_prompt {
+                    tally.prompts.add(&out, &targets[i], counted, tol)?;
+                } else {
+                    tally.null.add(&out, &targets[i], counted, tol)?;
+                    tally.pruned_null_sq.add(&out, &out, counted, tol)?;
+                }
+                bar.inc(1);
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        Ok(tally)
+    }
+
+    /// ‖pruned null embedding‖ / ‖dense null embedding‖.
+    fn null_norm_ratio(&self) -> f64 {
+        (self.pruned_null_sq.dense_sq / self.null.dense_sq.max(f64::MIN_POSITIVE)).sqrt()
+    }
+
+    /// The measures of the value before the compensation map, `value` naming it.
+    fn uncompensated(&self, value: Option<String>, null: bool) -> Option<Uncompensated> {
+        let (prompts, null_sums) = self.before.as_ref()?;
+        let d_null = null.then(|| null_sums.d());
+        Some(Uncompensated {
+            value: value.unwrap_or_default(),
+            d_c: prompts.d(),
+            d_null,
+            d: prompts.d() + d_null.unwrap_or(0.0),
+            cos_mean: prompts.cos_mean(),
+            cos_min: Some(prompts.cos_min),
+        })
+    }
 }
