@@ -80,7 +80,6 @@ pub fn plan_edits(
     crate::action::validate(analysis, actions)?;
     let graph = &analysis.graph;
     let mut names = Names::of(graph);
-    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
     let mut edits = Vec::new();
     for (p, action) in actions.iter().enumerate() {
         let sb = &analysis.sub_blocks[p];
@@ -97,83 +96,7 @@ pub fn plan_edits(
                 });
             }
             Action::Reuse(q) => {
-                let src = &analysis.sub_blocks[q];
-                ensure!(
-                    src.side_inputs.len() == sb.side_inputs.len(),
-                    "sub-block {p} has {} side inputs but its re-use source {q} has {}; \
-                     the block analysis did not align them",
-                    sb.side_inputs.len(),
-                    src.side_inputs.len()
-                );
-                let tag = format!("skrr{p}");
-                let mut values = BTreeMap::new();
-                let mut node_names = Vec::with_capacity(src.nodes.len());
-                for &i in &src.nodes {
-                    let node = graph.node.get(i).ok_or_else(|| {
-                        anyhow!("sub-block {q} names node {i}, which does not exist")
-                    })?;
-                    if graph::has_subgraph(node) {
-                        bail!(
-                            "sub-block {q} contains node {:?} ({}) with a subgraph; re-using it is not supported",
-                            node.name(),
-                            node.op_type()
-                        );
-                    }
-                    for o in node.output.iter().filter(|o| !o.is_empty()) {
-                        let fresh = names.fresh_value(o, &tag);
-                        values.insert(o.clone(), fresh);
-                    }
-                    node_names.push(node.name.as_ref().map(|n| names.fresh_node(n, &tag)));
-                }
-                for &i in &src.nodes {
-                    for input in graph.node[i].input.iter().filter(|s| !s.is_empty()) {
-                        if values.contains_key(input) {
-                            continue;
-                        }
-                        let bound = if *input == src.input {
-                            Some(sb.input.clone())
-                        } else if let Some(k) = src.side_inputs.iter().position(|s| s == input) {
-                            Some(sb.side_inputs[k].clone())
-                        } else if reuse == ReuseWeights::Copy
-                            && initializers.contains(input.as_str())
-                        {
-                            let to = names.fresh_value(input, &tag);
-                            edits.push(Edit::CopyInitializer {
-                                from: input.clone(),
-                                to: to.clone(),
-                            });
-                            Some(to)
-                        } else {
-                            // Initializers (shared) and stream-independent values such as the
-                            // redirected shape source stay as they are.
-                            None
-                        };
-                        if let Some(b) = bound {
-                            values.insert(input.clone(), b);
-                        }
-                    }
-                }
-                let out = values.get(&src.output).cloned().ok_or_else(|| {
-                    anyhow!(
-                        "sub-block {q}'s nodes do not produce its output {:?}",
-                        src.output
-                    )
-                })?;
-                edits.push(Edit::Remove {
-                    at: p,
-                    nodes: sb.nodes.clone(),
-                });
-                edits.push(Edit::Clone {
-                    source: q,
-                    at: p,
-                    nodes: src.nodes.clone(),
-                    values,
-                    node_names,
-                });
-                edits.push(Edit::Bypass {
-                    from: sb.output.clone(),
-                    to: out,
-                });
+                reuse_edits(analysis, p, q, reuse, &mut names, &mut edits)?;
             }
         }
     }
@@ -181,29 +104,133 @@ pub fn plan_edits(
         Some(Compensation::Output(c)) => edits.push(output_map_edit(graph, c, &mut names)?),
         Some(Compensation::Merged(folds)) => {
             for f in folds {
-                ensure!(
-                    actions.get(f.at) == Some(&Action::Keep),
-                    "a fold changes sub-block {}, which the plan does not keep",
-                    f.at
-                );
-                let tensors = f
-                    .tensors
-                    .iter()
-                    .map(|t| {
-                        let name = names.fresh_value(&t.replaces, &format!("skrr_fold{}", f.at));
-                        Ok((t.replaces.clone(), t.proto(&name)?))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                edits.push(Edit::Fold {
-                    at: f.at,
-                    nodes: analysis.sub_blocks[f.at].nodes.clone(),
-                    tensors,
-                });
+                edits.push(fold_edit(analysis, actions, f, &mut names)?);
             }
         }
         None => {}
     }
     Ok(edits)
+}
+
+/// The edits of a re-use of sub-block `q` at `p`: remove `p`, clone `q` bound to `p`'s stream
+/// and side inputs (copies of the initializers it reads, with `--reuse-weights copy`), bypass
+/// `p`'s output to the clone's.
+fn reuse_edits(
+    analysis: &Analysis,
+    p: usize,
+    q: usize,
+    reuse: ReuseWeights,
+    names: &mut Names,
+    edits: &mut Vec<Edit>,
+) -> Result<()> {
+    let graph = &analysis.graph;
+    let (sb, src) = (&analysis.sub_blocks[p], &analysis.sub_blocks[q]);
+    ensure!(
+        src.side_inputs.len() == sb.side_inputs.len(),
+        "sub-block {p} has {} side inputs but its re-use source {q} has {}; \
+         the block analysis did not align them",
+        sb.side_inputs.len(),
+        src.side_inputs.len()
+    );
+    let tag = format!("skrr{p}");
+    // The values the clone's nodes compute, named afresh, and the nodes' names.
+    let mut values = BTreeMap::new();
+    let mut node_names = Vec::with_capacity(src.nodes.len());
+    for &i in &src.nodes {
+        let node = graph
+            .node
+            .get(i)
+            .ok_or_else(|| anyhow!("sub-block {q} names node {i}, which does not exist"))?;
+        if graph::has_subgraph(node) {
+            bail!(
+                "sub-block {q} contains node {:?} ({}) with a subgraph; re-using it is not supported",
+                node.name(),
+                node.op_type()
+            );
+        }
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            let fresh = names.fresh_value(o, &tag);
+            values.insert(o.clone(), fresh);
+        }
+        node_names.push(node.name.as_ref().map(|n| names.fresh_node(n, &tag)));
+    }
+    // The values it reads from outside: `p`'s stream and side inputs in place of `q`'s.
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    for &i in &src.nodes {
+        for input in graph.node[i].input.iter().filter(|s| !s.is_empty()) {
+            if values.contains_key(input) {
+                continue;
+            }
+            let bound = if *input == src.input {
+                Some(sb.input.clone())
+            } else if let Some(k) = src.side_inputs.iter().position(|s| s == input) {
+                Some(sb.side_inputs[k].clone())
+            } else if reuse == ReuseWeights::Copy && initializers.contains(input.as_str()) {
+                let to = names.fresh_value(input, &tag);
+                edits.push(Edit::CopyInitializer {
+                    from: input.clone(),
+                    to: to.clone(),
+                });
+                Some(to)
+            } else {
+                // Initializers (shared) and stream-independent values such as the redirected
+                // shape source stay as they are.
+                None
+            };
+            if let Some(b) = bound {
+                values.insert(input.clone(), b);
+            }
+        }
+    }
+    let out = values.get(&src.output).cloned().ok_or_else(|| {
+        anyhow!(
+            "sub-block {q}'s nodes do not produce its output {:?}",
+            src.output
+        )
+    })?;
+    edits.push(Edit::Remove {
+        at: p,
+        nodes: sb.nodes.clone(),
+    });
+    edits.push(Edit::Clone {
+        source: q,
+        at: p,
+        nodes: src.nodes.clone(),
+        values,
+        node_names,
+    });
+    edits.push(Edit::Bypass {
+        from: sb.output.clone(),
+        to: out,
+    });
+    Ok(())
+}
+
+/// The edit of fold `f` of a merged compensation, into a sub-block the plan keeps.
+fn fold_edit(
+    analysis: &Analysis,
+    actions: &[Action],
+    f: &crate::compensate::merged::Fold,
+    names: &mut Names,
+) -> Result<Edit> {
+    ensure!(
+        actions.get(f.at) == Some(&Action::Keep),
+        "a fold changes sub-block {}, which the plan does not keep",
+        f.at
+    );
+    let tensors = f
+        .tensors
+        .iter()
+        .map(|t| {
+            let name = names.fresh_value(&t.replaces, &format!("skrr_fold{}", f.at));
+            Ok((t.replaces.clone(), t.proto(&name)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Edit::Fold {
+        at: f.at,
+        nodes: analysis.sub_blocks[f.at].nodes.clone(),
+        tensors,
+    })
 }
 
 /// The edit writing output map `c` after the graph's output.
@@ -238,177 +265,11 @@ fn output_map_edit(graph: &GraphProto, c: &OutputMap, names: &mut Names) -> Resu
 /// outputs that a bypass took away re-created by an `Identity` (output names are the model's
 /// interface). Dead code is not removed here (see `dce`).
 pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
-    let n = graph.node.len();
-    let mut removed = vec![false; n];
-    let mut bypass: HashMap<&str, &str> = HashMap::new();
-    // Clones go where the sub-block they replace started; the final sort fixes any other order
-    // (a re-use of a later sub-block reads nothing that is not already computed there).
-    let mut inserted: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
-    let mut copies: Vec<TensorProto> = Vec::new();
-    let mut copied_inputs: Vec<ValueInfoProto> = Vec::new();
-    let mut cloned_info = Vec::new();
-    let mut anchors: HashMap<usize, usize> = HashMap::new();
-    // Node → (replaced initializer, its fold's) for `Fold` edits.
-    let mut folded: HashMap<usize, Vec<(String, String)>> = HashMap::new();
-    let mut fold_inits: Vec<TensorProto> = Vec::new();
+    let mut patch = Patch::new(graph, edits);
     for e in edits {
-        if let Edit::Remove { at, nodes } = e {
-            anchors.insert(*at, nodes.iter().copied().min().unwrap_or(n));
-        }
+        patch.record(e)?;
     }
-    for e in edits {
-        match e {
-            Edit::Remove { at, nodes } => {
-                for &i in nodes {
-                    ensure!(
-                        i < n,
-                        "edit removes node {i} of sub-block {at}; the graph has {n}"
-                    );
-                    ensure!(!removed[i], "node {i} is removed twice (sub-block {at})");
-                    removed[i] = true;
-                }
-            }
-            Edit::Bypass { from, to } => {
-                ensure!(from != to, "bypass of {from:?} onto itself");
-                if bypass.insert(from.as_str(), to.as_str()).is_some() {
-                    bail!("value {from:?} is bypassed twice");
-                }
-            }
-            Edit::Clone {
-                source,
-                at,
-                nodes,
-                values,
-                node_names,
-            } => {
-                ensure!(
-                    nodes.len() == node_names.len(),
-                    "clone of {source} at {at}: node names do not match nodes"
-                );
-                let anchor = *anchors.get(at).unwrap_or(&n);
-                let slot = inserted.entry(anchor).or_default();
-                for (&i, name) in nodes.iter().zip(node_names) {
-                    let orig = graph.node.get(i).ok_or_else(|| {
-                        anyhow!("clone of {source} names node {i}, which does not exist")
-                    })?;
-                    let mut node = orig.clone();
-                    node.name = name.clone();
-                    for v in node.input.iter_mut().chain(node.output.iter_mut()) {
-                        if let Some(new) = values.get(v.as_str()) {
-                            *v = new.clone();
-                        }
-                    }
-                    slot.push(node);
-                }
-                for vi in &graph.value_info {
-                    if let Some(new) = values.get(vi.name()) {
-                        if nodes
-                            .iter()
-                            .any(|&i| graph.node[i].output.iter().any(|o| o == vi.name()))
-                        {
-                            let mut vi = vi.clone();
-                            vi.name = Some(new.clone());
-                            cloned_info.push(vi);
-                        }
-                    }
-                }
-            }
-            Edit::OutputMap { .. } => {}
-            Edit::Fold { at, nodes, tensors } => {
-                for &i in nodes {
-                    ensure!(
-                        i < n,
-                        "fold at sub-block {at} names node {i}; the graph has {n}"
-                    );
-                    let slot = folded.entry(i).or_default();
-                    slot.extend(
-                        tensors
-                            .iter()
-                            .map(|(old, t)| (old.clone(), t.name().to_string())),
-                    );
-                }
-                for (old, t) in tensors {
-                    fold_inits.push(t.clone());
-                    if let Some(declared) = graph.input.iter().find(|i| i.name() == old) {
-                        let mut declared = declared.clone();
-                        declared.name = t.name.clone();
-                        copied_inputs.push(declared);
-                    }
-                }
-            }
-            Edit::CopyInitializer { from, to } => {
-                let t = graph
-                    .initializer
-                    .iter()
-                    .find(|t| t.name() == from)
-                    .ok_or_else(|| {
-                        anyhow!("edit copies initializer {from:?}, which does not exist")
-                    })?;
-                let mut t = t.clone();
-                t.name = Some(to.clone());
-                copies.push(t);
-                if let Some(declared) = graph.input.iter().find(|i| i.name() == from) {
-                    let mut declared = declared.clone();
-                    declared.name = Some(to.clone());
-                    copied_inputs.push(declared);
-                }
-            }
-        }
-    }
-    let resolve = |name: &str| -> Result<String> {
-        let mut cur = name;
-        for _ in 0..=bypass.len() {
-            match bypass.get(cur) {
-                Some(next) => cur = next,
-                None => return Ok(cur.to_string()),
-            }
-        }
-        bail!("bypasses of {name:?} form a cycle")
-    };
-
-    let mut out = GraphProto {
-        node: Vec::with_capacity(n),
-        ..graph.clone()
-    };
-    out.node.clear();
-    for (i, node) in graph.node.iter().enumerate() {
-        if let Some(clones) = inserted.remove(&i) {
-            out.node.extend(clones);
-        }
-        if !removed[i] {
-            let mut node = node.clone();
-            for (old, new) in folded.get(&i).into_iter().flatten() {
-                for v in node.input.iter_mut().filter(|v| *v == old) {
-                    *v = new.clone();
-                }
-            }
-            out.node.push(node);
-        }
-    }
-    for clones in inserted.into_values() {
-        out.node.extend(clones);
-    }
-    for node in &mut out.node {
-        rename_inputs(node, &resolve)?;
-    }
-    let mut names = Names::of(&out);
-    for o in &graph.output {
-        if bypass.contains_key(o.name()) {
-            let src = resolve(o.name())?;
-            let name = names.fresh_node(o.name(), "skrr_output");
-            out.node.push(NodeProto {
-                input: vec![src],
-                output: vec![o.name().to_string()],
-                name: Some(name),
-                op_type: Some("Identity".into()),
-                ..Default::default()
-            });
-        }
-    }
-    out.initializer.extend(copies);
-    out.initializer.extend(fold_inits);
-    out.input.extend(copied_inputs);
-    out.value_info.extend(cloned_info);
+    let mut out = patch.assemble()?;
     for e in edits {
         if let Edit::OutputMap {
             output,
@@ -422,6 +283,235 @@ pub fn apply_edits(graph: &GraphProto, edits: &[Edit]) -> Result<GraphProto> {
         }
     }
     crate::graph::sorted(&out)
+}
+
+/// The edits gathered per kind, checked one by one, before the graph is rebuilt from them.
+struct Patch<'g> {
+    graph: &'g GraphProto,
+    removed: Vec<bool>,
+    bypass: HashMap<&'g str, &'g str>,
+    /// Where each removed sub-block's first node was: clones go there; the final sort fixes any
+    /// other order (a re-use of a later sub-block reads nothing not already computed there).
+    anchors: HashMap<usize, usize>,
+    /// Cloned nodes by the index of the node they go before.
+    inserted: BTreeMap<usize, Vec<NodeProto>>,
+    cloned_info: Vec<ValueInfoProto>,
+    /// Node → (replaced initializer, its fold's) for `Fold` edits.
+    folded: HashMap<usize, Vec<(String, String)>>,
+    /// New initializers (copies, then folds) and the graph inputs declaring them.
+    copies: Vec<TensorProto>,
+    fold_inits: Vec<TensorProto>,
+    declared: Vec<ValueInfoProto>,
+}
+
+impl<'g> Patch<'g> {
+    fn new(graph: &'g GraphProto, edits: &[Edit]) -> Patch<'g> {
+        let n = graph.node.len();
+        let anchors = edits
+            .iter()
+            .filter_map(|e| match e {
+                Edit::Remove { at, nodes } => Some((*at, nodes.iter().copied().min().unwrap_or(n))),
+                _ => None,
+            })
+            .collect();
+        Patch {
+            graph,
+            removed: vec![false; n],
+            bypass: HashMap::new(),
+            anchors,
+            inserted: BTreeMap::new(),
+            cloned_info: Vec::new(),
+            folded: HashMap::new(),
+            copies: Vec::new(),
+            fold_inits: Vec::new(),
+            declared: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, e: &'g Edit) -> Result<()> {
+        let n = self.graph.node.len();
+        match e {
+            Edit::Remove { at, nodes } => {
+                for &i in nodes {
+                    ensure!(
+                        i < n,
+                        "edit removes node {i} of sub-block {at}; the graph has {n}"
+                    );
+                    ensure!(
+                        !self.removed[i],
+                        "node {i} is removed twice (sub-block {at})"
+                    );
+                    self.removed[i] = true;
+                }
+            }
+            Edit::Bypass { from, to } => {
+                ensure!(from != to, "bypass of {from:?} onto itself");
+                if self.bypass.insert(from.as_str(), to.as_str()).is_some() {
+                    bail!("value {from:?} is bypassed twice");
+                }
+            }
+            Edit::Clone {
+                source,
+                at,
+                nodes,
+                values,
+                node_names,
+            } => self.clone_nodes(*source, *at, nodes, values, node_names)?,
+            Edit::OutputMap { .. } => {}
+            Edit::Fold { at, nodes, tensors } => {
+                for &i in nodes {
+                    ensure!(
+                        i < n,
+                        "fold at sub-block {at} names node {i}; the graph has {n}"
+                    );
+                    let slot = self.folded.entry(i).or_default();
+                    slot.extend(
+                        tensors
+                            .iter()
+                            .map(|(old, t)| (old.clone(), t.name().to_string())),
+                    );
+                }
+                for (old, t) in tensors {
+                    self.fold_inits.push(t.clone());
+                    self.declare_like(old, t.name());
+                }
+            }
+            Edit::CopyInitializer { from, to } => {
+                let t = self
+                    .graph
+                    .initializer
+                    .iter()
+                    .find(|t| t.name() == from)
+                    .ok_or_else(|| {
+                        anyhow!("edit copies initializer {from:?}, which does not exist")
+                    })?;
+                let mut t = t.clone();
+                t.name = Some(to.clone());
+                self.copies.push(t);
+                self.declare_like(from, to);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies of `nodes` renamed through `values` and `node_names`, placed where sub-block `at`
+    /// started, with the value infos of the values they compute.
+    fn clone_nodes(
+        &mut self,
+        source: usize,
+        at: usize,
+        nodes: &[usize],
+        values: &BTreeMap<String, String>,
+        node_names: &[Option<String>],
+    ) -> Result<()> {
+        let graph = self.graph;
+        ensure!(
+            nodes.len() == node_names.len(),
+            "clone of {source} at {at}: node names do not match nodes"
+        );
+        let anchor = *self.anchors.get(&at).unwrap_or(&graph.node.len());
+        let slot = self.inserted.entry(anchor).or_default();
+        for (&i, name) in nodes.iter().zip(node_names) {
+            let orig = graph
+                .node
+                .get(i)
+                .ok_or_else(|| anyhow!("clone of {source} names node {i}, which does not exist"))?;
+            let mut node = orig.clone();
+            node.name = name.clone();
+            for v in node.input.iter_mut().chain(node.output.iter_mut()) {
+                if let Some(new) = values.get(v.as_str()) {
+                    *v = new.clone();
+                }
+            }
+            slot.push(node);
+        }
+        for vi in &graph.value_info {
+            if let Some(new) = values.get(vi.name()) {
+                if nodes
+                    .iter()
+                    .any(|&i| graph.node[i].output.iter().any(|o| o == vi.name()))
+                {
+                    let mut vi = vi.clone();
+                    vi.name = Some(new.clone());
+                    self.cloned_info.push(vi);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A graph input declaring `name`, if the graph has one, copied as a declaration of `new`.
+    fn declare_like(&mut self, name: &str, new: &str) {
+        if let Some(declared) = self.graph.input.iter().find(|i| i.name() == name) {
+            let mut declared = declared.clone();
+            declared.name = Some(new.to_string());
+            self.declared.push(declared);
+        }
+    }
+
+    /// Where a value's readers read from once every bypass is followed.
+    fn resolve(&self, name: &str) -> Result<String> {
+        let mut cur = name;
+        for _ in 0..=self.bypass.len() {
+            match self.bypass.get(cur) {
+                Some(next) => cur = next,
+                None => return Ok(cur.to_string()),
+            }
+        }
+        bail!("bypasses of {name:?} form a cycle")
+    }
+
+    /// The graph with the recorded edits: nodes kept, clones inserted, folds' readers renamed,
+    /// every input resolved through the bypasses, bypassed outputs re-created, new initializers
+    /// and declarations appended.
+    fn assemble(mut self) -> Result<GraphProto> {
+        let graph = self.graph;
+        let mut out = GraphProto {
+            node: Vec::with_capacity(graph.node.len()),
+            ..graph.clone()
+        };
+        out.node.clear();
+        for (i, node) in graph.node.iter().enumerate() {
+            if let Some(clones) = self.inserted.remove(&i) {
+                out.node.extend(clones);
+            }
+            if !self.removed[i] {
+                let mut node = node.clone();
+                for (old, new) in self.folded.get(&i).into_iter().flatten() {
+                    for v in node.input.iter_mut().filter(|v| *v == old) {
+                        *v = new.clone();
+                    }
+                }
+                out.node.push(node);
+            }
+        }
+        for clones in std::mem::take(&mut self.inserted).into_values() {
+            out.node.extend(clones);
+        }
+        let resolve = |name: &str| self.resolve(name);
+        for node in &mut out.node {
+            rename_inputs(node, &resolve)?;
+        }
+        let mut names = Names::of(&out);
+        for o in &graph.output {
+            if self.bypass.contains_key(o.name()) {
+                let src = self.resolve(o.name())?;
+                let name = names.fresh_node(o.name(), "skrr_output");
+                out.node.push(NodeProto {
+                    input: vec![src],
+                    output: vec![o.name().to_string()],
+                    name: Some(name),
+                    op_type: Some("Identity".into()),
+                    ..Default::default()
+                });
+            }
+        }
+        out.initializer.extend(self.copies);
+        out.initializer.extend(self.fold_inits);
+        out.input.extend(self.declared);
+        out.value_info.extend(self.cloned_info);
+        Ok(out)
+    }
 }
 
 /// `Edit::OutputMap` on the edited graph.
