@@ -50,8 +50,8 @@ fn engine_output_equals_the_rewritten_file_on_the_real_minilm() {
     );
 }
 
-/// The other exports of the real MiniLM (`common::minilm_variant`): dynamo with sdpa, fp16, and
-/// ONNX Runtime's QDQ int8 quantization. (The dynamic int8 one is held to its file in
+/// The other exports of the real MiniLM (`common::minilm_variant`): dynamo with sdpa, fp16,
+/// Hugging Face Optimum's (token_type_ids fed zeros) and ONNX Runtime's QDQ int8 quantization. (The dynamic int8 one is held to its file in
 /// tests/minilm_variants.rs, with ONNX Runtime's optimizations off: see there.)
 fn check_minilm_variant(name: &str) {
     let test = format!("engine_output_equals_the_rewritten_file_on_{name}");
@@ -72,6 +72,11 @@ fn engine_output_equals_the_rewritten_file_on_minilm_dynamo() {
 #[test]
 fn engine_output_equals_the_rewritten_file_on_minilm_fp16() {
     check_minilm_variant("minilm_fp16");
+}
+
+#[test]
+fn engine_output_equals_the_rewritten_file_on_minilm_optimum() {
+    check_minilm_variant("minilm_optimum");
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! #12), beside the legacy fp32 export the other MiniLM tests use (`common::minilm`):
 //! - `minilm_dynamo`: dynamo export with transformers' default attention (sdpa);
 //! - `minilm_fp16`: legacy export of `model.half()`;
+//! - `minilm_optimum`: Hugging Face Optimum's `main_export(task="feature-extraction")` (what
+//!   `optimum-cli export onnx` gives users: legacy exporter, sdpa attention, constant folding,
+//!   a `token_type_ids` input);
 //! - `minilm_int8_dynamic`, `minilm_int8_qdq`: ONNX Runtime's `quantize_dynamic` (default
 //!   settings) and `quantize_static` (QDQ) of fixtures/minilm, built at test time.
 //!
@@ -128,6 +131,11 @@ fn inspect_minilm_fp16() {
 }
 
 #[test]
+fn inspect_minilm_optimum() {
+    check_inspect("minilm_optimum");
+}
+
+#[test]
 fn inspect_minilm_int8_dynamic() {
     check_inspect("minilm_int8_dynamic");
 }
@@ -137,7 +145,8 @@ fn inspect_minilm_int8_qdq() {
     check_inspect("minilm_int8_qdq");
 }
 
-/// Python onnxruntime: `b` against `a` (both fed `feeds`, int64 by name), over the tokens whose
+/// Python onnxruntime: `b` against `a` (both fed `feeds`, int64 by name, and `token_type_ids`
+/// zeros where a model declares it, as Optimum's exports do), over the tokens whose
 /// attention_mask is 1: whether the outputs are the same bits, max |d| / max(1, max |a|),
 /// ‖d‖ / ‖a‖ and the mean and least cosine per token.
 fn compare_outputs(a: &Path, b: &Path, feeds: &Value) -> Value {
@@ -145,7 +154,9 @@ fn compare_outputs(a: &Path, b: &Path, feeds: &Value) -> Value {
 import json, sys, numpy as np, onnxruntime as ort
 feeds = {k: np.array(v, dtype=np.int64) for k, v in json.loads(sys.argv[3]).items()}
 def run(p):
-    return ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(["last_hidden_state"], feeds)[0]
+    s = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+    zeros = np.zeros_like(feeds["input_ids"])
+    return s.run(["last_hidden_state"], {i.name: feeds.get(i.name, zeros) for i in s.get_inputs()})[0]
 a, b = run(sys.argv[1]), run(sys.argv[2])
 same = a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 m = feeds["attention_mask"].astype(bool)
@@ -201,6 +212,12 @@ fn minilm_dynamo_computes_the_legacy_export() {
 fn minilm_fp16_computes_the_legacy_export() {
     // Measured: 5.7e-4, 1.2e-3, cosine 0.999999.
     check_same_function("minilm_fp16", 5e-3, 5e-3, 0.9999);
+}
+
+#[test]
+fn minilm_optimum_computes_the_legacy_export() {
+    // Measured: 3.2e-7, 6.6e-7 (the same weights, sdpa instead of eager attention).
+    check_same_function("minilm_optimum", 1e-5, 1e-5, 0.999_999);
 }
 
 #[test]
@@ -272,8 +289,8 @@ fn plan_summary(report: &Value) -> (Vec<u64>, Vec<(u64, u64)>) {
 
 /// `skrr-onnx IN OUT --sparsity 0.2` succeeds; the pruned file has the plan's parameters and
 /// analyzes again; the plan and the held-out cosine are the legacy export's (the same plan
-/// exactly when `same_plan`: the dynamo export computes the same values to 1e-6, fp16 D may
-/// order close candidates otherwise).
+/// exactly when `same_plan`: the dynamo and Optimum exports compute the same values to 1e-6,
+/// fp16 D may order close candidates otherwise).
 fn check_main_job(name: &str, same_plan: bool) {
     let test = format!("main_job_on_{name}");
     let Some((dir, _)) = common::minilm_variant(&test, name) else {
@@ -330,6 +347,11 @@ fn main_job_on_minilm_dynamo() {
 #[test]
 fn main_job_on_minilm_fp16() {
     check_main_job("minilm_fp16", false);
+}
+
+#[test]
+fn main_job_on_minilm_optimum() {
+    check_main_job("minilm_optimum", true);
 }
 
 /// `skrr-onnx apply` of the all-keep plan writes a model whose ONNX Runtime output is the

@@ -43,9 +43,12 @@ pub fn minilm(test: &str) -> Option<PathBuf> {
 /// export): committed graphs whose weights `fixtures/minilm_weights.py --all` rebuilds
 /// (`fixtures/minilm_variants.py` made them), and int8 quantizations of fixtures/minilm that
 /// `fixtures/minilm_quantized.py` builds (not committed). `scripts/test.sh` makes them all.
-pub const MINILM_VARIANTS: [&str; 4] = [
+/// (`minilm_optimum`, Hugging Face Optimum's export, is made by `fixtures/optimum_export.py
+/// --minilm` in a venv of its own; its weights are rebuilt like the others'.)
+pub const MINILM_VARIANTS: [&str; 5] = [
     "minilm_dynamo",
     "minilm_fp16",
+    "minilm_optimum",
     "minilm_int8_dynamic",
     "minilm_int8_qdq",
 ];
