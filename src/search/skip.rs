@@ -107,23 +107,7 @@ pub fn skip_search(
             break;
         }
         let t_step = Instant::now();
-        let mut seen = HashSet::new();
-        let mut duplicates = 0;
-        // (list, estimate of D)
-        let mut cands: Vec<(Vec<usize>, f64)> = Vec::new();
-        for e in &kept {
-            for p in (0..n).filter(|p| !e.list.contains(p)) {
-                let mut set: Vec<usize> = e.list.iter().copied().chain([p]).collect();
-                set.sort_unstable();
-                if seen.insert(set) {
-                    let list = e.list.iter().copied().chain([p]).collect();
-                    cands.push((list, rank(e.d) + single[p]));
-                } else {
-                    duplicates += 1;
-                }
-            }
-        }
-        cands.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let (cands, duplicates) = candidates(&kept, n, &single);
 
         let lists: Vec<&[usize]> = cands.iter().map(|(l, _)| l.as_slice()).collect();
         let Some(results) = select(analysis, scorer, &lists, beam, step, limits, start)? else {
@@ -132,50 +116,11 @@ pub fn skip_search(
             });
             break 'steps;
         };
-        let mut scored = Vec::new();
-        let mut abandoned = 0;
-        for (list, r) in lists.iter().zip(results) {
-            let d = match r {
-                Decided::Scored(d) => {
-                    scored.push(Entry {
-                        list: list.to_vec(),
-                        d,
-                    });
-                    rank(d)
-                }
-                Decided::Abandoned(lower) => {
-                    abandoned += 1;
-                    rank(lower)
-                }
-            };
-            if step == 1 {
-                single[list[0]] = d;
-            }
-        }
-
-        scored.sort_by(by_rank);
-        scored.truncate(beam);
-        kept = scored;
+        let (best_first, abandoned) = best_scored(&lists, results, beam, step, &mut single);
+        kept = best_first;
         let best = kept[0].clone();
         let best_sparsity = sparsity(analysis, &skip_actions(n, &best.list));
-        for (t, slot) in targets.iter().zip(found.iter_mut()) {
-            if slot.is_some() {
-                continue;
-            }
-            // `kept` is in rank order, so the first entry reaching `t` is the lowest-D one.
-            for e in &kept {
-                let s = sparsity(analysis, &skip_actions(n, &e.list));
-                if s >= *t {
-                    *slot = Some(Found {
-                        target: *t,
-                        step,
-                        entry: e.clone(),
-                        sparsity: s,
-                    });
-                    break;
-                }
-            }
-        }
+        record_found(analysis, targets, &kept, step, &mut found);
         let report = StepReport {
             step,
             candidates: cands.len(),
@@ -211,6 +156,92 @@ pub fn skip_search(
         steps,
         stop,
     })
+}
+
+/// The next step's candidates: each kept list extended by one sub-block it does not skip, a set
+/// reached twice (in another order) taken once, ordered by their estimated D (the list's D plus
+/// the added sub-block's single-skip D), best first. Returns them with the number merged.
+fn candidates(kept: &[Entry], n: usize, single: &[f64]) -> (Vec<(Vec<usize>, f64)>, usize) {
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    let mut cands: Vec<(Vec<usize>, f64)> = Vec::new();
+    for e in kept {
+        for p in (0..n).filter(|p| !e.list.contains(p)) {
+            let mut set: Vec<usize> = e.list.iter().copied().chain([p]).collect();
+            set.sort_unstable();
+            if seen.insert(set) {
+                let list = e.list.iter().copied().chain([p]).collect();
+                cands.push((list, rank(e.d) + single[p]));
+            } else {
+                duplicates += 1;
+            }
+        }
+    }
+    cands.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    (cands, duplicates)
+}
+
+/// The `beam` best scored candidates, best first, and how many were abandoned. At step 1 each
+/// single skip's D (or the bound it was abandoned at) is kept to order later candidates.
+fn best_scored(
+    lists: &[&[usize]],
+    results: Vec<Decided>,
+    beam: usize,
+    step: usize,
+    single: &mut [f64],
+) -> (Vec<Entry>, usize) {
+    let mut scored = Vec::new();
+    let mut abandoned = 0;
+    for (list, r) in lists.iter().zip(results) {
+        let d = match r {
+            Decided::Scored(d) => {
+                scored.push(Entry {
+                    list: list.to_vec(),
+                    d,
+                });
+                rank(d)
+            }
+            Decided::Abandoned(lower) => {
+                abandoned += 1;
+                rank(lower)
+            }
+        };
+        if step == 1 {
+            single[list[0]] = d;
+        }
+    }
+    scored.sort_by(by_rank);
+    scored.truncate(beam);
+    (scored, abandoned)
+}
+
+/// Fills each target not yet reached with the lowest-D entry of `kept` (in rank order) whose
+/// sparsity reaches it.
+fn record_found(
+    analysis: &Analysis,
+    targets: &[f64],
+    kept: &[Entry],
+    step: usize,
+    found: &mut [Option<Found>],
+) {
+    let n = analysis.sub_blocks.len();
+    for (t, slot) in targets.iter().zip(found.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
+        for e in kept {
+            let s = sparsity(analysis, &skip_actions(n, &e.list));
+            if s >= *t {
+                *slot = Some(Found {
+                    target: *t,
+                    step,
+                    entry: e.clone(),
+                    sparsity: s,
+                });
+                break;
+            }
+        }
+    }
 }
 
 /// What scheduling left of a candidate: its D, or the lower bound it was abandoned at.
