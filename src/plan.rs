@@ -2,18 +2,19 @@
 //! file"). It is the unit that moves between `plan`, `score`, `apply` and the main command.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::action::{self, Action, Actions};
-use crate::blocks::{Analysis, Kind};
+use crate::blocks::{Analysis, Kind, SubBlock};
 use crate::compensate::merged::{Fold, FoldSite, FoldTensor};
 use crate::compensate::{map_params, Compensation, LinearMap, OutputMap};
 use crate::error::SkrrError;
 use crate::model_io::write_file;
+use crate::onnx::GraphProto;
 
 pub const FORMAT: &str = "skrr-plan/1";
 
@@ -347,10 +348,23 @@ impl PlanFile {
         let bad = |m: String| -> anyhow::Error {
             SkrrError::BadInput(format!("plan {}: {m}", path.display())).into()
         };
-        let graph = &analysis.graph;
-        // What the sidecar must hold, checked before it is read: the fields of one placement,
-        // and none of the other's.
-        let expected = match (
+        let expected = self.expected_values(c, analysis, actions, &bad)?;
+        let (sidecar, bytes) = read_sidecar(path, c, &bad)?;
+        let what = |e: anyhow::Error| bad(format!("its map {}: {e}", sidecar.display()));
+        let values = crate::compensate::f64_values(&bytes, expected).map_err(what)?;
+        c.compensation(&analysis.graph, values, &what).map(Some)
+    }
+
+    /// How many values the sidecar of `c` must hold, checked before it is read: the fields of
+    /// one placement, and none of the other's.
+    fn expected_values(
+        &self,
+        c: &CompensationEntry,
+        analysis: &Analysis,
+        actions: &[Action],
+        bad: &dyn Fn(String) -> anyhow::Error,
+    ) -> Result<u64> {
+        match (
             c.kind.as_str(),
             c.placement.as_str(),
             &c.output,
@@ -358,7 +372,7 @@ impl PlanFile {
             &c.folds,
         ) {
             ("linear", "output", Some(output), Some(dim), None) => {
-                let (width, _) = crate::compensate::output_spec(graph, output)
+                let (width, _) = crate::compensate::output_spec(&analysis.graph, output)
                     .map_err(|e| bad(format!("compensation: {e}")))?;
                 if width != dim || c.params != map_params(dim) {
                     return Err(bad(format!(
@@ -367,100 +381,29 @@ impl PlanFile {
                         c.params
                     )));
                 }
-                map_params(dim)
+                Ok(map_params(dim))
             }
             ("linear", "merged", None, None, Some(folds)) => {
                 self.check_folds(folds, analysis, actions).map_err(bad)?;
-                folds
+                Ok(folds
                     .iter()
                     .flat_map(|f| &f.tensors)
                     .map(|t| t.dims.iter().map(|&d| d as u64).product::<u64>())
-                    .sum()
+                    .sum())
             }
-            ("linear", "output" | "merged", ..) => {
-                return Err(bad(format!(
-                    "its {:?} compensation must give {} and nothing of the other placement",
-                    c.placement,
-                    if c.placement == "output" {
-                        "`output` and `dim`"
-                    } else {
-                        "`folds`"
-                    }
-                )))
-            }
-            (kind, placement, ..) => {
-                return Err(bad(format!(
-                    "compensation {kind:?} placed at {placement:?} is not one this version \
-                     applies (linear, at output or merged)"
-                )))
-            }
-        };
-        let Some(file) = &c.file else {
-            return Err(bad(
-                "its compensation names no file holding the map (a plan recorded inside a \
-                 pruned model); apply the plan file written with --plan-out"
-                    .into(),
-            ));
-        };
-        // A bare file name: the sidecar is beside the plan, never elsewhere.
-        if Path::new(file).file_name().and_then(|n| n.to_str()) != Some(file.as_str()) {
-            return Err(bad(format!(
-                "the compensation's file {file:?} must be a file name in the plan's folder"
-            )));
-        }
-        let sidecar = path.with_file_name(file);
-        let bytes = std::fs::read(&sidecar)
-            .map_err(|e| bad(format!("cannot read its map {}: {e}", sidecar.display())))?;
-        let sha = hex::encode(Sha256::digest(&bytes));
-        if !sha.eq_ignore_ascii_case(&c.sha256) {
-            return Err(bad(format!(
-                "its map {} has SHA-256 {sha}, the plan says {} (the file was changed or belongs \
-                 to another plan)",
-                sidecar.display(),
-                c.sha256
-            )));
-        }
-        let what = |e: anyhow::Error| bad(format!("its map {}: {e}", sidecar.display()));
-        let values = crate::compensate::f64_values(&bytes, expected).map_err(what)?;
-        match (&c.output, c.dim, &c.folds) {
-            (Some(output), Some(dim), _) => {
-                let (_, elem) = crate::compensate::output_spec(graph, output)?;
-                let map = LinearMap::from_values(dim, values)
-                    .and_then(|m| m.stored_as(elem))
-                    .map_err(what)?;
-                Ok(Some(Compensation::Output(OutputMap {
-                    output: output.clone(),
-                    map,
-                })))
-            }
-            (_, _, folds) => {
-                let mut values = values.into_iter();
-                let mut out = Vec::new();
-                for f in folds.as_deref().unwrap_or_default() {
-                    let mut tensors = Vec::new();
-                    for t in &f.tensors {
-                        let n = t.dims.iter().map(|&d| d as usize).product::<usize>();
-                        let elem_type = graph
-                            .initializer
-                            .iter()
-                            .find(|i| i.name() == t.replaces)
-                            .map_or(0, |i| i.data_type());
-                        let v: Vec<f64> = values.by_ref().take(n).collect();
-                        tensors.push(FoldTensor {
-                            replaces: t.replaces.clone(),
-                            elem_type,
-                            dims: t.dims.clone(),
-                            values: crate::compensate::stored_as(&v, elem_type).map_err(what)?,
-                        });
-                    }
-                    out.push(Fold {
-                        at: f.at,
-                        run: (f.run[0], f.run[1]),
-                        tensors,
-                    });
+            ("linear", "output" | "merged", ..) => Err(bad(format!(
+                "its {:?} compensation must give {} and nothing of the other placement",
+                c.placement,
+                if c.placement == "output" {
+                    "`output` and `dim`"
+                } else {
+                    "`folds`"
                 }
-                Ok(Some(Compensation::Merged(out)))
-            }
+            ))),
+            (kind, placement, ..) => Err(bad(format!(
+                "compensation {kind:?} placed at {placement:?} is not one this version \
+                 applies (linear, at output or merged)"
+            ))),
         }
     }
 
@@ -559,6 +502,33 @@ impl PlanFile {
     /// Validates the plan against `analysis` and returns one action per sub-block position.
     /// Informative fields, when present, must agree with the model.
     pub fn to_actions(&self, analysis: &Analysis) -> Result<Actions> {
+        self.check_model(analysis)?;
+        let bad = |msg: String| -> anyhow::Error { SkrrError::BadInput(msg).into() };
+        let n = analysis.sub_blocks.len();
+        let mut actions = vec![None; n];
+        for e in &self.sub_blocks {
+            let sb = analysis.sub_blocks.get(e.index).ok_or_else(|| {
+                bad(format!(
+                    "plan names sub-block {}, the model has {n}",
+                    e.index
+                ))
+            })?;
+            if actions[e.index].replace(e.action_on(sb)?).is_some() {
+                return Err(bad(format!("plan lists sub-block {} twice", e.index)));
+            }
+        }
+        let actions: Actions = actions
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.ok_or_else(|| bad(format!("plan does not list sub-block {i}"))))
+            .collect::<Result<_>>()?;
+        action::validate(analysis, &actions).map_err(|e| bad(e.to_string()))?;
+        Ok(actions)
+    }
+
+    /// Refuses a plan of another format, or made for a model with another number of layers or
+    /// another block structure; a different parameter total is only reported.
+    fn check_model(&self, analysis: &Analysis) -> Result<()> {
         let bad = |msg: String| -> anyhow::Error { SkrrError::BadInput(msg).into() };
         if self.format != FORMAT {
             return Err(bad(format!(
@@ -590,60 +560,129 @@ impl PlanFile {
                 analysis.total_params
             );
         }
-        let n = analysis.sub_blocks.len();
-        let mut actions = vec![None; n];
-        for e in &self.sub_blocks {
-            if e.index >= n {
-                return Err(bad(format!(
-                    "plan names sub-block {}, the model has {n}",
-                    e.index
-                )));
-            }
-            let sb = &analysis.sub_blocks[e.index];
-            if e.kind.is_some_and(|k| k != sb.kind) || e.layer.is_some_and(|l| l != sb.layer) {
-                let kind = e.kind.map_or("a sub-block".into(), |k| k.to_string());
-                let layer = e.layer.map_or(String::new(), |l| format!(" of layer {l}"));
-                return Err(bad(format!(
-                    "plan says sub-block {} is {kind}{layer}; the model's is {} of layer {}",
-                    e.index, sb.kind, sb.layer
-                )));
-            }
-            // Counts can differ between exports of one architecture (an exporter may store a
-            // tensor shared by two sub-blocks once or twice), so they are reported, not refused.
-            if let Some(said) = e.params.filter(|&p| p != sb.params) {
-                log::warn!(
-                    "the plan says sub-block {} has {said} parameters; the model's has {}",
-                    e.index,
-                    sb.params
-                );
-            }
-            let action = match (e.action, e.source) {
-                (ActionName::Keep, None) => Action::Keep,
-                (ActionName::Skip, None) => Action::Skip,
-                (ActionName::Reuse, Some(q)) => Action::Reuse(q),
-                (ActionName::Reuse, None) => {
-                    return Err(bad(format!("sub-block {}: reuse needs a source", e.index)))
-                }
-                (a, Some(q)) => {
-                    return Err(bad(format!(
-                        "sub-block {}: action {:?} with source {q} is not keep, skip, or reuse \
-                         with a source",
-                        e.index,
-                        a.as_str()
-                    )));
-                }
-            };
-            if actions[e.index].replace(action).is_some() {
-                return Err(bad(format!("plan lists sub-block {} twice", e.index)));
-            }
+        Ok(())
+    }
+}
+
+impl SubBlockEntry {
+    /// The action this entry gives sub-block `sb`, refused when the entry describes another
+    /// kind or layer than the model's.
+    fn action_on(&self, sb: &SubBlock) -> Result<Action> {
+        let bad = |msg: String| -> anyhow::Error { SkrrError::BadInput(msg).into() };
+        let e = self;
+        if e.kind.is_some_and(|k| k != sb.kind) || e.layer.is_some_and(|l| l != sb.layer) {
+            let kind = e.kind.map_or("a sub-block".into(), |k| k.to_string());
+            let layer = e.layer.map_or(String::new(), |l| format!(" of layer {l}"));
+            return Err(bad(format!(
+                "plan says sub-block {} is {kind}{layer}; the model's is {} of layer {}",
+                e.index, sb.kind, sb.layer
+            )));
         }
-        let actions: Actions = actions
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| a.ok_or_else(|| bad(format!("plan does not list sub-block {i}"))))
-            .collect::<Result<_>>()?;
-        action::validate(analysis, &actions).map_err(|e| bad(e.to_string()))?;
-        Ok(actions)
+        // Counts can differ between exports of one architecture (an exporter may store a
+        // tensor shared by two sub-blocks once or twice), so they are reported, not refused.
+        if let Some(said) = e.params.filter(|&p| p != sb.params) {
+            log::warn!(
+                "the plan says sub-block {} has {said} parameters; the model's has {}",
+                e.index,
+                sb.params
+            );
+        }
+        match (e.action, e.source) {
+            (ActionName::Keep, None) => Ok(Action::Keep),
+            (ActionName::Skip, None) => Ok(Action::Skip),
+            (ActionName::Reuse, Some(q)) => Ok(Action::Reuse(q)),
+            (ActionName::Reuse, None) => {
+                Err(bad(format!("sub-block {}: reuse needs a source", e.index)))
+            }
+            (a, Some(q)) => Err(bad(format!(
+                "sub-block {}: action {:?} with source {q} is not keep, skip, or reuse with a \
+                 source",
+                e.index,
+                a.as_str()
+            ))),
+        }
+    }
+}
+
+/// The sidecar of `c`, beside the plan at `path` (a bare file name, never elsewhere), with its
+/// bytes, which must have the SHA-256 the plan records.
+fn read_sidecar(
+    path: &Path,
+    c: &CompensationEntry,
+    bad: &dyn Fn(String) -> anyhow::Error,
+) -> Result<(PathBuf, Vec<u8>)> {
+    let Some(file) = &c.file else {
+        return Err(bad(
+            "its compensation names no file holding the map (a plan recorded inside a \
+             pruned model); apply the plan file written with --plan-out"
+                .into(),
+        ));
+    };
+    if Path::new(file).file_name().and_then(|n| n.to_str()) != Some(file.as_str()) {
+        return Err(bad(format!(
+            "the compensation's file {file:?} must be a file name in the plan's folder"
+        )));
+    }
+    let sidecar = path.with_file_name(file);
+    let bytes = std::fs::read(&sidecar)
+        .map_err(|e| bad(format!("cannot read its map {}: {e}", sidecar.display())))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if !sha.eq_ignore_ascii_case(&c.sha256) {
+        return Err(bad(format!(
+            "its map {} has SHA-256 {sha}, the plan says {} (the file was changed or belongs \
+             to another plan)",
+            sidecar.display(),
+            c.sha256
+        )));
+    }
+    Ok((sidecar, bytes))
+}
+
+impl CompensationEntry {
+    /// The compensation these fields describe, made of the sidecar's `values` (checked in
+    /// number by `expected_values`), each tensor rounded to the type it is stored in.
+    fn compensation(
+        &self,
+        graph: &GraphProto,
+        values: Vec<f64>,
+        what: &dyn Fn(anyhow::Error) -> anyhow::Error,
+    ) -> Result<Compensation> {
+        if let (Some(output), Some(dim)) = (&self.output, self.dim) {
+            let (_, elem) = crate::compensate::output_spec(graph, output)?;
+            let map = LinearMap::from_values(dim, values)
+                .and_then(|m| m.stored_as(elem))
+                .map_err(what)?;
+            return Ok(Compensation::Output(OutputMap {
+                output: output.clone(),
+                map,
+            }));
+        }
+        let mut values = values.into_iter();
+        let mut out = Vec::new();
+        for f in self.folds.as_deref().unwrap_or_default() {
+            let mut tensors = Vec::new();
+            for t in &f.tensors {
+                let n = t.dims.iter().map(|&d| d as usize).product::<usize>();
+                let elem_type = graph
+                    .initializer
+                    .iter()
+                    .find(|i| i.name() == t.replaces)
+                    .map_or(0, |i| i.data_type());
+                let v: Vec<f64> = values.by_ref().take(n).collect();
+                tensors.push(FoldTensor {
+                    replaces: t.replaces.clone(),
+                    elem_type,
+                    dims: t.dims.clone(),
+                    values: crate::compensate::stored_as(&v, elem_type).map_err(what)?,
+                });
+            }
+            out.push(Fold {
+                at: f.at,
+                run: (f.run[0], f.run[1]),
+                tensors,
+            });
+        }
+        Ok(Compensation::Merged(out))
     }
 }
 
