@@ -165,33 +165,8 @@ impl Engine {
             Some(path) => Some(Projection::load(&opts.sessions, path)?),
         };
 
-        // Rows of a chunk have similar lengths (less padding); prompts keep their identity.
-        let fixed = opts.include_padding.then(|| {
-            calib
-                .prompts
-                .iter()
-                .chain(calib.null.iter())
-                .map(Vec::len)
-                .max()
-                .unwrap_or(0)
-                .max(calib.max_length)
-        });
-        // Longest prompts first: the first chunks then hold the most tokens, so a partial D
-        // approaches the full one sooner and bad candidates are abandoned earlier.
-        let mut order: Vec<usize> = (0..calib.prompts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(calib.prompts[i].len()));
-        let mut groups: Vec<(bool, Vec<usize>)> = Vec::new();
-        if opts.null {
-            if let Some(_null) = &calib.null {
-                groups.push((true, Vec::new()));
-            }
-        }
-        let chunk = crate::graph::batch_size(
-            crate::graph::batch_coupling(&analysis.graph, opts.include_padding),
-            opts.chunk,
-        );
-        groups.extend(order.chunks(chunk).map(|c| (false, c.to_vec())));
-
+        let fixed = fixed_length(&calib, opts.include_padding);
+        let groups = chunk_groups(&calib, &opts, analysis);
         let mut engine = Engine {
             layers: analysis.sub_blocks.iter().map(|s| s.layer).collect(),
             kinds: analysis.sub_blocks.iter().map(|s| s.kind).collect(),
@@ -216,46 +191,60 @@ impl Engine {
         let dense = vec![Action::Keep; engine.blocks.len()];
         let bar = crate::progress::bar(groups.len() as u64, "dense targets", "chunks");
         for (null, prompts) in groups {
-            let rows: Vec<&[i64]> = if null {
-                vec![calib.null.as_deref().unwrap_or_default()]
-            } else {
-                prompts
-                    .iter()
-                    .map(|&i| calib.prompts[i].as_slice())
-                    .collect()
-            };
-            let len = fixed.unwrap_or_else(|| rows.iter().map(|r| r.len()).max().unwrap_or(0));
-            let counted = rows
-                .iter()
-                .map(|r| if fixed.is_some() { len } else { r.len() })
-                .collect::<Vec<_>>();
-            let feeds = feeds(&engine.parts.graph_inputs, &rows, len, calib.pad_id)?;
-            let (env, stream0) = engine.run_prologue(feeds)?;
-            engine.chunks.push(Chunk {
-                null,
-                prompts,
-                counted,
-                env,
-                stream0: Arc::new(stream0),
-                target: Activations::default(),
-            });
-            let c = engine.chunks.len() - 1;
-            let out = engine.forward(c, &dense)?;
-            let chunk = &mut engine.chunks[c];
-            // A pooled output (one position per row) counts one position per prompt in D
-            // (`row_sse` clamps alike); `counted` keeps the token counts Block Influence uses.
-            let tokens: usize = chunk.counted.iter().map(|&n| n.min(out.positions())).sum();
-            let channels = out.channels() as f64;
-            if chunk.null {
-                engine.denom_null += tokens as f64 * channels;
-            } else {
-                engine.denom_c += tokens as f64 * channels;
-            }
-            chunk.target = out;
+            engine.add_chunk(&calib, fixed, null, prompts, &dense)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
         Ok(engine)
+    }
+
+    /// Adds a chunk of `prompts` (or the null input) padded to `fixed` or to its longest row:
+    /// runs the prologue once, then the dense model, whose output is the chunk's target.
+    fn add_chunk(
+        &mut self,
+        calib: &CalibSet,
+        fixed: Option<usize>,
+        null: bool,
+        prompts: Vec<usize>,
+        dense: &[Action],
+    ) -> Result<()> {
+        let rows: Vec<&[i64]> = if null {
+            vec![calib.null.as_deref().unwrap_or_default()]
+        } else {
+            prompts
+                .iter()
+                .map(|&i| calib.prompts[i].as_slice())
+                .collect()
+        };
+        let len = fixed.unwrap_or_else(|| rows.iter().map(|r| r.len()).max().unwrap_or(0));
+        let counted = rows
+            .iter()
+            .map(|r| if fixed.is_some() { len } else { r.len() })
+            .collect::<Vec<_>>();
+        let feeds = feeds(&self.parts.graph_inputs, &rows, len, calib.pad_id)?;
+        let (env, stream0) = self.run_prologue(feeds)?;
+        self.chunks.push(Chunk {
+            null,
+            prompts,
+            counted,
+            env,
+            stream0: Arc::new(stream0),
+            target: Activations::default(),
+        });
+        let c = self.chunks.len() - 1;
+        let out = self.forward(c, dense)?;
+        let chunk = &mut self.chunks[c];
+        // A pooled output (one position per row) counts one position per prompt in D
+        // (`row_sse` clamps alike); `counted` keeps the token counts Block Influence uses.
+        let tokens: usize = chunk.counted.iter().map(|&n| n.min(out.positions())).sum();
+        let channels = out.channels() as f64;
+        if chunk.null {
+            self.denom_null += tokens as f64 * channels;
+        } else {
+            self.denom_c += tokens as f64 * channels;
+        }
+        chunk.target = out;
+        Ok(())
     }
 
     /// D of a plan, every chunk run.
@@ -684,6 +673,45 @@ impl Engine {
             Some(projection) => projection.apply(&output),
         }
     }
+}
+
+/// The length every row is padded to when padded positions count in D (`include_padding`):
+/// the set's `max_length`, or its longest row if longer.
+fn fixed_length(calib: &CalibSet, include_padding: bool) -> Option<usize> {
+    include_padding.then(|| {
+        calib
+            .prompts
+            .iter()
+            .chain(calib.null.iter())
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(calib.max_length)
+    })
+}
+
+/// The chunks the prompts run in, as (is the null input, prompt indices): the null input first
+/// when D_null is measured, then the prompts longest first, so that rows of a chunk have
+/// similar lengths (less padding) and the first chunks hold the most tokens (a partial D then
+/// approaches the full one sooner and bad candidates are abandoned earlier). Prompts keep their
+/// identity (indices into the set).
+fn chunk_groups(
+    calib: &CalibSet,
+    opts: &EngineOptions,
+    analysis: &Analysis,
+) -> Vec<(bool, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..calib.prompts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(calib.prompts[i].len()));
+    let mut groups: Vec<(bool, Vec<usize>)> = Vec::new();
+    if opts.null && calib.null.is_some() {
+        groups.push((true, Vec::new()));
+    }
+    let chunk = crate::graph::batch_size(
+        crate::graph::batch_coupling(&analysis.graph, opts.include_padding),
+        opts.chunk,
+    );
+    groups.extend(order.chunks(chunk).map(|c| (false, c.to_vec())));
+    groups
 }
 
 fn input_type(v: &DynValue) -> Result<InputType> {
