@@ -18,18 +18,19 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::apply::apply_to_file;
-use crate::blocks::analyze_at;
-use crate::calibrate::{CalibConfig, CalibSet, Engine, PromptHalf};
+use crate::blocks::{analyze_at, Analysis};
+use crate::calibrate::{CalibConfig, CalibSet, Engine, EngineOptions, PromptHalf};
 use crate::compensate::{self, Compensate, Compensation, Effect, Fitted};
 use crate::fidelity::{self, Fidelity, RunOptions, Tolerances};
 use crate::model_io::{
-    check_output_not_input, check_outputs_apart, read_model, write_file, WriteOptions, WriteReport,
+    check_output_not_input, check_outputs_apart, read_model, write_file, Model, WriteOptions,
+    WriteReport,
 };
 use crate::plan::{file_sha256, ActionName, PlanFile};
 use crate::rewrite::{ReuseWeights, RewriteOptions, RewriteReport};
 use crate::runtime::{RuntimeConfig, Sessions};
-use crate::search::check_targets;
 use crate::search::methods::{run_method, SearchConfig};
+use crate::search::{check_targets, Level};
 
 /// The main job, as the library takes it: every option resolved, each value checked on its own
 /// (the command line's `RunArgs` converts into it).
@@ -133,20 +134,13 @@ impl Clock {
 /// Runs the main job: read, analyze, search, compensate, rewrite and write, compare. Prints
 /// nothing; a FAILED fidelity check is in the report (`RunReport::fidelity`), not an error.
 pub fn run(job: &Job) -> Result<RunReport> {
-    let (input, output, sparsity) = (job.input.as_path(), job.output.as_path(), job.sparsity);
+    let (input, output) = (job.input.as_path(), job.output.as_path());
     // Everything that can be refused without the search is refused before it.
-    check_output_not_input(output, input, "pruned model")?;
-    if let Some(p) = &job.plan_out {
-        check_output_not_input(p, input, "plan")?;
-    }
-    if let Some(p) = &job.report {
-        check_output_not_input(p, input, "report")?;
-    }
+    refuse_outputs_over_input(job)?;
     let mut clock = Clock {
         start: Instant::now(),
         phases: Vec::new(),
     };
-
     let model = clock.phase("read", || read_model(input))?;
     check_outputs_apart_from_reads(job, &model)?;
     let sessions = Sessions::new(job.runtime)?;
@@ -154,46 +148,32 @@ pub fn run(job: &Job) -> Result<RunReport> {
     crate::loadable::check_input(&model, input)?;
     let engine_opts = job.calib.engine_options(sessions);
     let added = compensate::planned_params(job.compensate, &analysis.graph, &engine_opts)?;
-    let target = compensate::raised_targets(&[sparsity], added, analysis.total_params)[0];
+    let target = compensate::raised_targets(&[job.sparsity], added, analysis.total_params)[0];
     check_targets(&analysis, &[target])?;
-    warn_if_short_of_space(&model, output, sparsity);
+    warn_if_short_of_space(&model, output, job.sparsity);
     let (calib, held_out) = prompt_sets(job, &model)?;
     let prompts = PromptsReport::of(&job.calib, &calib, held_out.as_ref());
-    let method = job.search.method;
-    let (level, mut plan, search, mut engine) = clock.phase("search", || {
-        let sha256 = file_sha256(input)?;
-        let cfg = job.search.config(vec![target], job.compensate)?;
-        let (run, engine) =
-            run_method(&model, &analysis, calib, engine_opts.clone(), method, &cfg)?;
-        let level = run.levels.into_iter().next().ok_or_else(|| {
-            anyhow::anyhow!("the search returned no plan (a bug in skrr-onnx: please report it)")
-        })?;
-        let mut plan = level.plan_file(&analysis, method.name(), run.beam, &sha256);
-        plan.target_sparsity = Some(sparsity);
-        let search = serde_json::json!({
-            "method": run.method, "beam": run.beam, "criterion": run.criterion,
-            "report": run.search, "block_influence": run.block_influence, "engine": run.engine,
-        });
-        Ok((level, plan, search, engine))
+
+    let mut found = clock.phase("search", || {
+        search(job, &model, &analysis, calib, &engine_opts, target)
     })?;
     let compensation = match job.compensate {
         Compensate::None => None,
         choice => clock.phase("compensate", || {
-            let fitted =
-                compensate::compensate(choice, &mut engine, &model, &analysis, &level.actions)?;
-            if let Some((comp, fit)) = &fitted {
-                let file = job.plan_out.as_deref().map(PlanFile::sidecar_name);
-                plan.compensate(comp, &analysis, fit.ridge(), fit.d_after(), file);
-            }
-            Ok(fitted)
+            fit_compensation(job, choice, &mut found, &model, &analysis)
         })?,
     };
+    let Found {
+        level,
+        plan,
+        search,
+        engine,
+    } = found;
     // The search's sessions hold memory the writer and the comparison need.
     drop(engine);
     if let Some(p) = &job.plan_out {
         plan.write(p, compensation.as_ref().map(|(c, _)| c))?;
     }
-
     let applied = clock.phase("rewrite+write", || {
         let opts = RewriteOptions {
             reuse_weights: job.reuse_weights,
@@ -203,25 +183,21 @@ pub fn run(job: &Job) -> Result<RunReport> {
         apply_to_file(&model, &analysis, &level.actions, &opts, output, &job.write)
     })?;
 
+    let held_out = held_out.map(|(set, _)| set);
     let fidelity = match &held_out {
         None => None,
-        Some((set, _)) => Some(clock.phase("compare", || {
-            fidelity::measure(
-                input,
-                output,
-                set,
-                &run_options(&job.calib, sessions),
-                &job.tolerances,
-            )
+        Some(set) => Some(clock.phase("compare", || {
+            let opts = run_options(&job.calib, sessions);
+            fidelity::measure(input, output, set, &opts, &job.tolerances)
         })?),
     };
-    // A fold leaves no uncompensated value in the file: the engine measures the plan without
-    // and with them on the held-out prompts.
     let compensation = match compensation {
         None => None,
         Some((comp, fit)) => {
+            // A fold leaves no uncompensated value in the file: the engine measures the plan
+            // without and with them on the held-out prompts.
             let held_out = match (&comp, &held_out) {
-                (Compensation::Merged(folds), Some((set, _))) => {
+                (Compensation::Merged(folds), Some(set)) => {
                     Some(clock.phase("compare without compensation", || {
                         let mut engine =
                             Engine::new(&model, &analysis, set.clone(), engine_opts.clone())?;
@@ -235,7 +211,7 @@ pub fn run(job: &Job) -> Result<RunReport> {
     };
 
     let seconds = clock.start.elapsed().as_secs_f64();
-    let verdict_line = one_line(
+    let verdict = one_line(
         fidelity.as_ref().is_none_or(|f| f.passed),
         fidelity.is_some(),
         &level_summary(&plan, &applied.rewrite),
@@ -261,7 +237,7 @@ pub fn run(job: &Job) -> Result<RunReport> {
         compensation,
         phases: clock.phases,
         seconds,
-        verdict: verdict_line,
+        verdict,
     };
     if let Some(p) = &job.report {
         write_file(
@@ -270,6 +246,83 @@ pub fn run(job: &Job) -> Result<RunReport> {
         )?;
     }
     Ok(report)
+}
+
+/// What the search phase found: the level reaching the target, its plan file, the search's
+/// report, and the engine that scored it (a compensation is fitted on it).
+struct Found {
+    level: Level,
+    plan: PlanFile,
+    search: serde_json::Value,
+    engine: Engine,
+}
+
+/// The search for `target` (the sparsity raised by what a compensation will add).
+fn search(
+    job: &Job,
+    model: &Model,
+    analysis: &Analysis,
+    calib: CalibSet,
+    engine_opts: &EngineOptions,
+    target: f64,
+) -> Result<Found> {
+    let sha256 = file_sha256(&job.input)?;
+    let method = job.search.method;
+    let cfg = job.search.config(vec![target], job.compensate)?;
+    let (run, engine) = run_method(model, analysis, calib, engine_opts.clone(), method, &cfg)?;
+    let level = run.levels.into_iter().next().ok_or_else(|| {
+        anyhow::anyhow!("the search returned no plan (a bug in skrr-onnx: please report it)")
+    })?;
+    let mut plan = level.plan_file(analysis, method.name(), run.beam, &sha256);
+    plan.target_sparsity = Some(job.sparsity);
+    let search = serde_json::json!({
+        "method": run.method, "beam": run.beam, "criterion": run.criterion,
+        "report": run.search, "block_influence": run.block_influence, "engine": run.engine,
+    });
+    Ok(Found {
+        level,
+        plan,
+        search,
+        engine,
+    })
+}
+
+/// The compensation `choice` fitted on the search's engine for the plan found, recorded in
+/// the plan file (with the sidecar's name when the plan is written).
+fn fit_compensation(
+    job: &Job,
+    choice: Compensate,
+    found: &mut Found,
+    model: &Model,
+    analysis: &Analysis,
+) -> Result<Option<(Compensation, Fitted)>> {
+    let fitted = compensate::compensate(
+        choice,
+        &mut found.engine,
+        model,
+        analysis,
+        &found.level.actions,
+    )?;
+    if let Some((comp, fit)) = &fitted {
+        let file = job.plan_out.as_deref().map(PlanFile::sidecar_name);
+        found
+            .plan
+            .compensate(comp, analysis, fit.ridge(), fit.d_after(), file);
+    }
+    Ok(fitted)
+}
+
+/// No output (pruned model, plan, report) may be the input itself.
+fn refuse_outputs_over_input(job: &Job) -> Result<()> {
+    let input = job.input.as_path();
+    check_output_not_input(&job.output, input, "pruned model")?;
+    if let Some(p) = &job.plan_out {
+        check_output_not_input(p, input, "plan")?;
+    }
+    if let Some(p) = &job.report {
+        check_output_not_input(p, input, "report")?;
+    }
+    Ok(())
 }
 
 impl PromptsReport {
