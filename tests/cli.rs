@@ -146,14 +146,17 @@ fn missing_onnx_runtime_says_what_to_install() {
     std::fs::hard_link(bin(), &exe)
         .or_else(|_| std::fs::copy(bin(), &exe).map(drop))
         .unwrap();
-    let out = std::process::Command::new(&exe)
-        .arg("doctor")
-        .env_clear()
-        .env("PATH", dir.path())
-        .env("HOME", dir.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&exe)
+            .args(args)
+            .env_clear()
+            .env("PATH", dir.path())
+            .env("HOME", dir.path())
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["doctor"]);
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -172,14 +175,7 @@ fn missing_onnx_runtime_says_what_to_install() {
         "ONNX Runtime: not found\n"
     );
 
-    let out = std::process::Command::new(&exe)
-        .args(["--json", "doctor"])
-        .env_clear()
-        .env("PATH", dir.path())
-        .env("HOME", dir.path())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run(&["--json", "doctor"]);
     assert_eq!(out.status.code(), Some(5));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["found"], false);
