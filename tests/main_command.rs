@@ -40,7 +40,7 @@ fn prunes_checks_and_agrees_with_the_engine() {
     // (fixture, sparsity, write the output with external data); the optimum_* fixtures are
     // Hugging Face Optimum's exports (fixtures/optimum_export.py): BERT with token_type_ids,
     // CLIP text and T5 encoders fed input_ids only, a CLIP with projection whose every layer's
-    // output is a graph output too.
+    // output is a graph output too, Qwen2 with position_ids and Gemma 2 (--task feature-extraction).
     for (fixture, sparsity, external) in [
         ("t5_gated", "0.3", false),
         ("bert", "0.25", false),
@@ -49,6 +49,8 @@ fn prunes_checks_and_agrees_with_the_engine() {
         ("optimum_clip", "0.3", false),
         ("optimum_clip_proj", "0.3", false),
         ("optimum_t5", "0.3", false),
+        ("optimum_qwen2", "0.3", false),
+        ("optimum_gemma2", "0.3", false),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let input = fixtures().join(fixture).join("model.onnx");

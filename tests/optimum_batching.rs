@@ -70,3 +70,12 @@ fn maskless_clip_and_padded_t5_give_d_independent_of_batching() {
 fn maskless_t5_gives_d_independent_of_batching() {
     assert_independent_of_batching("optimum_t5", &[]);
 }
+
+/// Optimum's decoders (`--task feature-extraction`) have an attention_mask, and Qwen2 a
+/// position_ids input (skrr-onnx feeds 0..len): right padding in a batch of 8 changes no
+/// prompt's D (Gemma 2: its sliding-window layers too).
+#[test]
+fn optimum_decoders_give_d_independent_of_batching() {
+    assert_independent_of_batching("optimum_qwen2", &[]);
+    assert_independent_of_batching("optimum_gemma2", &[]);
+}

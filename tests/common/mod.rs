@@ -174,8 +174,8 @@ pub fn optimum_fixtures() -> Vec<serde_json::Value> {
     let fixtures = m["fixtures"].as_array().expect("fixtures").clone();
     assert_eq!(
         fixtures.len(),
-        4,
-        "fixtures/optimum_manifest.json: four Optimum exports"
+        8,
+        "fixtures/optimum_manifest.json: eight Optimum exports"
     );
     fixtures
 }

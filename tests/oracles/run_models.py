@@ -3,9 +3,10 @@
 usage: run_models.py job.json  ->  prints {"outputs": [{"shape": [...], "data": [...]}, ...]}
 job: {"models": [path, ...], "inputs": {name: [[...], ...], ...}, "output": "last_hidden_state"}
 
-Each model is fed the inputs it declares (by name; `token_type_ids`, when the job has none, as
-zeros like skrr-onnx feeds it) and its output `output` is returned widened to float64, row-major. Nothing is compared here: tests/torch_plans.rs compares with PyTorch's
-references in fixtures/<name>/plans.json.
+Each model is fed the inputs it declares (by name; `token_type_ids` and `position_ids`, when the
+job has none, as skrr-onnx feeds them: zeros, and 0..len on every row) and its output `output` is
+returned widened to float64, row-major. Nothing is compared here: tests/torch_plans.rs compares
+with PyTorch's references in fixtures/<name>/plans.json.
 """
 import json
 import sys
@@ -25,6 +26,9 @@ def main():
         for i in session.get_inputs():
             if i.name == "token_type_ids" and i.name not in inputs:
                 feeds[i.name] = np.zeros_like(inputs["input_ids"])
+            elif i.name == "position_ids" and i.name not in inputs:  # Optimum's Llama / Qwen2 exports
+                ids = inputs["input_ids"]
+                feeds[i.name] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
             else:
                 feeds[i.name] = inputs[i.name]
         (out,) = session.run([job["output"]], feeds)
