@@ -50,7 +50,8 @@ fn engine_output_equals_the_rewritten_file_on_the_real_minilm() {
     );
 }
 
-/// The other exports of the real MiniLM (`common::minilm_variant`): dynamo with sdpa, fp16,
+/// The other exports of the real MiniLM (`common::minilm_variant`): dynamo with sdpa and with
+/// eager attention, fp16 (the exporter's and onnxconverter-common's),
 /// Hugging Face Optimum's (token_type_ids fed zeros) and ONNX Runtime's QDQ int8 quantization. (The dynamic int8 one is held to its file in
 /// tests/minilm_variants.rs, with ONNX Runtime's optimizations off: see there.)
 fn check_minilm_variant(name: &str) {
@@ -70,8 +71,18 @@ fn engine_output_equals_the_rewritten_file_on_minilm_dynamo() {
 }
 
 #[test]
+fn engine_output_equals_the_rewritten_file_on_minilm_dynamo_eager() {
+    check_minilm_variant("minilm_dynamo_eager");
+}
+
+#[test]
 fn engine_output_equals_the_rewritten_file_on_minilm_fp16() {
     check_minilm_variant("minilm_fp16");
+}
+
+#[test]
+fn engine_output_equals_the_rewritten_file_on_minilm_fp16_occ() {
+    check_minilm_variant("minilm_fp16_occ");
 }
 
 #[test]

@@ -43,11 +43,14 @@ pub fn minilm(test: &str) -> Option<PathBuf> {
 /// export): committed graphs whose weights `fixtures/minilm_weights.py --all` rebuilds
 /// (`fixtures/minilm_variants.py` made them), and int8 quantizations of fixtures/minilm that
 /// `fixtures/minilm_quantized.py` builds (not committed). `scripts/test.sh` makes them all.
-/// (`minilm_optimum`, Hugging Face Optimum's export, is made by `fixtures/optimum_export.py
+/// (`minilm_fp16_occ` is onnxconverter-common's fp16 conversion of fixtures/minilm, made by
+/// `fixtures/minilm_variants.py` too; `minilm_optimum`, Hugging Face Optimum's export, is made by `fixtures/optimum_export.py
 /// --minilm` in a venv of its own; its weights are rebuilt like the others'.)
-pub const MINILM_VARIANTS: [&str; 5] = [
+pub const MINILM_VARIANTS: [&str; 7] = [
     "minilm_dynamo",
+    "minilm_dynamo_eager",
     "minilm_fp16",
+    "minilm_fp16_occ",
     "minilm_optimum",
     "minilm_int8_dynamic",
     "minilm_int8_qdq",
